@@ -1,0 +1,79 @@
+# Orchard: one place for every developer and CI command.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+MXVENV := .venv-mxnet
+BIN := $(VENV)/bin
+MXBIN := $(MXVENV)/bin
+BUF := .tools/node_modules/.bin/buf
+PROTO_OUT := core
+PROTOS := $(wildcard protos/orchard/v1/*.proto)
+PYTEST_ARGS ?=
+
+.PHONY: setup proto check check-proto-stale lint typecheck buf-lint buf-breaking test test-main test-mxnet bench clean
+
+## setup: create both Python environments and install buf
+setup: $(BIN)/.ok $(MXBIN)/.ok $(BUF)
+
+$(BIN)/.ok: requirements/dev.txt core/pyproject.toml server/pyproject.toml client_pytorch/pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements/dev.txt
+	touch $@
+
+$(MXBIN)/.ok: requirements/mxnet.txt core/pyproject.toml client_mxnet/pyproject.toml
+	test -x $(MXBIN)/python || $(PY) -m venv $(MXVENV)
+	$(MXBIN)/pip install -q -r requirements/mxnet.txt
+	touch $@
+
+$(BUF): .tools/package.json
+	cd .tools && npm ci --silent --no-audit --no-fund
+	touch $@
+
+## proto: regenerate the Python code of protos/ (never edit core/orchard/v1 by hand)
+proto: $(BIN)/.ok
+	rm -f $(PROTO_OUT)/orchard/v1/*_pb2*.py $(PROTO_OUT)/orchard/v1/*_pb2*.pyi
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
+	  --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
+	  --mypy_out=quiet:$(PROTO_OUT) --mypy_grpc_out=quiet:$(PROTO_OUT) $(PROTOS)
+
+## check: formatting, lint, types, buf lint/breaking, stale generated code
+check: lint typecheck buf-lint buf-breaking check-proto-stale
+
+lint: $(BIN)/.ok
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: $(BIN)/.ok
+	$(BIN)/mypy core/orchard server/orchard_server client_pytorch/orchard_pytorch tests
+
+buf-lint: $(BUF)
+	$(BUF) lint
+
+buf-breaking: $(BUF)
+	@if git rev-parse --verify -q main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
+	  $(BUF) breaking --against '.git#branch=main'; \
+	else echo "buf breaking: no buf.yaml on branch main yet, nothing to compare"; fi
+
+check-proto-stale: $(BIN)/.ok
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
+	  --python_out=$$tmp --grpc_python_out=$$tmp --mypy_out=quiet:$$tmp --mypy_grpc_out=quiet:$$tmp $(PROTOS) && \
+	if diff -r -x __init__.py -x __pycache__ $$tmp/orchard/v1 $(PROTO_OUT)/orchard/v1; then echo "generated code is up to date"; \
+	else echo "generated code is stale: run 'make proto' and commit the result" >&2; exit 1; fi
+
+## test: the whole test suite, in both environments
+test: setup check test-main test-mxnet
+
+test-main: $(BIN)/.ok
+	$(BIN)/pytest -m "not mxnet" $(PYTEST_ARGS)
+
+test-mxnet: $(MXBIN)/.ok $(BIN)/.ok
+	ORCHARD_SERVER_PYTHON=$(abspath $(BIN)/python) $(MXBIN)/pytest tests/core tests/client_mxnet $(PYTEST_ARGS)
+
+## bench: speed and memory benchmarks, JSON on stdout and in runs/bench.json
+bench: $(BIN)/.ok
+	mkdir -p runs
+	$(BIN)/python -m benchmarks | tee runs/bench.json
+
+clean:
+	rm -rf $(VENV) $(MXVENV) .tools/node_modules .mypy_cache .ruff_cache .pytest_cache runs

@@ -1,0 +1,115 @@
+"""Domain values of the client-server conversation, free of protobuf.
+
+The server's round loop, the client pool and the client runtime speak these;
+:mod:`orchard.serde` alone turns them into ``orchard.v1`` messages and back.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from orchard.spec import ModelSpec
+from orchard.typing import Config, Metrics, NDArrays
+
+#: The API version this code speaks, "MAJOR.MINOR". Minor versions only add
+#: optional fields and capabilities; a different major version is refused.
+API_VERSION = "1.0"
+
+
+class TaskType(enum.Enum):
+    """Kind of work the server asks of a client."""
+
+    FIT = "fit"
+    EVALUATE = "evaluate"
+
+
+class Role(enum.Enum):
+    """What a client is in a federation."""
+
+    TRAINER = "trainer"
+    EVALUATOR = "evaluator"
+
+
+class FederationState(enum.Enum):
+    """Life cycle of a federation."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JoinInfo:
+    """What a client says about itself when it joins."""
+
+    api_version: str
+    federation: str
+    instance_id: str
+    display_name: str = ""
+    framework: str = ""
+    capabilities: tuple[str, ...] = ()
+    role: Role = Role.TRAINER
+    model_spec: ModelSpec | None = None
+    auth_token: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    """The server's answer to a successful join."""
+
+    client_id: str
+    api_version: str
+    heartbeat_interval: float
+    model_spec: ModelSpec
+    partition_id: int
+    num_partitions: int
+    state: FederationState
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Task:
+    """One instruction: train or evaluate these parameters with this config."""
+
+    task_id: str
+    type: TaskType
+    round: int
+    config: Config
+    timeout: float
+    names: tuple[str, ...]
+    parameters: NDArrays
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Idle:
+    """No task arrived within the long-poll wait."""
+
+    state: FederationState
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finished:
+    """The federation has ended."""
+
+    state: FederationState
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    """A client's answer to a task. ``error`` is set when the task failed."""
+
+    client_id: str
+    task_id: str
+    num_examples: int = 0
+    loss: float = 0.0
+    metrics: Metrics = field(default_factory=dict)
+    names: tuple[str, ...] = ()
+    parameters: NDArrays = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the task succeeded."""
+        return not self.error

@@ -1,0 +1,497 @@
+"""Conversion between Orchard's domain values and ``orchard.v1`` messages.
+
+This is the only module that touches the generated ``*_pb2`` classes (as in
+Flower's ``serde.py``): every other module works with :mod:`orchard.messages`,
+:mod:`orchard.spec` and NumPy arrays. Tensors travel as name + dtype + shape in
+a header and their raw little-endian bytes in bounded chunks, so a model's size
+is limited by memory and not by gRPC's per-message limit; the receiving side
+writes chunks straight into preallocated arrays (:class:`ParametersAssembler`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from orchard.messages import (
+    Finished,
+    FederationState,
+    Idle,
+    JoinInfo,
+    Result,
+    Role,
+    Session,
+    Task,
+    TaskType,
+)
+from orchard.spec import ModelSpec, SpecError, TensorSpec
+from orchard.typing import Config, NDArrays, Scalar
+from orchard.v1 import federation_service_pb2 as pb
+from orchard.v1 import tensor_pb2 as tpb
+
+#: Default chunk size: 1 MiB keeps each message far below gRPC's 4 MiB limit.
+DEFAULT_CHUNK_BYTES = 1 << 20
+#: Largest chunk anyone may send or ask for.
+MAX_CHUNK_BYTES = (4 << 20) - (64 << 10)
+
+
+class SerdeError(ValueError):
+    """A message is malformed: the text names the field or tensor at fault."""
+
+
+# --- dtypes and specs -------------------------------------------------------------
+
+_DTYPE_TO_PROTO: dict[str, int] = {
+    "float16": tpb.DATA_TYPE_FLOAT16,
+    "float32": tpb.DATA_TYPE_FLOAT32,
+    "float64": tpb.DATA_TYPE_FLOAT64,
+    "int8": tpb.DATA_TYPE_INT8,
+    "int16": tpb.DATA_TYPE_INT16,
+    "int32": tpb.DATA_TYPE_INT32,
+    "int64": tpb.DATA_TYPE_INT64,
+    "uint8": tpb.DATA_TYPE_UINT8,
+    "uint16": tpb.DATA_TYPE_UINT16,
+    "uint32": tpb.DATA_TYPE_UINT32,
+    "uint64": tpb.DATA_TYPE_UINT64,
+    "bool": tpb.DATA_TYPE_BOOL,
+}
+_DTYPE_FROM_PROTO: dict[int, str] = {v: k for k, v in _DTYPE_TO_PROTO.items()}
+
+
+def dtype_to_proto(dtype: str) -> tpb.DataType.ValueType:
+    """NumPy dtype name -> wire enum."""
+    try:
+        return tpb.DataType.ValueType(_DTYPE_TO_PROTO[dtype])
+    except KeyError:
+        raise SerdeError(f"dtype {dtype!r} cannot be sent") from None
+
+
+def dtype_from_proto(value: int) -> str:
+    """Wire enum -> NumPy dtype name."""
+    try:
+        return _DTYPE_FROM_PROTO[value]
+    except KeyError:
+        raise SerdeError(f"unknown or unspecified data type {value}") from None
+
+
+def tensor_spec_to_proto(spec: TensorSpec) -> tpb.TensorSpec:
+    """Domain tensor spec -> message."""
+    return tpb.TensorSpec(name=spec.name, dtype=dtype_to_proto(spec.dtype), shape=spec.shape)
+
+
+def tensor_spec_from_proto(msg: tpb.TensorSpec) -> TensorSpec:
+    """Message -> domain tensor spec."""
+    try:
+        return TensorSpec(
+            name=msg.name, shape=tuple(int(d) for d in msg.shape), dtype=dtype_from_proto(msg.dtype)
+        )
+    except (SpecError, SerdeError) as exc:
+        raise SerdeError(f"tensor {msg.name!r}: {exc}") from None
+
+
+def model_spec_to_proto(spec: ModelSpec) -> tpb.ModelSpec:
+    """Domain model spec -> message."""
+    return tpb.ModelSpec(
+        model_id=spec.model_id, tensors=[tensor_spec_to_proto(t) for t in spec.tensors]
+    )
+
+
+def model_spec_from_proto(msg: tpb.ModelSpec) -> ModelSpec:
+    """Message -> domain model spec."""
+    try:
+        return ModelSpec(msg.model_id, tuple(tensor_spec_from_proto(t) for t in msg.tensors))
+    except SpecError as exc:
+        raise SerdeError(str(exc)) from None
+
+
+# --- scalars and config maps ------------------------------------------------------
+
+
+def scalar_to_proto(value: Scalar) -> tpb.Scalar:
+    """Python scalar -> message. bool is checked before int (bool is an int)."""
+    if isinstance(value, bool | np.bool_):
+        return tpb.Scalar(bool_value=bool(value))
+    if isinstance(value, int | np.integer):
+        return tpb.Scalar(int_value=int(value))
+    if isinstance(value, float | np.floating):
+        return tpb.Scalar(float_value=float(value))
+    if isinstance(value, str):
+        return tpb.Scalar(string_value=value)
+    if isinstance(value, bytes):
+        return tpb.Scalar(bytes_value=value)
+    raise SerdeError(f"cannot send a value of type {type(value).__name__} as a scalar")
+
+
+def scalar_from_proto(msg: tpb.Scalar) -> Scalar:
+    """Message -> Python scalar."""
+    kind = msg.WhichOneof("value")
+    if kind is None:
+        raise SerdeError("scalar has no value set")
+    value: Scalar = getattr(msg, kind)
+    return value
+
+
+def config_to_proto(config: Mapping[str, Scalar]) -> dict[str, tpb.Scalar]:
+    """Config or metrics dict -> map of messages."""
+    out: dict[str, tpb.Scalar] = {}
+    for key, value in config.items():
+        try:
+            out[key] = scalar_to_proto(value)
+        except SerdeError as exc:
+            raise SerdeError(f"config key {key!r}: {exc}") from None
+    return out
+
+
+def config_from_proto(msg: Mapping[str, tpb.Scalar]) -> Config:
+    """Map of messages -> config or metrics dict."""
+    out: Config = {}
+    for key, value in msg.items():
+        try:
+            out[key] = scalar_from_proto(value)
+        except SerdeError as exc:
+            raise SerdeError(f"config key {key!r}: {exc}") from None
+    return out
+
+
+# --- parameters: header + chunks --------------------------------------------------
+
+
+def _little_endian(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous little-endian view or copy of ``array``."""
+    dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def parameters_header(names: Sequence[str], arrays: NDArrays) -> tpb.ParametersHeader:
+    """The header announcing ``arrays`` under ``names``."""
+    if len(names) != len(arrays):
+        raise SerdeError(f"{len(names)} tensor names for {len(arrays)} arrays")
+    specs = [TensorSpec.of(n, np.asarray(a)) for n, a in zip(names, arrays, strict=True)]
+    return tpb.ParametersHeader(
+        tensors=[tensor_spec_to_proto(s) for s in specs],
+        total_bytes=sum(s.nbytes for s in specs),
+    )
+
+
+def iter_chunks(
+    arrays: NDArrays, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[tpb.TensorChunk]:
+    """The raw bytes of ``arrays`` as chunks of at most ``chunk_bytes``.
+
+    Arrays are converted one at a time, so at most one extra copy of a single
+    tensor exists while sending (none for little-endian contiguous arrays).
+    """
+    if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
+        raise SerdeError(f"chunk size {chunk_bytes} outside 1..{MAX_CHUNK_BYTES}")
+    for index, array in enumerate(arrays):
+        raw = _little_endian(np.asarray(array)).reshape(-1).view(np.uint8)
+        for offset in range(0, raw.size, chunk_bytes):
+            yield tpb.TensorChunk(
+                tensor_index=index, offset=offset, data=raw[offset : offset + chunk_bytes].tobytes()
+            )
+
+
+class ParametersAssembler:
+    """Rebuilds arrays from a header and its chunks, checking every byte's place.
+
+    Memory is the size of the announced tensors, allocated once; chunks are
+    copied into place and dropped. Any gap, overlap, overrun or missing byte is
+    a :class:`SerdeError` naming the tensor.
+    """
+
+    def __init__(self, header: tpb.ParametersHeader, *, max_bytes: int | None = None) -> None:
+        self.specs = tuple(tensor_spec_from_proto(t) for t in header.tensors)
+        expected = sum(s.nbytes for s in self.specs)
+        if header.total_bytes != expected:
+            raise SerdeError(
+                f"parameters header announces {header.total_bytes} bytes, "
+                f"but its tensors need {expected}"
+            )
+        if max_bytes is not None and expected > max_bytes:
+            raise SerdeError(f"parameters of {expected} bytes exceed the limit of {max_bytes}")
+        self._arrays = [
+            np.empty(s.shape, dtype=np.dtype(s.dtype).newbyteorder("<")) for s in self.specs
+        ]
+        # Flat byte views of the arrays: chunks are written through them in place.
+        self._views = [a.reshape(-1).view(np.uint8) for a in self._arrays]
+        self._index = 0
+        self._filled = 0
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Tensor names from the header, in order."""
+        return tuple(s.name for s in self.specs)
+
+    def _skip_empty(self) -> None:
+        while self._index < len(self.specs) and self._filled == self.specs[self._index].nbytes:
+            self._index += 1
+            self._filled = 0
+
+    def add(self, chunk: tpb.TensorChunk) -> None:
+        """Place one chunk; chunks must come in tensor order and offset order."""
+        self._skip_empty()
+        if self._index >= len(self.specs):
+            raise SerdeError(
+                f"chunk for tensor #{chunk.tensor_index} after all {len(self.specs)} tensors "
+                "were complete"
+            )
+        spec = self.specs[self._index]
+        if chunk.tensor_index != self._index:
+            raise SerdeError(
+                f"tensor {spec.name!r} (#{self._index}) is incomplete "
+                f"({self._filled} of {spec.nbytes} bytes) but a chunk for tensor "
+                f"#{chunk.tensor_index} arrived"
+            )
+        if chunk.offset != self._filled:
+            raise SerdeError(
+                f"tensor {spec.name!r}: chunk at byte {chunk.offset}, expected byte {self._filled}"
+            )
+        end = self._filled + len(chunk.data)
+        if end > spec.nbytes:
+            raise SerdeError(
+                f"tensor {spec.name!r}: {end} bytes received, but {spec.describe()} "
+                f"has only {spec.nbytes}"
+            )
+        if not chunk.data:
+            raise SerdeError(f"tensor {spec.name!r}: empty chunk")
+        self._views[self._index][self._filled : end] = np.frombuffer(chunk.data, dtype=np.uint8)
+        self._filled = end
+
+    def finish(self) -> NDArrays:
+        """The completed arrays (native byte order); raises if any byte is missing."""
+        self._skip_empty()
+        if self._index < len(self.specs):
+            spec = self.specs[self._index]
+            raise SerdeError(
+                f"tensor {spec.name!r}: only {self._filled} of {spec.nbytes} bytes received"
+            )
+        return [a.astype(a.dtype.newbyteorder("="), copy=False) for a in self._arrays]
+
+
+def arrays_from_parts(
+    header: tpb.ParametersHeader, chunks: Sequence[tpb.TensorChunk]
+) -> tuple[tuple[str, ...], NDArrays]:
+    """Names and arrays from a header and all its chunks (for tests and tools)."""
+    assembler = ParametersAssembler(header)
+    for chunk in chunks:
+        assembler.add(chunk)
+    return assembler.names, assembler.finish()
+
+
+# --- enums ------------------------------------------------------------------------
+
+_STATE_TO_PROTO = {
+    FederationState.WAITING: pb.FEDERATION_STATE_WAITING,
+    FederationState.RUNNING: pb.FEDERATION_STATE_RUNNING,
+    FederationState.FINISHED: pb.FEDERATION_STATE_FINISHED,
+    FederationState.FAILED: pb.FEDERATION_STATE_FAILED,
+}
+_STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
+_TASK_TO_PROTO = {TaskType.FIT: pb.TASK_TYPE_FIT, TaskType.EVALUATE: pb.TASK_TYPE_EVALUATE}
+_TASK_FROM_PROTO = {v: k for k, v in _TASK_TO_PROTO.items()}
+_ROLE_TO_PROTO = {Role.TRAINER: pb.CLIENT_ROLE_TRAINER, Role.EVALUATOR: pb.CLIENT_ROLE_EVALUATOR}
+_ROLE_FROM_PROTO = {v: k for k, v in _ROLE_TO_PROTO.items()}
+
+
+def state_to_proto(state: FederationState) -> pb.FederationState.ValueType:
+    """Domain federation state -> wire enum."""
+    return _STATE_TO_PROTO[state]
+
+
+def state_from_proto(value: int) -> FederationState:
+    """Wire enum -> domain federation state."""
+    try:
+        return _STATE_FROM_PROTO[value]  # type: ignore[index]
+    except KeyError:
+        raise SerdeError(f"unknown federation state {value}") from None
+
+
+# --- join -------------------------------------------------------------------------
+
+
+def join_to_proto(info: JoinInfo) -> pb.JoinRequest:
+    """Domain join info -> JoinRequest."""
+    return pb.JoinRequest(
+        api_version=info.api_version,
+        federation=info.federation,
+        instance_id=info.instance_id,
+        display_name=info.display_name,
+        framework=info.framework,
+        capabilities=list(info.capabilities),
+        role=_ROLE_TO_PROTO[info.role],
+        model_spec=model_spec_to_proto(info.model_spec) if info.model_spec else None,
+        auth_token=info.auth_token,
+    )
+
+
+def join_from_proto(msg: pb.JoinRequest) -> JoinInfo:
+    """JoinRequest -> domain join info."""
+    if not msg.federation:
+        raise SerdeError("JoinRequest.federation is empty")
+    if not msg.instance_id:
+        raise SerdeError("JoinRequest.instance_id is empty")
+    role = Role.TRAINER if msg.role == pb.CLIENT_ROLE_UNSPECIFIED else _ROLE_FROM_PROTO.get(msg.role)
+    if role is None:
+        raise SerdeError(f"JoinRequest.role: unknown role {msg.role}")
+    spec = model_spec_from_proto(msg.model_spec) if msg.HasField("model_spec") else None
+    return JoinInfo(
+        api_version=msg.api_version,
+        federation=msg.federation,
+        instance_id=msg.instance_id,
+        display_name=msg.display_name,
+        framework=msg.framework,
+        capabilities=tuple(msg.capabilities),
+        role=role,
+        model_spec=spec,
+        auth_token=msg.auth_token,
+    )
+
+
+def session_to_proto(session: Session) -> pb.JoinResponse:
+    """Domain session -> JoinResponse."""
+    return pb.JoinResponse(
+        client_id=session.client_id,
+        api_version=session.api_version,
+        heartbeat_interval_seconds=session.heartbeat_interval,
+        model_spec=model_spec_to_proto(session.model_spec),
+        partition_id=session.partition_id,
+        num_partitions=session.num_partitions,
+        state=state_to_proto(session.state),
+    )
+
+
+def session_from_proto(msg: pb.JoinResponse) -> Session:
+    """JoinResponse -> domain session."""
+    return Session(
+        client_id=msg.client_id,
+        api_version=msg.api_version,
+        heartbeat_interval=msg.heartbeat_interval_seconds,
+        model_spec=model_spec_from_proto(msg.model_spec),
+        partition_id=msg.partition_id,
+        num_partitions=msg.num_partitions,
+        state=state_from_proto(msg.state),
+    )
+
+
+# --- tasks ------------------------------------------------------------------------
+
+
+def task_to_stream(
+    task: Task, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[pb.PullTaskResponse]:
+    """A task as a PullTask stream: header, then chunks."""
+    yield pb.PullTaskResponse(
+        task=pb.TaskHeader(
+            task_id=task.task_id,
+            type=_TASK_TO_PROTO[task.type],
+            round=task.round,
+            config=config_to_proto(task.config),
+            timeout_seconds=task.timeout,
+            parameters=parameters_header(task.names, task.parameters),
+        )
+    )
+    for chunk in iter_chunks(task.parameters, chunk_bytes):
+        yield pb.PullTaskResponse(chunk=chunk)
+
+
+def idle_to_proto(idle: Idle) -> pb.PullTaskResponse:
+    """Domain idle -> the single message of an idle stream."""
+    return pb.PullTaskResponse(idle=pb.Idle(state=state_to_proto(idle.state)))
+
+
+def finished_to_proto(finished: Finished) -> pb.PullTaskResponse:
+    """Domain finished -> the single message of a finished stream."""
+    return pb.PullTaskResponse(
+        finished=pb.Finished(state=state_to_proto(finished.state), reason=finished.reason)
+    )
+
+
+def task_from_stream(stream: Iterator[pb.PullTaskResponse]) -> Task | Idle | Finished:
+    """Read one PullTask stream into a task, an idle or a finished value."""
+    first = next(stream, None)
+    if first is None:
+        raise SerdeError("PullTask stream ended without a message")
+    kind = first.WhichOneof("item")
+    if kind == "idle":
+        return Idle(state=state_from_proto(first.idle.state))
+    if kind == "finished":
+        return Finished(state=state_from_proto(first.finished.state), reason=first.finished.reason)
+    if kind != "task":
+        raise SerdeError(f"PullTask stream starts with {kind!r}, expected a task header")
+    header = first.task
+    if header.type not in _TASK_FROM_PROTO:
+        raise SerdeError(f"task {header.task_id!r}: unknown task type {header.type}")
+    assembler = ParametersAssembler(header.parameters)
+    for msg in stream:
+        if msg.WhichOneof("item") != "chunk":
+            raise SerdeError(f"task {header.task_id!r}: expected chunks, got {msg.WhichOneof('item')!r}")
+        assembler.add(msg.chunk)
+    return Task(
+        task_id=header.task_id,
+        type=_TASK_FROM_PROTO[header.type],
+        round=header.round,
+        config=config_from_proto(header.config),
+        timeout=header.timeout_seconds,
+        names=assembler.names,
+        parameters=assembler.finish(),
+    )
+
+
+# --- results ----------------------------------------------------------------------
+
+
+def result_to_stream(
+    result: Result, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[pb.PushResultRequest]:
+    """A result as a PushResult stream: header, then chunks."""
+    yield pb.PushResultRequest(header=result_header_to_proto(result))
+    for chunk in iter_chunks(result.parameters, chunk_bytes):
+        yield pb.PushResultRequest(chunk=chunk)
+
+
+def result_header_to_proto(result: Result) -> pb.ResultHeader:
+    """The header of a result (its parameters are announced, not included)."""
+    return pb.ResultHeader(
+        client_id=result.client_id,
+        task_id=result.task_id,
+        status=pb.RESULT_STATUS_FAILED if result.error else pb.RESULT_STATUS_OK,
+        error_message=result.error,
+        num_examples=result.num_examples,
+        loss=result.loss,
+        metrics=config_to_proto(result.metrics),
+        parameters=parameters_header(result.names, result.parameters),
+    )
+
+
+def result_from_header(header: pb.ResultHeader, arrays: NDArrays, names: tuple[str, ...]) -> Result:
+    """A result from its header and the arrays rebuilt from its chunks."""
+    failed = header.status == pb.RESULT_STATUS_FAILED
+    return Result(
+        client_id=header.client_id,
+        task_id=header.task_id,
+        num_examples=header.num_examples,
+        loss=header.loss,
+        metrics=config_from_proto(header.metrics),
+        names=names,
+        parameters=arrays,
+        error=(header.error_message or "client reported a failure") if failed else "",
+    )
+
+
+def result_from_stream(stream: Iterator[pb.PushResultRequest]) -> Result:
+    """Read a whole PushResult stream (synchronous; the server has its own async loop)."""
+    first = next(stream, None)
+    if first is None or first.WhichOneof("item") != "header":
+        raise SerdeError("PushResult stream must start with a result header")
+    assembler = ParametersAssembler(first.header.parameters)
+    for msg in stream:
+        if msg.WhichOneof("item") != "chunk":
+            raise SerdeError("PushResult stream: expected chunks after the header")
+        assembler.add(msg.chunk)
+    return result_from_header(first.header, assembler.finish(), assembler.names)
+
+
+def is_chunk(msg: pb.PushResultRequest) -> bool:
+    """True for a chunk message of a PushResult stream."""
+    return msg.WhichOneof("item") == "chunk"
