@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from orchard.messages import (
-    Finished,
     FederationState,
+    Finished,
     Idle,
     JoinInfo,
     Result,
@@ -331,7 +331,9 @@ def join_from_proto(msg: pb.JoinRequest) -> JoinInfo:
         raise SerdeError("JoinRequest.federation is empty")
     if not msg.instance_id:
         raise SerdeError("JoinRequest.instance_id is empty")
-    role = Role.TRAINER if msg.role == pb.CLIENT_ROLE_UNSPECIFIED else _ROLE_FROM_PROTO.get(msg.role)
+    role = (
+        Role.TRAINER if msg.role == pb.CLIENT_ROLE_UNSPECIFIED else _ROLE_FROM_PROTO.get(msg.role)
+    )
     if role is None:
         raise SerdeError(f"JoinRequest.role: unknown role {msg.role}")
     spec = model_spec_from_proto(msg.model_spec) if msg.HasField("model_spec") else None
@@ -425,7 +427,9 @@ def task_from_stream(stream: Iterator[pb.PullTaskResponse]) -> Task | Idle | Fin
     assembler = ParametersAssembler(header.parameters)
     for msg in stream:
         if msg.WhichOneof("item") != "chunk":
-            raise SerdeError(f"task {header.task_id!r}: expected chunks, got {msg.WhichOneof('item')!r}")
+            raise SerdeError(
+                f"task {header.task_id!r}: expected chunks, got {msg.WhichOneof('item')!r}"
+            )
         assembler.add(msg.chunk)
     return Task(
         task_id=header.task_id,

@@ -1,0 +1,130 @@
+"""Assembles the server: federations, their pools, the gRPC server, health checks.
+
+All federations run side by side in one event loop; the process exits when
+every federation has ended (0 if all finished, 1 if any failed) or on
+SIGTERM/SIGINT. Checkpoints are written after every round, so stopping at any
+moment loses at most the round in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from orchard.messages import FederationState
+from orchard.v1 import federation_service_pb2 as pb
+from orchard.v1 import federation_service_pb2_grpc as pb_grpc
+from orchard_server.config import ServerConfig
+from orchard_server.federation import Federation
+from orchard_server.grpc_pool import GrpcClientPool
+from orchard_server.servicer import FederationServicer, Hosted
+
+log = logging.getLogger("orchard.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FederationService"].full_name
+
+
+class OrchardServer:
+    """One server process hosting several federations."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.hosted: dict[str, Hosted] = {}
+        for fed_config in config.federations:
+            spec = fed_config.model_spec()
+            pool = GrpcClientPool(fed_config.name, spec, heartbeat_timeout=config.heartbeat_timeout)
+            federation = Federation(fed_config, pool, config.state_dir)
+            federation.restore_or_init()
+            self.hosted[fed_config.name] = Hosted(federation=federation, pool=pool)
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Start serving; returns the bound port (useful with port 0)."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_FederationServiceServicer_to_server(
+            FederationServicer(
+                self.hosted,
+                heartbeat_interval=self.config.heartbeat_interval,
+                max_poll_seconds=self.config.max_poll_seconds,
+                max_upload_bytes=self.config.max_upload_bytes,
+                max_concurrent_uploads=self.config.max_concurrent_uploads,
+            ),
+            server,
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if self.config.insecure:
+            log.warning("serving WITHOUT TLS on %s (insecure = true): use only on trusted "
+                        "networks", self.config.address)
+            self.port = server.add_insecure_port(self.config.address)
+        else:
+            assert self.config.tls_cert is not None and self.config.tls_key is not None
+            credentials = grpc.ssl_server_credentials(
+                [(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())]
+            )
+            self.port = server.add_secure_port(self.config.address, credentials)
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.server = server
+        log.info("orchard server listening on %s (port %d), federations: %s", self.config.address,
+                 self.port, ", ".join(f"{n} ({h.federation.spec.model_id}, "
+                                      f"{h.federation.rounds_completed}/"
+                                      f"{h.federation.config.num_rounds} rounds done)"
+                                      for n, h in self.hosted.items()))
+        return self.port
+
+    async def run(self, *, linger: float = 10.0) -> int:
+        """Run every federation to its end; returns the process exit code."""
+        if self.server is None:
+            await self.start()
+        reapers = [asyncio.create_task(h.pool.reap()) for h in self.hosted.values()]
+        loops = [asyncio.create_task(self._run_one(h)) for h in self.hosted.values()]
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopper, asyncio.gather(*loops)],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if stopper in done:
+            log.info("stopping on signal; federations resume from their last checkpoint")
+            for task in loops:
+                task.cancel()
+        else:
+            await self._linger(linger)
+        stopper.cancel()
+        for task in reapers:
+            task.cancel()
+        assert self.server is not None
+        await self.server.stop(grace=2.0)
+        states = [h.federation.state for h in self.hosted.values()]
+        if stopper in done:
+            return 0
+        return 0 if all(s is FederationState.FINISHED for s in states) else 1
+
+    async def _run_one(self, hosted: Hosted) -> None:
+        try:
+            await hosted.federation.run()
+        finally:
+            hosted.pool.close()
+
+    async def _linger(self, seconds: float) -> None:
+        """Keep answering briefly so connected clients learn the federation ended."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and any(h.pool.size for h in self.hosted.values()):
+            await asyncio.sleep(0.2)

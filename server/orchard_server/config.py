@@ -1,0 +1,269 @@
+"""Server configuration: a TOML file, overridden by environment variables and flags.
+
+Precedence (lowest first): built-in defaults, the config file, ``ORCHARD_*``
+environment variables (for containers), then ``--set key=value`` flags. Every
+key is checked: an unknown key or a wrong type is an error naming the key,
+because a typo silently ignored would run the wrong experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchard.models import get_model_spec
+from orchard.spec import ModelSpec, SpecError, TensorSpec
+from orchard.typing import Config
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FederationConfig:
+    """One federation: a named training job with its model, strategy and timing."""
+
+    name: str
+    model: str = ""
+    #: Inline tensors for a model id that is not registered (for example the
+    #: reference NumPy client's logistic regression).
+    tensors: tuple[TensorSpec, ...] = ()
+    num_rounds: int = 3
+    strategy: str = "fedavg"
+    strategy_options: Config = field(default_factory=dict)
+    seed: int = 0
+    init_file: Path | None = None
+    fraction_fit: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_fit_clients: int = 2
+    min_evaluate_clients: int = 2
+    min_available_clients: int = 2
+    #: Partitions the clients' data is split into; 0 means min_available_clients.
+    num_partitions: int = 0
+    #: Seconds a round (fit, then evaluate) may take before missing clients are dropped.
+    round_timeout: float = 600.0
+    #: Seconds to wait for min_available_clients before giving up.
+    wait_timeout: float = 300.0
+    #: How often a round that got too few results is tried again before the
+    #: federation fails.
+    round_retries: int = 2
+    #: Evaluate the global model every N rounds (0: never).
+    evaluate_every: int = 1
+    auth_token: str = ""
+    fit_config: Config = field(default_factory=dict)
+    evaluate_config: Config = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"federation {self.name!r}"
+        if not self.model and not self.tensors:
+            raise ConfigError(f"{where}: set 'model' (a registered model id) or 'tensors'")
+        if self.num_rounds < 1:
+            raise ConfigError(f"{where}: num_rounds must be >= 1, got {self.num_rounds}")
+        for key in ("fraction_fit", "fraction_evaluate"):
+            value = getattr(self, key)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"{where}: {key} must be in (0, 1], got {value}")
+        for key in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}: {key} must be >= 1")
+        if self.min_available_clients < self.min_fit_clients:
+            raise ConfigError(
+                f"{where}: min_available_clients ({self.min_available_clients}) is below "
+                f"min_fit_clients ({self.min_fit_clients}); no round could ever start"
+            )
+        for key in ("round_timeout", "wait_timeout"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{where}: {key} must be > 0 seconds")
+        if self.init_file is not None and not self.init_file.is_file():
+            raise ConfigError(f"{where}: init_file {self.init_file} does not exist")
+
+    @property
+    def partitions(self) -> int:
+        """Number of data partitions handed out to clients."""
+        return self.num_partitions or self.min_available_clients
+
+    def model_spec(self) -> ModelSpec:
+        """The spec updates are validated against."""
+        if self.tensors:
+            return ModelSpec(self.model or self.name, self.tensors)
+        try:
+            return get_model_spec(self.model)
+        except SpecError as exc:
+            raise ConfigError(f"federation {self.name!r}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """The server process: address, security, liveness and where state goes."""
+
+    address: str = "0.0.0.0:8080"
+    state_dir: Path = Path("runs/server")
+    heartbeat_interval: float = 2.0
+    #: A client silent for this long is dropped from the pool and its tasks.
+    heartbeat_timeout: float = 10.0
+    #: Longest a PullTask call is held open.
+    max_poll_seconds: float = 30.0
+    insecure: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Largest result a client may upload, in bytes (guards memory).
+    max_upload_bytes: int = 8 << 30
+    #: Results assembled at once; bounds server memory to this many model copies.
+    max_concurrent_uploads: int = 4
+    federations: tuple[FederationConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.federations:
+            raise ConfigError("no federation configured: add a [federations.NAME] table")
+        if not self.insecure and (self.tls_cert is None or self.tls_key is None):
+            raise ConfigError(
+                "TLS needs tls_cert and tls_key (ORCHARD_TLS_CERT, ORCHARD_TLS_KEY); "
+                "set insecure = true (ORCHARD_INSECURE=1) to serve plain text on purpose"
+            )
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"TLS file {path} does not exist")
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ConfigError("heartbeat_timeout must exceed heartbeat_interval")
+
+
+# --- loading ----------------------------------------------------------------------
+
+_ENV_SERVER_KEYS = {
+    "ORCHARD_ADDRESS": "address",
+    "ORCHARD_STATE_DIR": "state_dir",
+    "ORCHARD_INSECURE": "insecure",
+    "ORCHARD_TLS_CERT": "tls_cert",
+    "ORCHARD_TLS_KEY": "tls_key",
+    "ORCHARD_HEARTBEAT_TIMEOUT": "heartbeat_timeout",
+}
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML scalar if it parses as one (1, 0.5, true, "x"), else the raw string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a table")
+        node = child
+    node[keys[-1]] = value
+
+
+def _coerce(cls: type, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Check keys and types of ``raw`` against the dataclass ``cls``."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields or key in ("federations", "name"):
+            known = ", ".join(sorted(k for k in fields if k not in ("federations", "name")))
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
+        default = fields[key].default
+        kind = type(default) if default is not dataclasses.MISSING else None
+        if key in ("state_dir", "tls_cert", "tls_key", "init_file"):
+            out[key] = Path(value)
+        elif key == "tensors":
+            out[key] = _tensors(where, value)
+        elif isinstance(default, bool):
+            out[key] = _bool(where, key, value)
+        elif kind in (int, float) and isinstance(value, int | float) and not isinstance(value, bool):
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ConfigError(f"{where}: {key} must be an integer, got {value}")
+            out[key] = kind(value)
+        elif kind is str and isinstance(value, str):
+            out[key] = value
+        elif fields[key].default_factory is not dataclasses.MISSING:  # a config table
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {key} must be a table")
+            out[key] = _scalars(f"{where}.{key}", value)
+        else:
+            raise ConfigError(
+                f"{where}: {key} must be {kind.__name__ if kind else 'set'}, got {value!r}"
+            )
+    return out
+
+
+def _bool(where: str, key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        return value.lower() in {"1", "true", "yes", "on"}
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+
+
+def _scalars(where: str, table: Mapping[str, Any]) -> Config:
+    out: Config = {}
+    for key, value in table.items():
+        if not isinstance(value, bool | int | float | str):
+            raise ConfigError(f"{where}.{key}: must be a number, boolean or string")
+        out[key] = value
+    return out
+
+
+def _tensors(where: str, value: Any) -> tuple[TensorSpec, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: tensors must be a list of {{name, shape, dtype}} tables")
+    try:
+        return tuple(
+            TensorSpec(name=t["name"], shape=tuple(t["shape"]), dtype=t.get("dtype", "float32"))
+            for t in value
+        )
+    except (KeyError, TypeError, SpecError) as exc:
+        raise ConfigError(f"{where}: bad tensor entry: {exc}") from None
+
+
+def load_config(
+    path: Path | None,
+    *,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Read, override and validate the configuration."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    server = dict(data.get("server", {}))
+    for var, key in _ENV_SERVER_KEYS.items():
+        if env.get(var):
+            server[key] = _parse_value(env[var])
+    federations: dict[str, Any] = {k: dict(v) for k, v in data.get("federations", {}).items()}
+    extra = [s for s in env.get("ORCHARD_SET", "").split(";") if s.strip()]
+    for item in [*extra, *overrides]:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        root = {"server": server, "federations": federations}
+        _set_path(root, key.strip(), _parse_value(value.strip()))
+    unknown = set(data) - {"server", "federations"}
+    if unknown:
+        raise ConfigError(f"unknown top-level table(s) {sorted(unknown)}; use [server] and [federations.NAME]")
+    feds = tuple(
+        FederationConfig(name=name, **_coerce(FederationConfig, f"federations.{name}", raw))
+        for name, raw in federations.items()
+    )
+    return ServerConfig(**_coerce(ServerConfig, "server", server), federations=feds)
+
+

@@ -1,0 +1,204 @@
+"""The client pool of a federation whose clients come over gRPC.
+
+Sessions live here: who joined, when they were last heard from, the tasks
+waiting for them (a mailbox drained by their long polls) and the tasks they
+are working on (futures the round loop awaits). A reaper drops sessions whose
+heartbeats stop, failing their open tasks, so a dead client never stalls a
+round for longer than the heartbeat timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from orchard.messages import JoinInfo, Result, Role, Task
+from orchard.spec import ModelSpec, SpecError
+from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool, validate_result
+
+log = logging.getLogger("orchard.server")
+
+
+@dataclass(slots=True)
+class _Session:
+    info: ClientInfo
+    last_seen: float
+    mailbox: asyncio.Queue[Task] = field(default_factory=asyncio.Queue)
+    #: task_id -> (task, future the round loop awaits)
+    open: dict[str, tuple[Task, asyncio.Future[Result]]] = field(default_factory=dict)
+
+
+class GrpcClientPool(ClientPool):
+    """Sessions of one federation; the servicer feeds it, the round loop uses it."""
+
+    def __init__(self, federation: str, spec: ModelSpec, *, heartbeat_timeout: float) -> None:
+        self.federation = federation
+        self.spec = spec
+        self.heartbeat_timeout = heartbeat_timeout
+        self._sessions: dict[str, _Session] = {}
+        self._changed = asyncio.Event()
+        self.closed = asyncio.Event()
+
+    # -- used by the servicer -------------------------------------------------------
+
+    def join(self, info: JoinInfo, partition_id: int) -> ClientInfo:
+        """Open a session; a previous session of the same instance is replaced."""
+        for old in [s for s in self._sessions.values() if s.info.instance_id == info.instance_id]:
+            self.drop(old.info.client_id, "joined again with a new session")
+        client = ClientInfo(
+            client_id=f"c-{uuid.uuid4().hex[:10]}",
+            display_name=info.display_name or info.instance_id[:12],
+            framework=info.framework,
+            role=info.role,
+            partition_id=partition_id,
+            instance_id=info.instance_id,
+        )
+        self._sessions[client.client_id] = _Session(info=client, last_seen=time.monotonic())
+        self._changed.set()
+        log.info("federation %r: %s joined as %s (%s, %s, partition %d); %d connected",
+                 self.federation, client.display_name, client.client_id,
+                 client.framework or "unknown framework", client.role.value, partition_id,
+                 len(self._sessions))
+        return client
+
+    def known(self, client_id: str) -> bool:
+        """Whether ``client_id`` is a live session (and mark it alive)."""
+        session = self._sessions.get(client_id)
+        if session is not None:
+            session.last_seen = time.monotonic()
+        return session is not None
+
+    def drop(self, client_id: str, reason: str) -> None:
+        """End a session and fail its open tasks with ``reason``."""
+        session = self._sessions.pop(client_id, None)
+        if session is None:
+            return
+        for _, fut in session.open.values():
+            if not fut.done():
+                fut.set_exception(ClientDroppedError(client_id, reason))
+        self._changed.set()
+        log.info("federation %r: %s (%s) left: %s; %d connected", self.federation,
+                 session.info.display_name, client_id, reason, len(self._sessions))
+
+    async def next_task(self, client_id: str, wait: float) -> Task | None:
+        """The next task of a session whose round is still waiting for it, or None."""
+        deadline = time.monotonic() + wait
+        while True:
+            session = self._sessions.get(client_id)
+            if session is None or self.closed.is_set():
+                return None
+            try:
+                task = session.mailbox.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                getter = asyncio.ensure_future(session.mailbox.get())
+                closer = asyncio.ensure_future(self.closed.wait())
+                done, _ = await asyncio.wait({getter, closer}, timeout=remaining,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                closer.cancel()
+                if getter not in done:
+                    getter.cancel()
+                    continue
+                task = getter.result()
+            entry = session.open.get(task.task_id)
+            if entry is not None and not entry[1].done():
+                session.last_seen = time.monotonic()
+                return task
+
+    def open_task(self, client_id: str, task_id: str) -> Task:
+        """The open task a result answers; KeyError or LookupError say why not."""
+        session = self._sessions.get(client_id)
+        if session is None:
+            raise KeyError(f"unknown session {client_id!r}; join again")
+        entry = session.open.get(task_id)
+        if entry is None:
+            raise KeyError(f"task {task_id!r} is not assigned to {client_id}")
+        if entry[1].done():
+            raise LookupError(f"task {task_id!r} is closed (its round moved on or its deadline passed)")
+        session.last_seen = time.monotonic()
+        return entry[0]
+
+    def deliver(self, client_id: str, result: Result) -> None:
+        """Hand a result to the waiting round; raises SpecError for a bad update."""
+        session = self._sessions.get(client_id)
+        entry = session.open.get(result.task_id) if session else None
+        if session is None or entry is None or entry[1].done():
+            raise LookupError(f"task {result.task_id!r} is no longer open")
+        task, fut = entry
+        if result.error:
+            fut.set_exception(ClientDroppedError(client_id, f"task failed on the client: {result.error}"))
+            return
+        try:
+            validate_result(self.spec, task, result)
+        except SpecError as exc:
+            self.reject(client_id, result.task_id, str(exc))
+            raise
+        fut.set_result(result)
+
+    def reject(self, client_id: str, task_id: str, reason: str) -> None:
+        """Fail an open task because its result was malformed."""
+        session = self._sessions.get(client_id)
+        entry = session.open.get(task_id) if session else None
+        if entry is not None and not entry[1].done():
+            entry[1].set_exception(ClientDroppedError(client_id, f"update rejected: {reason}"))
+        log.warning("federation %r: rejected the result of %s for %s: %s", self.federation,
+                    client_id, task_id, reason)
+
+    async def reap(self) -> None:
+        """Forever: drop sessions silent for longer than the heartbeat timeout."""
+        while True:
+            await asyncio.sleep(min(1.0, self.heartbeat_timeout / 4))
+            now = time.monotonic()
+            for cid, session in list(self._sessions.items()):
+                silent = now - session.last_seen
+                if silent > self.heartbeat_timeout:
+                    self.drop(cid, f"no heartbeat for {silent:.1f} s")
+
+    def close(self) -> None:
+        """The federation ended: wake every long poll."""
+        self.closed.set()
+
+    @property
+    def size(self) -> int:
+        """Number of live sessions."""
+        return len(self._sessions)
+
+    # -- ClientPool ---------------------------------------------------------------------
+
+    def clients(self, role: Role = Role.TRAINER) -> list[ClientInfo]:
+        return sorted((s.info for s in self._sessions.values() if s.info.role is role),
+                      key=lambda i: i.sort_key)
+
+    async def wait_for_clients(self, count: int, timeout: float, role: Role = Role.TRAINER) -> bool:
+        deadline = time.monotonic() + timeout
+        while len(self.clients(role)) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    async def run_task(self, client_id: str, task: Task) -> Result:
+        session = self._sessions.get(client_id)
+        if session is None:
+            raise ClientDroppedError(client_id, "disconnected before the task was sent")
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        session.open[task.task_id] = (task, fut)
+        session.mailbox.put_nowait(task)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), task.timeout)
+        except TimeoutError:
+            raise ClientDroppedError(client_id, f"missed the deadline of {task.timeout:.0f} s") from None
+        finally:
+            if not fut.done():
+                fut.cancel()
+            session.open.pop(task.task_id, None)

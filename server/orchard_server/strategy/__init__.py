@@ -1,0 +1,98 @@
+"""Federated strategies as small composable pieces.
+
+A strategy is a client-selection policy (:func:`sample_clients`), an aggregate
+function (:class:`WeightedMean`, :class:`CoordinateMedian`,
+:class:`TrimmedMean`) and a server optimizer (:func:`sgd`, :func:`adam`,
+:func:`yogi`, :func:`adagrad`) whose state is an explicit immutable value.
+:func:`make_strategy` builds the named ones (FedAvg, FedAvgM, FedAdam, FedYogi,
+FedAdagrad, FedProx, FedMedian, FedTrimmedAvg). Pure NumPy: no transport and
+no ML framework here.
+"""
+
+from orchard_server.strategy.aggregate import (
+    AggregationError,
+    Aggregator,
+    CoordinateMedian,
+    TrimmedMean,
+    WeightedMean,
+    median,
+    trimmed_mean,
+    weighted_average_loss,
+    weighted_average_metrics,
+    weighted_mean,
+)
+from orchard_server.strategy.optimizers import (
+    AdaptiveState,
+    OptimizerError,
+    ServerOptimizer,
+    SgdState,
+    State,
+    adagrad,
+    adam,
+    pseudo_gradient,
+    sgd,
+    state_from_arrays,
+    state_to_arrays,
+    yogi,
+)
+from orchard_server.strategy.selection import SelectionError, sample_clients, sample_size
+from orchard_server.strategy.strategies import (
+    STRATEGY_NAMES,
+    STRATEGY_OPTIONS,
+    FedAdagradOptions,
+    FedAdamOptions,
+    FedAvgMOptions,
+    FedAvgOptions,
+    FedMedianOptions,
+    FedProxOptions,
+    FedTrimmedAvgOptions,
+    FedYogiOptions,
+    Strategy,
+    StrategyError,
+    StrategyOptions,
+    make_strategy,
+    parse_options,
+)
+
+__all__ = [
+    "STRATEGY_NAMES",
+    "STRATEGY_OPTIONS",
+    "AdaptiveState",
+    "AggregationError",
+    "Aggregator",
+    "CoordinateMedian",
+    "FedAdagradOptions",
+    "FedAdamOptions",
+    "FedAvgMOptions",
+    "FedAvgOptions",
+    "FedMedianOptions",
+    "FedProxOptions",
+    "FedTrimmedAvgOptions",
+    "FedYogiOptions",
+    "OptimizerError",
+    "SelectionError",
+    "ServerOptimizer",
+    "SgdState",
+    "State",
+    "Strategy",
+    "StrategyError",
+    "StrategyOptions",
+    "TrimmedMean",
+    "WeightedMean",
+    "adagrad",
+    "adam",
+    "make_strategy",
+    "median",
+    "parse_options",
+    "pseudo_gradient",
+    "sample_clients",
+    "sample_size",
+    "sgd",
+    "state_from_arrays",
+    "state_to_arrays",
+    "trimmed_mean",
+    "weighted_average_loss",
+    "weighted_average_metrics",
+    "weighted_mean",
+    "yogi",
+]

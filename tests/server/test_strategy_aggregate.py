@@ -1,0 +1,290 @@
+"""Aggregates: FedAvg's weighted mean, Yin et al.'s median and trimmed mean, metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from orchard.typing import NDArrays
+from orchard_server.strategy import (
+    AggregationError,
+    CoordinateMedian,
+    TrimmedMean,
+    WeightedMean,
+    median,
+    trimmed_mean,
+    weighted_average_loss,
+    weighted_average_metrics,
+    weighted_mean,
+)
+
+
+def f32(*values: float) -> np.ndarray:
+    return np.array(values, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- weighted mean
+
+
+def test_weighted_mean_by_hand() -> None:
+    # (1 * 2 + 3 * 4) / (1 + 3) = 14 / 4 = 3.5 ; (1 * 10 + 3 * -2) / 4 = 4 / 4 = 1.0
+    results = [([f32(2.0), f32(10.0)], 1), ([f32(4.0), f32(-2.0)], 3)]
+    got = weighted_mean(results)
+    assert [a.tolist() for a in got] == [[3.5], [1.0]]
+    assert [a.dtype for a in got] == [np.float32, np.float32]
+
+
+def test_weighted_mean_keeps_each_dtype_and_rounds_integers_half_to_even() -> None:
+    aggregator = WeightedMean()
+    aggregator.add([np.array([1, 2], np.int32), np.array(0.5), np.array([True, False])], 1)
+    aggregator.add([np.array([2, 3], np.int32), np.array(1.5), np.array([True, True])], 1)
+    ints, scalar, mask = aggregator.result()
+    # (1 + 2) / 2 = 1.5 -> 2 and (2 + 3) / 2 = 2.5 -> 2: NumPy rounds half to even.
+    assert ints.dtype == np.int32
+    assert ints.tolist() == [2, 2]
+    assert isinstance(scalar, np.ndarray)
+    assert scalar.shape == ()
+    assert scalar.dtype == np.float64
+    assert float(scalar) == 1.0
+    # mean of True/True is 1 -> True; mean of False/True is 0.5 -> 0 -> False
+    assert mask.dtype == np.bool_
+    assert mask.tolist() == [True, False]
+
+
+def test_weighted_mean_counts_and_totals() -> None:
+    aggregator = WeightedMean()
+    assert aggregator.incremental
+    assert aggregator.count == 0
+    aggregator.add([f32(1.0)], 5)
+    aggregator.add([f32(2.0)], 0)  # a client with no data counts, but weighs nothing
+    assert aggregator.count == 2
+    assert aggregator.total_examples == 5
+    assert aggregator.result()[0].tolist() == [1.0]
+
+
+def test_weighted_mean_does_not_keep_the_update_arrays() -> None:
+    update = [f32(2.0, 4.0)]
+    aggregator = WeightedMean()
+    aggregator.add(update, 1)
+    update[0][:] = 1000.0  # the caller reuses its receive buffer
+    aggregator.add([f32(4.0, 6.0)], 1)
+    assert aggregator.result()[0].tolist() == [3.0, 5.0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    num_clients=st.integers(min_value=1, max_value=6),
+)
+def test_incremental_weighted_mean_equals_the_batch_formula(
+    data: st.DataObject, num_clients: int
+) -> None:
+    shape = data.draw(st.tuples(st.integers(1, 3), st.integers(1, 3)), label="shape")
+    arrays = data.draw(
+        st.lists(
+            hnp.arrays(np.float64, shape, elements=st.floats(-1e6, 1e6, allow_subnormal=False)),
+            min_size=num_clients,
+            max_size=num_clients,
+        ),
+        label="updates",
+    )
+    weights = data.draw(
+        st.lists(st.integers(1, 10_000), min_size=num_clients, max_size=num_clients),
+        label="weights",
+    )
+    results = [([a], w) for a, w in zip(arrays, weights, strict=True)]
+
+    incremental = WeightedMean()
+    for update, weight in results:
+        incremental.add(update, weight)
+    got = incremental.result()[0]
+
+    # The batch formula, written independently: sum_i n_i x_i / sum_i n_i.
+    expected = np.average(np.stack(arrays), axis=0, weights=np.array(weights, dtype=np.float64))
+    scale = max(1.0, float(np.abs(np.stack(arrays)).max()))
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12 * scale)
+    # The pure function is the same computation.
+    np.testing.assert_array_equal(weighted_mean(results)[0], got)
+    # Arrival order changes nothing beyond float64 rounding.
+    reordered = weighted_mean(list(reversed(results)))[0]
+    np.testing.assert_allclose(reordered, got, rtol=1e-12, atol=1e-12 * scale)
+
+
+def test_weighted_mean_errors() -> None:
+    with pytest.raises(AggregationError, match="before any update"):
+        WeightedMean().result()
+    zero = WeightedMean()
+    zero.add([f32(1.0)], 0)
+    with pytest.raises(AggregationError, match="num_examples=0"):
+        zero.result()
+    with pytest.raises(AggregationError, match="before any update"):
+        weighted_mean([])
+
+
+@pytest.mark.parametrize(
+    ("bad_update", "num_examples", "message"),
+    [
+        ([f32(1.0, 2.0), f32(1.0)], 1, r"update 2: tensor 0 has shape \(2,\) where the first"),
+        ([f32(1.0)], 1, "update 2 has 1 tensors where the first update had 2"),
+        ([f32(1.0), np.array([1.0])], 1, "tensor 1 has dtype float64 where the first"),
+        ([f32(math.nan), f32(1.0)], 1, "tensor 0 contains NaN or infinite"),
+        ([f32(1.0), f32(math.inf)], 1, "tensor 1 contains NaN or infinite"),
+        ([f32(1.0), f32(1.0)], -1, "num_examples must be at least 0"),
+        ([f32(1.0), f32(1.0)], True, "num_examples must be an integer"),
+        ([f32(1.0), f32(1.0)], 2.0, "num_examples must be an integer"),
+        ([f32(1.0), [1.0]], 1, "tensor 1 is a list, not a numpy array"),
+        ([f32(1.0), np.array([1j])], 1, "complex128; only float, int, uint and bool"),
+    ],
+)
+@pytest.mark.parametrize("factory", [WeightedMean, CoordinateMedian, lambda: TrimmedMean(0.1)])
+def test_bad_updates_are_refused_and_leave_the_aggregator_unchanged(
+    factory: object, bad_update: NDArrays, num_examples: int, message: str
+) -> None:
+    aggregator = factory()  # type: ignore[operator]
+    aggregator.add([f32(2.0), f32(3.0)], 4)
+    with pytest.raises(AggregationError, match=message):
+        aggregator.add(bad_update, num_examples)
+    assert aggregator.count == 1
+    assert [a.tolist() for a in aggregator.result()] == [[2.0], [3.0]]
+
+
+def test_parameters_must_be_a_list() -> None:
+    with pytest.raises(AggregationError, match="must be a list of numpy arrays"):
+        WeightedMean().add(f32(1.0), 1)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- order statistics
+
+# Five clients, one tensor of two coordinates, with a wild outlier in each column.
+OUTLIER_UPDATES = [
+    np.array([1.0, 10.0]),
+    np.array([2.0, 20.0]),
+    np.array([3.0, -1e6]),
+    np.array([1e6, 30.0]),
+    np.array([5.0, 40.0]),
+]
+
+
+def test_median_ignores_outliers() -> None:
+    # column 0 sorted: 1, 2, 3, 5, 1e6 -> 3 ; column 1 sorted: -1e6, 10, 20, 30, 40 -> 20
+    got = median([([u], 1) for u in OUTLIER_UPDATES])
+    assert got[0].tolist() == [3.0, 20.0]
+    # By design the weights play no part (Yin et al.: unweighted).
+    reweighted = median([([u], w) for u, w in zip(OUTLIER_UPDATES, [1, 1, 1000, 1000, 1])])
+    assert reweighted[0].tolist() == [3.0, 20.0]
+
+
+def test_median_of_an_even_count_averages_the_middle_pair() -> None:
+    got = median([([f32(v)], 1) for v in (4.0, 1.0, 3.0, 2.0)])
+    assert got[0].tolist() == [2.5]
+    assert got[0].dtype == np.float32
+
+
+def test_median_of_integers_is_rounded() -> None:
+    got = median([([np.array([v], np.int64)], 1) for v in (1, 2, 5, 6)])
+    assert got[0].tolist() == [4]  # (2 + 5) / 2 = 3.5 -> 4 (half to even)
+    assert got[0].dtype == np.int64
+
+
+def test_trimmed_mean_drops_the_tails() -> None:
+    # beta 0.2 of 5 values: cut int(1.0) = 1 from each end.
+    # column 0 keeps 2, 3, 5 -> 10/3 ; column 1 keeps 10, 20, 30 -> 20
+    got = trimmed_mean([([u], 1) for u in OUTLIER_UPDATES], beta=0.2)
+    np.testing.assert_allclose(got[0], [10.0 / 3.0, 20.0], rtol=1e-15)
+
+
+def test_trimmed_mean_cut_is_floored_and_beta_zero_is_the_plain_mean() -> None:
+    values = [([np.array([v])], 1) for v in (1.0, 2.0, 3.0, 100.0)]
+    # int(0.2 * 4) = 0: nothing is cut, (1 + 2 + 3 + 100) / 4 = 26.5
+    assert trimmed_mean(values, beta=0.2)[0].tolist() == [26.5]
+    assert trimmed_mean(values, beta=0.0)[0].tolist() == [26.5]
+    # int(0.25 * 4) = 1: keeps 2 and 3 -> 2.5
+    assert trimmed_mean(values, beta=0.25)[0].tolist() == [2.5]
+    # beta just below 0.5 on 10 values cuts 4 per side and keeps the middle two
+    ten = [([np.array([float(v)])], 1) for v in (9, 0, 8, 1, 7, 2, 6, 3, 5, 4)]
+    assert trimmed_mean(ten, beta=0.49)[0].tolist() == [4.5]
+
+
+@pytest.mark.parametrize("beta", [-0.1, 0.5, 0.7, math.nan, True])
+def test_trimmed_mean_beta_must_leave_something(beta: float) -> None:
+    with pytest.raises(AggregationError, match="beta"):
+        TrimmedMean(beta)
+
+
+def test_order_statistic_classes_match_the_functions_and_store_copies() -> None:
+    med, trim = CoordinateMedian(), TrimmedMean(0.2)
+    assert not med.incremental
+    assert not trim.incremental
+    for update in OUTLIER_UPDATES:
+        buffer = [update.copy()]
+        med.add(buffer, 1)
+        trim.add(buffer, 1)
+        buffer[0][:] = 0.0  # reusing the buffer must not change what was stored
+    assert med.count == trim.count == 5
+    results = [([u], 1) for u in OUTLIER_UPDATES]
+    np.testing.assert_array_equal(med.result()[0], median(results)[0])
+    np.testing.assert_array_equal(trim.result()[0], trimmed_mean(results, 0.2)[0])
+
+
+def test_order_statistics_need_an_update() -> None:
+    with pytest.raises(AggregationError, match="CoordinateMedian"):
+        CoordinateMedian().result()
+    with pytest.raises(AggregationError, match="TrimmedMean"):
+        TrimmedMean(0.1).result()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(st.floats(-1e3, 1e3, allow_subnormal=False), min_size=1, max_size=9),
+)
+def test_median_and_trimmed_mean_match_sorted_definitions(values: list[float]) -> None:
+    results = [([np.array([v])], 1) for v in values]
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+    assert median(results)[0].tolist() == [pytest.approx(mid, rel=1e-15, abs=1e-12)]
+    cut = int(0.3 * n)
+    kept = ordered[cut : n - cut]
+    expected = math.fsum(kept) / len(kept)
+    assert trimmed_mean(results, 0.3)[0].tolist() == [pytest.approx(expected, abs=1e-9)]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_weighted_average_metrics_by_hand() -> None:
+    results = [
+        (1, {"accuracy": 0.5, "loss": 2, "converged": True, "note": "ok", "raw": b"x"}),
+        (3, {"accuracy": 0.9}),
+    ]
+    # accuracy: (1 * 0.5 + 3 * 0.9) / 4 = 3.2 / 4 = 0.8 ; loss only from the first client
+    got = weighted_average_metrics(results)
+    assert got == {"accuracy": pytest.approx(0.8, rel=1e-15), "loss": 2.0}
+    assert list(got) == ["accuracy", "loss"]
+
+
+def test_weighted_average_metrics_edge_cases() -> None:
+    assert weighted_average_metrics([]) == {}
+    # A metric seen only on zero examples has no average and is left out.
+    assert weighted_average_metrics([(0, {"x": 1.0}), (2, {"acc": 1.0})]) == {"acc": 1.0}
+    with pytest.raises(AggregationError, match="metric 'acc' is nan"):
+        weighted_average_metrics([(1, {"acc": math.nan})])
+    with pytest.raises(AggregationError, match="num_examples must be at least 0"):
+        weighted_average_metrics([(-2, {"acc": 1.0})])
+
+
+def test_weighted_average_loss() -> None:
+    assert weighted_average_loss([(1, 2.0), (3, 4.0)]) == 3.5  # (2 + 12) / 4
+    with pytest.raises(AggregationError, match="no results"):
+        weighted_average_loss([])
+    with pytest.raises(AggregationError, match="num_examples=0"):
+        weighted_average_loss([(0, 1.0), (0, 2.0)])
+    with pytest.raises(AggregationError, match="finite number"):
+        weighted_average_loss([(1, math.inf)])
+    with pytest.raises(AggregationError, match="finite number"):
+        weighted_average_loss([(1, "low")])  # type: ignore[list-item]
