@@ -45,9 +45,7 @@ def test_arrival_order_does_not_change_the_draw() -> None:
         expected = sample_clients(
             CLIENTS, fraction=0.4, min_clients=1, rng=np.random.default_rng(seed)
         )
-        got = sample_clients(
-            shuffled, fraction=0.4, min_clients=1, rng=np.random.default_rng(seed)
-        )
+        got = sample_clients(shuffled, fraction=0.4, min_clients=1, rng=np.random.default_rng(seed))
         assert got == expected
 
 

@@ -1,0 +1,183 @@
+"""Serde round trips for every dtype and shape, and clear errors for bad bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from orchard import serde
+from orchard.messages import (
+    Finished,
+    FederationState,
+    Idle,
+    JoinInfo,
+    Result,
+    Role,
+    Session,
+    Task,
+    TaskType,
+)
+from orchard.models import MNIST_MLP
+from orchard.spec import SUPPORTED_DTYPES, ModelSpec, TensorSpec
+from orchard.v1 import federation_service_pb2 as pb
+
+arrays = st.sampled_from(SUPPORTED_DTYPES).flatmap(
+    lambda dt: hnp.arrays(
+        dtype=np.dtype(dt),
+        shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6),
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(arrays, min_size=0, max_size=5), st.integers(min_value=1, max_value=64))
+def test_parameters_round_trip_bit_exact(values: list[np.ndarray], chunk: int) -> None:
+    names = [f"t{i}" for i in range(len(values))]
+    header = serde.parameters_header(names, values)
+    chunks = list(serde.iter_chunks(values, chunk))
+    assert all(len(c.data) <= chunk for c in chunks)
+    out_names, out = serde.arrays_from_parts(header, chunks)
+    assert list(out_names) == names
+    for a, b in zip(values, out, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.tobytes() == b.tobytes()  # bit-exact, NaN payloads included
+
+
+def test_zero_d_empty_and_big_endian_tensors() -> None:
+    values = [np.array(3.5, np.float64), np.zeros((0, 4), np.int16),
+              np.arange(6, dtype=">i4").reshape(2, 3), np.array([True, False])]
+    header = serde.parameters_header(["s", "e", "be", "b"], values)
+    assert [tuple(t.shape) for t in header.tensors] == [(), (0, 4), (2, 3), (2,)]
+    _, out = serde.arrays_from_parts(header, list(serde.iter_chunks(values, 5)))
+    assert out[0].shape == () and out[0] == 3.5
+    assert out[1].shape == (0, 4)
+    np.testing.assert_array_equal(out[2], np.arange(6).reshape(2, 3))
+    assert out[2].dtype == np.dtype("<i4")
+
+
+def test_multi_chunk_tensor_is_chunked_in_order() -> None:
+    big = np.arange(10_000, dtype=np.float32)
+    chunks = list(serde.iter_chunks([big], 4096))
+    assert len(chunks) == 10  # 40,000 bytes in 4 KiB chunks
+    assert [c.offset for c in chunks] == list(range(0, 40_000, 4096))
+    header = serde.parameters_header(["big"], [big])
+    _, (out,) = serde.arrays_from_parts(header, chunks)
+    np.testing.assert_array_equal(out, big)
+
+
+def _parts(chunk: int = 8) -> tuple[pb.ParametersHeader, list]:  # type: ignore[type-arg]
+    values = [np.arange(6, dtype=np.float32), np.ones(3, np.float32)]
+    return serde.parameters_header(["w", "b"], values), list(serde.iter_chunks(values, chunk))
+
+
+def test_truncated_tensor_is_refused_naming_it() -> None:
+    header, chunks = _parts()
+    chunks[-1].data = chunks[-1].data[:-1]
+    with pytest.raises(serde.SerdeError, match="'b': only 11 of 12 bytes"):
+        serde.arrays_from_parts(header, chunks)
+
+
+def test_overlong_and_out_of_order_chunks_are_refused() -> None:
+    header, chunks = _parts()
+    chunks[0].data += b"xxxx"
+    with pytest.raises(serde.SerdeError, match="chunk at byte 8, expected byte 12"):
+        serde.arrays_from_parts(header, chunks)
+    header, chunks = _parts()
+    with pytest.raises(serde.SerdeError, match="'w' \\(#0\\) is incomplete"):
+        serde.arrays_from_parts(header, [chunks[0], chunks[-1]])
+    header, chunks = _parts(chunk=64)
+    chunks[0].data += b"\0" * 4
+    with pytest.raises(serde.SerdeError, match="'w': 28 bytes received"):
+        serde.arrays_from_parts(header, chunks)
+
+
+def test_header_total_must_match_its_tensors() -> None:
+    header, chunks = _parts()
+    header.total_bytes += 1
+    with pytest.raises(serde.SerdeError, match="announces 37 bytes"):
+        serde.arrays_from_parts(header, chunks)
+
+
+def test_upload_limit_is_enforced_before_allocation() -> None:
+    header, _ = _parts()
+    with pytest.raises(serde.SerdeError, match="exceed the limit of 10"):
+        serde.ParametersAssembler(header, max_bytes=10)
+
+
+def test_unspecified_dtype_is_refused() -> None:
+    header, chunks = _parts()
+    header.tensors[0].dtype = 0
+    with pytest.raises(serde.SerdeError, match="'w'.*unknown or unspecified data type"):
+        serde.arrays_from_parts(header, chunks)
+
+
+@given(st.dictionaries(
+    st.text(min_size=1, max_size=8),
+    st.one_of(st.booleans(), st.integers(-(2**63), 2**63 - 1),
+              st.floats(allow_nan=False), st.text(max_size=10), st.binary(max_size=10)),
+    max_size=6,
+))
+def test_config_round_trip_keeps_types(config: dict) -> None:  # type: ignore[type-arg]
+    out = serde.config_from_proto(serde.config_to_proto(config))
+    assert out == config
+    assert {k: type(v) for k, v in out.items()} == {k: type(v) for k, v in config.items()}
+
+
+def test_config_refuses_unsupported_values() -> None:
+    with pytest.raises(serde.SerdeError, match="config key 'x'.*list"):
+        serde.config_to_proto({"x": [1, 2]})  # type: ignore[dict-item]
+
+
+def test_model_spec_round_trip() -> None:
+    assert serde.model_spec_from_proto(serde.model_spec_to_proto(MNIST_MLP)) == MNIST_MLP
+
+
+def test_join_and_session_round_trip() -> None:
+    spec = ModelSpec("m", (TensorSpec("w", (2, 3)),))
+    info = JoinInfo(api_version="1.0", federation="f", instance_id="i", display_name="n",
+                    framework="numpy", capabilities=("fit",), role=Role.EVALUATOR,
+                    model_spec=spec, auth_token="t")
+    assert serde.join_from_proto(serde.join_to_proto(info)) == info
+    session = Session(client_id="c", api_version="1.0", heartbeat_interval=2.0, model_spec=spec,
+                      partition_id=1, num_partitions=3, state=FederationState.RUNNING)
+    assert serde.session_from_proto(serde.session_to_proto(session)) == session
+
+
+def test_join_without_federation_is_refused() -> None:
+    with pytest.raises(serde.SerdeError, match="federation is empty"):
+        serde.join_from_proto(pb.JoinRequest(api_version="1.0", instance_id="x"))
+
+
+def test_task_stream_round_trip() -> None:
+    params = [np.full((3, 4), 0.25, np.float32), np.arange(3, dtype=np.float32)]
+    task = Task(task_id="t1", type=TaskType.FIT, round=2, config={"lr": 0.1, "epochs": 1},
+                timeout=30.0, names=("w", "b"), parameters=params)
+    out = serde.task_from_stream(serde.task_to_stream(task, chunk_bytes=7))
+    assert isinstance(out, Task)
+    assert (out.task_id, out.type, out.round, out.config, out.names) == (
+        "t1", TaskType.FIT, 2, {"lr": 0.1, "epochs": 1}, ("w", "b"))
+    for a, b in zip(params, out.parameters, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_idle_and_finished_streams() -> None:
+    idle = serde.task_from_stream(iter([serde.idle_to_proto(Idle(state=FederationState.WAITING))]))
+    assert idle == Idle(state=FederationState.WAITING)
+    done = Finished(state=FederationState.FAILED, reason="too few clients")
+    assert serde.task_from_stream(iter([serde.finished_to_proto(done)])) == done
+
+
+def test_result_stream_round_trip_and_failure() -> None:
+    result = Result(client_id="c", task_id="t", num_examples=5, loss=0.5,
+                    metrics={"accuracy": 0.9}, names=("w",),
+                    parameters=[np.ones((2, 2), np.float32)])
+    out = serde.result_from_stream(serde.result_to_stream(result, 3))
+    assert (out.client_id, out.task_id, out.num_examples, out.loss, out.metrics, out.names) == (
+        "c", "t", 5, 0.5, {"accuracy": 0.9}, ("w",))
+    np.testing.assert_array_equal(out.parameters[0], np.ones((2, 2)))
+    failed = serde.result_from_stream(serde.result_to_stream(
+        Result(client_id="c", task_id="t", error="CUDA out of memory")))
+    assert not failed.ok and failed.error == "CUDA out of memory"

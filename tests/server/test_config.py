@@ -1,0 +1,67 @@
+"""Server configuration: file, environment and flag precedence; clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchard_server.config import ConfigError, load_config
+
+BASE = """
+[server]
+address = "127.0.0.1:9000"
+insecure = true
+
+[federations.mnist]
+model = "mnist-mlp"
+num_rounds = 4
+fit_config = { epochs = 2, learning_rate = 0.05 }
+
+[federations.cifar]
+model = "cifar10-cnn"
+strategy = "fedadam"
+strategy_options = { eta = 0.01 }
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "server.toml"
+    path.write_text(text)
+    return path
+
+
+def test_file_env_and_flags_in_order(tmp_path: Path) -> None:
+    env = {"ORCHARD_STATE_DIR": "/tmp/x", "ORCHARD_SET": "federations.mnist.num_rounds=6"}
+    config = load_config(write(tmp_path, BASE), environ=env,
+                         overrides=["federations.mnist.num_rounds=7", "server.address=\"[::]:1\""])
+    assert config.address == "[::]:1"
+    assert str(config.state_dir) == "/tmp/x"
+    mnist, cifar = config.federations
+    assert (mnist.name, mnist.num_rounds, mnist.fit_config) == (
+        "mnist", 7, {"epochs": 2, "learning_rate": 0.05})
+    assert cifar.strategy_options == {"eta": 0.01}
+    assert mnist.model_spec().model_id == "mnist-mlp"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (BASE.replace("num_rounds = 4", "num_round = 4"), "unknown key 'num_round'"),
+        (BASE.replace("num_rounds = 4", "num_rounds = \"four\""), "num_rounds must be int"),
+        (BASE.replace("num_rounds = 4", "fraction_fit = 1.5"), "fraction_fit must be in \\(0, 1\\]"),
+        (BASE.replace('model = "mnist-mlp"', 'model = "resnet"'), "unknown model id 'resnet'"),
+        (BASE.replace("insecure = true", ""), "TLS needs tls_cert and tls_key"),
+        (BASE.replace("num_rounds = 4", "min_available_clients = 1"), "no round could ever start"),
+        ("[server]\ninsecure = true\n", "no federation configured"),
+        ("[servr]\n", "unknown top-level"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), environ={}).federations[0].model_spec()
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", environ={})

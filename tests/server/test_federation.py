@@ -1,0 +1,201 @@
+"""The round loop, driven through the in-memory client pool."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from orchard.client.numpy_client import ClientContext, NumPyClient
+from orchard.examples.logreg import LogRegClient, logreg_spec, make_blobs
+from orchard.messages import FederationState, Role
+from orchard.typing import Config, Metrics, NDArrays
+from orchard_server.config import FederationConfig
+from orchard_server.federation import Federation
+from orchard_server.pool import InMemoryClientPool
+
+SPEC = logreg_spec()
+
+
+def fed_config(**overrides: Any) -> FederationConfig:
+    base: dict[str, Any] = {
+        "name": "blobs",
+        "model": "logreg",
+        "tensors": SPEC.tensors,
+        "num_rounds": 3,
+        "seed": 3,
+        "min_fit_clients": 2,
+        "min_evaluate_clients": 2,
+        "min_available_clients": 2,
+        "round_timeout": 30.0,
+        "wait_timeout": 1.0,
+        "round_retries": 0,
+        "fit_config": {"epochs": 1, "batch_size": 16, "learning_rate": 0.1},
+    }
+    base.update(overrides)
+    return FederationConfig(**base)
+
+
+def logreg(ctx: ClientContext) -> NumPyClient:
+    return LogRegClient.for_partition(ctx.partition_id)
+
+
+class Exploding(NumPyClient):
+    def get_parameters(self, config: Config) -> NDArrays:
+        raise NotImplementedError
+
+    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
+        raise RuntimeError("GPU fell off the bus")
+
+    def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:
+        raise RuntimeError("GPU fell off the bus")
+
+
+class NaNClient(LogRegClient):
+    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
+        params, n, metrics = super().fit(parameters, config)
+        params[1][0] = np.inf
+        return params, n, metrics
+
+
+def run(federation: Federation) -> FederationState:
+    return asyncio.run(federation.run())
+
+
+def make(tmp_path: Path, n: int = 3, factory: Any = logreg, **overrides: Any) -> tuple[Federation, InMemoryClientPool]:
+    config = fed_config(**overrides)
+    pool = InMemoryClientPool(SPEC)
+    for i in range(n):
+        pool.add(factory, partition_id=i, num_partitions=n)
+    return Federation(config, pool, tmp_path), pool
+
+
+def test_fedavg_learns_and_writes_history_and_checkpoint(tmp_path: Path) -> None:
+    x, y = make_blobs(500, seed=99)
+
+    def central(rnd: int, params: NDArrays) -> tuple[float, Metrics]:
+        client = LogRegClient.for_partition(0)
+        client.data = type(client.data)(x_train=x, y_train=y, x_val=x, y_val=y)
+        loss, _, metrics = client.evaluate(params, {})
+        return loss, metrics
+
+    federation, _ = make(tmp_path, num_rounds=4)
+    federation.evaluate_fn = central
+    assert run(federation) is FederationState.FINISHED
+    history = json.loads((tmp_path / "blobs" / "history.json").read_text())
+    rounds = history["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    fed_losses = [r["evaluate"]["loss"] for r in rounds]
+    central_losses = [r["centralized"]["loss"] for r in rounds]
+    assert fed_losses == sorted(fed_losses, reverse=True)
+    assert central_losses == sorted(central_losses, reverse=True)
+    assert rounds[-1]["centralized"]["metrics"]["accuracy"] > 0.8
+    assert rounds[0]["fit"]["num_examples"] == 3 * 270
+    assert (tmp_path / "blobs" / "history.png").exists()
+    assert (tmp_path / "blobs" / "checkpoint.npz").exists()
+
+
+def test_fedavg_round_is_the_weighted_mean_of_client_updates(tmp_path: Path) -> None:
+    federation, pool = make(tmp_path, num_rounds=1, evaluate_every=0)
+    federation.restore_or_init()
+    start = [p.copy() for p in federation.parameters]
+    config = {**federation.config.fit_config, "round": 1, "seed": federation.config.seed * 100_003 + 1}
+    expected_parts = []
+    for i in range(3):
+        params, n, _ = LogRegClient.for_partition(i).fit([p.copy() for p in start], config)
+        expected_parts.append((params, n))
+    total = sum(n for _, n in expected_parts)
+    expected = [sum(p[k].astype(np.float64) * n for p, n in expected_parts) / total for k in range(2)]
+    run(federation)
+    for got, want in zip(federation.parameters, expected, strict=True):
+        np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-7)
+
+
+def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    whole, _ = make(tmp_path / "whole", num_rounds=4, strategy="fedadam",
+                    strategy_options={"eta": 0.05})
+    run(whole)
+    first, _ = make(tmp_path / "split", num_rounds=2, strategy="fedadam",
+                    strategy_options={"eta": 0.05})
+    run(first)
+    second, _ = make(tmp_path / "split", num_rounds=4, strategy="fedadam",
+                     strategy_options={"eta": 0.05})
+    second.restore_or_init()
+    assert second.rounds_completed == 2
+    run(second)
+    for a, b in zip(whole.parameters, second.parameters, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(second.history.rounds) == 4
+
+
+def test_failing_and_nan_clients_are_dropped_and_the_round_goes_on(tmp_path: Path) -> None:
+    config = fed_config(num_rounds=2, min_available_clients=2, min_fit_clients=2,
+                        min_evaluate_clients=2)
+    pool = InMemoryClientPool(SPEC)
+    for i in range(2):
+        pool.add(logreg, partition_id=i, num_partitions=4, name=f"good-{i}")
+    pool.add(lambda ctx: Exploding(), partition_id=2, num_partitions=4, name="exploding")
+    pool.add(lambda ctx: NaNClient.for_partition(3), partition_id=3, num_partitions=4, name="nan")
+    federation = Federation(config, pool, tmp_path)
+    assert run(federation) is FederationState.FINISHED
+    dropped = federation.history.rounds[0]["fit"]["dropped"]
+    assert "GPU fell off the bus" in dropped["exploding (sim-2)"]
+    assert "linear.bias" in dropped["nan (sim-3)"] and "NaN or infinite" in dropped["nan (sim-3)"]
+    assert len(federation.history.rounds[0]["fit"]["participants"]) == 2
+    assert all(np.isfinite(p).all() for p in federation.parameters)
+
+
+def test_too_few_clients_fails_after_the_bounded_wait(tmp_path: Path) -> None:
+    federation, _ = make(tmp_path, n=1, wait_timeout=0.3)
+    assert run(federation) is FederationState.FAILED
+    assert "1 of 2 connected" in federation.reason
+    assert "min_available_clients" in federation.reason
+
+
+def test_too_few_results_retries_then_fails(tmp_path: Path) -> None:
+    config = fed_config(num_rounds=1, round_retries=1, min_fit_clients=2, min_available_clients=2)
+    pool = InMemoryClientPool(SPEC)
+    pool.add(logreg, partition_id=0, num_partitions=2)
+    pool.add(lambda ctx: Exploding(), partition_id=1, num_partitions=2)
+    federation = Federation(config, pool, tmp_path)
+    assert run(federation) is FederationState.FAILED
+    assert "round 1 got too few results 2 times" in federation.reason
+
+
+@pytest.mark.parametrize("strategy", ["fedmedian", "fedtrimmedavg", "fedavgm", "fedyogi",
+                                      "fedadagrad", "fedprox"])
+def test_every_strategy_runs_a_federation(tmp_path: Path, strategy: str) -> None:
+    options = {"fedtrimmedavg": {"beta": 0.2}, "fedyogi": {"eta": 0.05},
+               "fedadagrad": {"eta": 0.05}}.get(strategy, {})
+    federation, _ = make(tmp_path, n=5, num_rounds=2, strategy=strategy, strategy_options=options)
+    assert run(federation) is FederationState.FINISHED
+    losses = [r["evaluate"]["loss"] for r in federation.history.rounds]
+    assert losses[1] < losses[0], losses
+
+
+def test_evaluator_role_does_centralized_evaluation(tmp_path: Path) -> None:
+    federation, pool = make(tmp_path, n=2, num_rounds=1)
+    pool.add(logreg, partition_id=9, num_partitions=10, role=Role.EVALUATOR, name="evaluator")
+    assert run(federation) is FederationState.FINISHED
+    record = federation.history.rounds[0]
+    assert record["centralized"]["source"] == "evaluator"
+    assert len(record["fit"]["participants"]) == 2  # the evaluator never trains
+
+
+def test_partition_assignment_is_stable_and_spreads(tmp_path: Path) -> None:
+    federation, pool = make(tmp_path, n=0, num_partitions=3)
+    got = []
+    for i in range(3):
+        partition = federation.assign_partition(f"inst-{i}", pool.clients())
+        pool.add(logreg, partition_id=partition, num_partitions=3)
+        got.append(partition)
+    assert got == [0, 1, 2]
+    # The same instance (re-joining after a restart) keeps its partition.
+    assert federation.assign_partition("inst-1", pool.clients()) == 1
+    # A newcomer takes the partition of a client that left.
+    pool.remove("sim-1")
+    assert federation.assign_partition("inst-new", pool.clients()) == 1
