@@ -296,9 +296,11 @@ def weighted_average_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
     """Average each numeric metric over the clients, weighted by their example counts.
 
     A metric is averaged over the clients that report it; bools, strings and
-    bytes are skipped (there is no mean of them). A metric whose reporting
-    clients saw no examples at all has no average and is left out, rather than
-    failing the whole round over one empty evaluation set. Keys come out sorted.
+    bytes are skipped (there is no mean of them), and so are NaN and infinite
+    values: one client whose loss blew up should not turn the round's average
+    into NaN or fail the round after the model was already updated. A metric
+    whose reporting clients saw no examples at all has no average and is left
+    out, for the same reason. Keys come out sorted.
     """
     sums: dict[str, float] = {}
     weights: dict[str, int] = {}
@@ -311,7 +313,7 @@ def weighted_average_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
                 continue
             number = float(value)
             if not math.isfinite(number):
-                raise AggregationError(f"result {index}: metric {key!r} is {number!r}")
+                continue
             sums[key] = sums.get(key, 0.0) + weight * number
             weights[key] = weights.get(key, 0) + weight
     return {key: sums[key] / weights[key] for key in sorted(sums) if weights[key] > 0}

@@ -74,7 +74,7 @@ class ServerOptimizer:
 
 
 def _is_float(array: NDArray) -> bool:
-    return array.dtype.kind == "f"
+    return bool(array.dtype.kind == "f")
 
 
 def _frozen(values: F64 | np.float64) -> F64:
