@@ -44,7 +44,7 @@ lint: $(BIN)/.ok
 	$(BIN)/ruff check .
 
 typecheck: $(BIN)/.ok
-	$(BIN)/mypy core/orchard server/orchard_server client_pytorch/orchard_pytorch tests
+	$(BIN)/mypy core/orchard server/orchard_server client_pytorch/orchard_pytorch client_mxnet/orchard_mxnet tests
 
 buf-lint: $(BUF)
 	$(BUF) lint
@@ -65,7 +65,7 @@ check-proto-stale: $(BIN)/.ok
 test: setup check test-main test-mxnet
 
 test-main: $(BIN)/.ok
-	$(BIN)/pytest -m "not mxnet" $(PYTEST_ARGS)
+	$(BIN)/pytest --ignore=tests/client_mxnet $(PYTEST_ARGS)
 
 test-mxnet: $(MXBIN)/.ok $(BIN)/.ok
 	ORCHARD_SERVER_PYTHON=$(abspath $(BIN)/python) $(MXBIN)/pytest tests/core tests/client_mxnet $(PYTEST_ARGS)

@@ -6,12 +6,13 @@ the server and the framework adapters meet on NumPy and nothing else.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 
-NDArray: TypeAlias = npt.NDArray[np.generic]
+#: Any NumPy array. Deliberately loose (``Any`` shape and dtype): lists of
+#: arrays are invariant, and parameters mix dtypes and shapes by nature.
+NDArray: TypeAlias = np.ndarray[Any, Any]
 NDArrays: TypeAlias = list[NDArray]
 Scalar: TypeAlias = bool | int | float | str | bytes
 Config: TypeAlias = dict[str, Scalar]

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import time
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -67,8 +68,10 @@ class OrchardServer:
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.config.insecure:
-            log.warning("serving WITHOUT TLS on %s (insecure = true): use only on trusted "
-                        "networks", self.config.address)
+            log.warning(
+                "serving WITHOUT TLS on %s (insecure = true): use only on trusted networks",
+                self.config.address,
+            )
             self.port = server.add_insecure_port(self.config.address)
         else:
             assert self.config.tls_cert is not None and self.config.tls_key is not None
@@ -80,11 +83,17 @@ class OrchardServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server = server
-        log.info("orchard server listening on %s (port %d), federations: %s", self.config.address,
-                 self.port, ", ".join(f"{n} ({h.federation.spec.model_id}, "
-                                      f"{h.federation.rounds_completed}/"
-                                      f"{h.federation.config.num_rounds} rounds done)"
-                                      for n, h in self.hosted.items()))
+        log.info(
+            "orchard server listening on %s (port %d), federations: %s",
+            self.config.address,
+            self.port,
+            ", ".join(
+                f"{n} ({h.federation.spec.model_id}, "
+                f"{h.federation.rounds_completed}/"
+                f"{h.federation.config.num_rounds} rounds done)"
+                for n, h in self.hosted.items()
+            ),
+        )
         return self.port
 
     async def run(self, *, linger: float = 10.0) -> int:
@@ -98,9 +107,9 @@ class OrchardServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopper, asyncio.gather(*loops)],
-                                     return_when=asyncio.FIRST_COMPLETED)
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        everything: asyncio.Future[Any] = asyncio.gather(*loops)
+        done, _ = await asyncio.wait([stopper, everything], return_when=asyncio.FIRST_COMPLETED)
         if stopper in done:
             log.info("stopping on signal; federations resume from their last checkpoint")
             for task in loops:

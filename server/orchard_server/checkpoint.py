@@ -61,7 +61,9 @@ def load_checkpoint(path: Path, spec: ModelSpec) -> Checkpoint | None:
             f"checkpoint {path} is unreadable ({exc}); move it away to start the federation afresh"
         ) from None
     if meta.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format {meta.get('format')}, expected {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"checkpoint {path} has format {meta.get('format')}, expected {FORMAT_VERSION}"
+        )
     try:
         spec.validate(params)
     except SpecError as exc:

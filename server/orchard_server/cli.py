@@ -22,19 +22,33 @@ def build_parser() -> argparse.ArgumentParser:
         prog="orchard-server",
         description="Orchard aggregation server: hosts federations over the orchard.v1 gRPC API.",
     )
-    parser.add_argument("--config", type=Path,
-                        default=Path(p) if (p := os.environ.get("ORCHARD_CONFIG")) else None,
-                        help="TOML config file (ORCHARD_CONFIG)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(p) if (p := os.environ.get("ORCHARD_CONFIG")) else None,
+        help="TOML config file (ORCHARD_CONFIG)",
+    )
     parser.add_argument("--address", help="listen address host:port (ORCHARD_ADDRESS)")
-    parser.add_argument("--state-dir", type=Path,
-                        help="checkpoints, history and plots go here (ORCHARD_STATE_DIR)")
-    parser.add_argument("--insecure", action="store_true",
-                        help="serve without TLS, on purpose (ORCHARD_INSECURE=1)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. federations.mnist.num_rounds=5 "
-                             "(repeatable; ORCHARD_SET='k=v;k=v')")
-    parser.add_argument("--linger", type=float, default=10.0,
-                        help="seconds to keep serving after the last federation ended")
+    parser.add_argument(
+        "--state-dir", type=Path, help="checkpoints, history and plots go here (ORCHARD_STATE_DIR)"
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="serve without TLS, on purpose (ORCHARD_INSECURE=1)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. federations.mnist.num_rounds=5 "
+        "(repeatable; ORCHARD_SET='k=v;k=v')",
+    )
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=10.0,
+        help="seconds to keep serving after the last federation ended",
+    )
     parser.add_argument("--log-level", default=os.environ.get("ORCHARD_LOG_LEVEL", "INFO"))
     return parser
 
@@ -42,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0: all federations finished)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     overrides = list(args.set)
     if args.address:
         overrides.append(f"server.address={args.address!r}".replace("'", '"'))

@@ -180,7 +180,9 @@ def _coerce(cls: type, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = _tensors(where, value)
         elif isinstance(default, bool):
             out[key] = _bool(where, key, value)
-        elif kind in (int, float) and isinstance(value, int | float) and not isinstance(value, bool):
+        elif (
+            kind in (int, float) and isinstance(value, int | float) and not isinstance(value, bool)
+        ):
             if kind is int and isinstance(value, float) and not value.is_integer():
                 raise ConfigError(f"{where}: {key} must be an integer, got {value}")
             out[key] = kind(value)
@@ -200,7 +202,16 @@ def _coerce(cls: type, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
 def _bool(where: str, key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+    if isinstance(value, str) and value.lower() in {
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    }:
         return value.lower() in {"1", "true", "yes", "on"}
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
@@ -259,11 +270,11 @@ def load_config(
         _set_path(root, key.strip(), _parse_value(value.strip()))
     unknown = set(data) - {"server", "federations"}
     if unknown:
-        raise ConfigError(f"unknown top-level table(s) {sorted(unknown)}; use [server] and [federations.NAME]")
+        raise ConfigError(
+            f"unknown top-level table(s) {sorted(unknown)}; use [server] and [federations.NAME]"
+        )
     feds = tuple(
         FederationConfig(name=name, **_coerce(FederationConfig, f"federations.{name}", raw))
         for name, raw in federations.items()
     )
     return ServerConfig(**_coerce(ServerConfig, "server", server), federations=feds)
-
-

@@ -32,6 +32,7 @@ from orchard_server.history import History
 from orchard_server.initial import parameters_from_file, seeded_parameters
 from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool
 from orchard_server.strategy import (
+    AggregationError,
     Strategy,
     make_strategy,
     sample_clients,
@@ -104,23 +105,36 @@ class Federation:
                 self.parameters = seeded_parameters(self.spec, self.config.seed)
                 source = f"seed {self.config.seed}"
             self._opt_state = self.strategy.init(self.parameters)
-            log.info("federation %r: new, model %s (%d parameters, %.1f MB), initial parameters "
-                     "from %s, strategy %s, %d rounds", self.config.name, self.spec.model_id,
-                     self.spec.num_parameters, self.spec.nbytes / 1e6, source,
-                     self.strategy.name, self.config.num_rounds)
+            log.info(
+                "federation %r: new, model %s (%d parameters, %.1f MB), initial parameters "
+                "from %s, strategy %s, %d rounds",
+                self.config.name,
+                self.spec.model_id,
+                self.spec.num_parameters,
+                self.spec.nbytes / 1e6,
+                source,
+                self.strategy.name,
+                self.config.num_rounds,
+            )
             return
         self.parameters = checkpoint.parameters
         self.rounds_completed = checkpoint.round
-        self._opt_state = state_from_arrays(self.strategy.optimizer, self.parameters,
-                                            checkpoint.optimizer_state)
+        self._opt_state = state_from_arrays(
+            self.strategy.optimizer, self.parameters, checkpoint.optimizer_state
+        )
         self._rng.bit_generator.state = checkpoint.meta["rng"]
         self.history = History.from_json(checkpoint.meta["history"])
         self.partitions = {k: int(v) for k, v in checkpoint.meta.get("partitions", {}).items()}
         if self.rounds_completed >= self.config.num_rounds:
             self.state = FederationState.FINISHED
             self.reason = f"all {self.config.num_rounds} rounds were already done"
-        log.info("federation %r: resumed from %s after round %d of %d", self.config.name,
-                 self.checkpoint_path, self.rounds_completed, self.config.num_rounds)
+        log.info(
+            "federation %r: resumed from %s after round %d of %d",
+            self.config.name,
+            self.checkpoint_path,
+            self.rounds_completed,
+            self.config.num_rounds,
+        )
 
     def _save(self) -> None:
         meta = {
@@ -151,8 +165,12 @@ class Federation:
                 counts[info.partition_id] += 1
         partition = min(counts, key=lambda p: (counts[p], p))
         if counts[partition] > 0:
-            log.warning("federation %r: more clients than its %d partitions; partition %d is "
-                        "now shared", self.config.name, self.config.partitions, partition)
+            log.warning(
+                "federation %r: more clients than its %d partitions; partition %d is now shared",
+                self.config.name,
+                self.config.partitions,
+                partition,
+            )
         self.partitions[instance_id] = partition
         return partition
 
@@ -178,8 +196,12 @@ class Federation:
             return self.state
         self.state = FederationState.FINISHED
         self.reason = f"completed {self.config.num_rounds} rounds"
-        log.info("federation %r finished: %s; history in %s", self.config.name, self.reason,
-                 self.directory / "history.json")
+        log.info(
+            "federation %r finished: %s; history in %s",
+            self.config.name,
+            self.reason,
+            self.directory / "history.json",
+        )
         return self.state
 
     async def _wait_for_clients(self, count: int, why: str) -> None:
@@ -195,8 +217,14 @@ class Federation:
                     f"gave up after waiting {self.config.wait_timeout:.0f} s for clients: "
                     f"{have} of {count} connected ({why})"
                 )
-            log.info("federation %r: waiting for clients: %d of %d connected (%s); giving up "
-                     "in %.0f s", self.config.name, have, count, why, remaining)
+            log.info(
+                "federation %r: waiting for clients: %d of %d connected (%s); giving up in %.0f s",
+                self.config.name,
+                have,
+                count,
+                why,
+                remaining,
+            )
             if await self.pool.wait_for_clients(count, min(10.0, remaining)):
                 return
 
@@ -212,7 +240,7 @@ class Federation:
             if attempts > cfg.round_retries + 1:
                 raise FederationFailedError(
                     f"round {rnd} got too few results {attempts - 1} times "
-                    f"(min_fit_clients={cfg.min_fit_clients}); last: dropped {fit.dropped if fit else {}}"
+                    f"(min_fit_clients={cfg.min_fit_clients}); dropped: {dropped or 'none'}"
                 )
             await self._wait_for_clients(cfg.min_available_clients, "min_available_clients")
             self.state = FederationState.RUNNING
@@ -222,22 +250,37 @@ class Federation:
                 min_clients=cfg.min_fit_clients,
                 rng=self._rng,
             )
-            config: Config = {**cfg.fit_config, **self.strategy.fit_config,
-                              "round": rnd, "seed": cfg.seed * 100_003 + rnd}
+            config: Config = {
+                **cfg.fit_config,
+                **self.strategy.fit_config,
+                "round": rnd,
+                "seed": cfg.seed * 100_003 + rnd,
+            }
             aggregator = self.strategy.new_aggregator()
-            fit = await self._phase(TaskType.FIT, rnd, selected, config,
-                                    lambda r: aggregator.add(r.parameters, r.num_examples))
+            fit = await self._phase(
+                TaskType.FIT,
+                rnd,
+                selected,
+                config,
+                aggregator.add,
+            )
             dropped.update(fit.dropped)
             if len(fit.results) >= cfg.min_fit_clients:
                 aggregate = aggregator.result()
             else:
-                log.warning("round %d/%d: only %d of %d needed results (dropped: %s); %s",
-                            rnd, cfg.num_rounds, len(fit.results), cfg.min_fit_clients,
-                            fit.dropped or "none",
-                            "retrying" if attempts <= cfg.round_retries else "giving up")
+                log.warning(
+                    "round %d/%d: only %d of %d needed results (dropped: %s); %s",
+                    rnd,
+                    cfg.num_rounds,
+                    len(fit.results),
+                    cfg.min_fit_clients,
+                    fit.dropped or "none",
+                    "retrying" if attempts <= cfg.round_retries else "giving up",
+                )
         assert fit is not None
-        self.parameters, self._opt_state = self.strategy.step(self.parameters, aggregate,
-                                                              self._opt_state)
+        self.parameters, self._opt_state = self.strategy.step(
+            self.parameters, aggregate, self._opt_state
+        )
         train_metrics = weighted_average_metrics(
             [(r.num_examples, {**r.metrics, "train_loss": r.loss}) for _, r in fit.results]
         )
@@ -255,9 +298,15 @@ class Federation:
             "evaluate": None,
             "centralized": None,
         }
-        log.info("round %d/%d: %d of %d clients answered in %.1f s%s", rnd, cfg.num_rounds,
-                 len(fit.results), record["fit"]["selected"], fit.duration,
-                 _fmt(train_metrics, "train_"))
+        log.info(
+            "round %d/%d: %d of %d clients answered in %.1f s%s",
+            rnd,
+            cfg.num_rounds,
+            len(fit.results),
+            record["fit"]["selected"],
+            fit.duration,
+            _fmt(train_metrics, "train_"),
+        )
         if cfg.evaluate_every and rnd % cfg.evaluate_every == 0:
             record["evaluate"] = await self._evaluate(rnd)
             record["centralized"] = await self._centralized(rnd)
@@ -270,47 +319,93 @@ class Federation:
         cfg = self.config
         trainers = [c.client_id for c in self.pool.clients()]
         if len(trainers) < cfg.min_evaluate_clients:
-            log.warning("round %d: federated evaluation skipped: %d clients connected, "
-                        "min_evaluate_clients=%d", rnd, len(trainers), cfg.min_evaluate_clients)
+            log.warning(
+                "round %d: federated evaluation skipped: %d clients connected, "
+                "min_evaluate_clients=%d",
+                rnd,
+                len(trainers),
+                cfg.min_evaluate_clients,
+            )
             return None
-        selected = sample_clients(trainers, fraction=cfg.fraction_evaluate,
-                                  min_clients=cfg.min_evaluate_clients, rng=self._rng)
-        phase = await self._phase(TaskType.EVALUATE, rnd, selected,
-                                  {**cfg.evaluate_config, "round": rnd}, None)
+        selected = sample_clients(
+            trainers,
+            fraction=cfg.fraction_evaluate,
+            min_clients=cfg.min_evaluate_clients,
+            rng=self._rng,
+        )
+        phase = await self._phase(
+            TaskType.EVALUATE, rnd, selected, {**cfg.evaluate_config, "round": rnd}, None
+        )
         if not phase.results:
-            return {"loss": None, "metrics": {}, "participants": [], "dropped": phase.dropped,
-                    "duration_s": round(phase.duration, 3)}
+            return {
+                "loss": None,
+                "metrics": {},
+                "participants": [],
+                "dropped": phase.dropped,
+                "duration_s": round(phase.duration, 3),
+            }
         total = sum(r.num_examples for _, r in phase.results)
         loss = sum(r.loss * r.num_examples for _, r in phase.results) / max(total, 1)
         metrics = weighted_average_metrics([(r.num_examples, r.metrics) for _, r in phase.results])
-        log.info("round %d/%d: federated evaluation on %d clients (%d examples): loss %.4f%s",
-                 rnd, cfg.num_rounds, len(phase.results), total, loss, _fmt(metrics))
-        return {"loss": loss, "metrics": metrics, "num_examples": total,
-                "participants": [_describe(i, r) for i, r in phase.results],
-                "dropped": phase.dropped, "duration_s": round(phase.duration, 3)}
+        log.info(
+            "round %d/%d: federated evaluation on %d clients (%d examples): loss %.4f%s",
+            rnd,
+            cfg.num_rounds,
+            len(phase.results),
+            total,
+            loss,
+            _fmt(metrics),
+        )
+        return {
+            "loss": loss,
+            "metrics": metrics,
+            "num_examples": total,
+            "participants": [_describe(i, r) for i, r in phase.results],
+            "dropped": phase.dropped,
+            "duration_s": round(phase.duration, 3),
+        }
 
     async def _centralized(self, rnd: int) -> dict[str, Any] | None:
         """Evaluate the new global model centrally: in process, or on evaluator clients."""
         if self.evaluate_fn is not None:
             loss, metrics = await asyncio.to_thread(self.evaluate_fn, rnd, self.parameters)
-            log.info("round %d/%d: centralized evaluation: loss %.4f%s", rnd,
-                     self.config.num_rounds, loss, _fmt(metrics))
+            log.info(
+                "round %d/%d: centralized evaluation: loss %.4f%s",
+                rnd,
+                self.config.num_rounds,
+                loss,
+                _fmt(metrics),
+            )
             return {"loss": float(loss), "metrics": dict(metrics), "source": "server"}
         evaluators = self.pool.clients(Role.EVALUATOR)
         if not evaluators:
             return None
-        phase = await self._phase(TaskType.EVALUATE, rnd, [evaluators[0].client_id],
-                                  {**self.config.evaluate_config, "round": rnd,
-                                   "centralized": True, "split": "test"}, None)
+        phase = await self._phase(
+            TaskType.EVALUATE,
+            rnd,
+            [evaluators[0].client_id],
+            {**self.config.evaluate_config, "round": rnd, "centralized": True, "split": "test"},
+            None,
+        )
         if not phase.results:
             log.warning("round %d: centralized evaluation failed: %s", rnd, phase.dropped)
             return {"loss": None, "metrics": {}, "dropped": phase.dropped}
         info, result = phase.results[0]
-        log.info("round %d/%d: centralized evaluation on %s (%d examples): loss %.4f%s", rnd,
-                 self.config.num_rounds, info.display_name, result.num_examples, result.loss,
-                 _fmt(result.metrics))
-        return {"loss": result.loss, "metrics": dict(result.metrics),
-                "num_examples": result.num_examples, "source": info.display_name}
+        log.info(
+            "round %d/%d: centralized evaluation on %s (%d examples): loss %.4f%s",
+            rnd,
+            self.config.num_rounds,
+            info.display_name,
+            result.num_examples,
+            result.loss,
+            _fmt(result.metrics),
+        )
+        return {
+            "loss": result.loss,
+            "metrics": dict(result.metrics),
+            "num_examples": result.num_examples,
+            "source": info.display_name,
+        }
 
     async def _phase(
         self,
@@ -318,9 +413,13 @@ class Federation:
         rnd: int,
         client_ids: Sequence[str],
         config: Config,
-        on_result: Callable[[Result], None] | None,
+        fold: Callable[[NDArrays, int], None] | None,
     ) -> _Phase:
-        """Send one task per client; collect results until all answered or the deadline."""
+        """Send one task per client; collect results until all answered or the deadline.
+
+        ``fold`` receives each fit result's parameters as soon as it arrives
+        (the strategy's aggregator), after which the arrays are dropped.
+        """
         started = time.monotonic()
         infos = {c.client_id: c for r in Role for c in self.pool.clients(r)}
         task = Task(
@@ -342,13 +441,15 @@ class Federation:
         deadline = started + self.config.round_timeout
         while pending:
             remaining = deadline - time.monotonic()
-            done, _ = await asyncio.wait(pending, timeout=max(remaining, 0),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                pending, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED
+            )
             if not done:
                 for fut, cid in pending.items():
                     fut.cancel()
                     dropped[_name(infos, cid)] = (
-                        f"missed the round deadline of {self.config.round_timeout:.0f} s")
+                        f"missed the round deadline of {self.config.round_timeout:.0f} s"
+                    )
                 break
             for fut in done:
                 cid = pending.pop(fut)
@@ -356,23 +457,42 @@ class Federation:
                     result = fut.result()
                 except ClientDroppedError as exc:
                     dropped[_name(infos, cid)] = exc.reason
-                    log.warning("round %d: %s dropped from %s: %s", rnd, _name(infos, cid),
-                                kind.value, exc.reason)
+                    log.warning(
+                        "round %d: %s dropped from %s: %s",
+                        rnd,
+                        _name(infos, cid),
+                        kind.value,
+                        exc.reason,
+                    )
                     continue
-                if on_result is not None:
-                    on_result(result)
+                if fold is not None:
+                    try:
+                        fold(result.parameters, result.num_examples)
+                    except AggregationError as exc:  # the aggregator is left unchanged
+                        dropped[_name(infos, cid)] = f"update rejected by the aggregator: {exc}"
+                        continue
                     result = _without_parameters(result)
-                info = infos.get(cid) or ClientInfo(client_id=cid, display_name=cid, framework="",
-                                                    role=Role.TRAINER, partition_id=-1,
-                                                    instance_id=cid)
+                info = infos.get(cid) or ClientInfo(
+                    client_id=cid,
+                    display_name=cid,
+                    framework="",
+                    role=Role.TRAINER,
+                    partition_id=-1,
+                    instance_id=cid,
+                )
                 results.append((info, result))
         return _Phase(results=results, dropped=dropped, duration=time.monotonic() - started)
 
 
 def _without_parameters(result: Result) -> Result:
     """Drop a folded result's arrays at once, so memory stays O(model)."""
-    return Result(client_id=result.client_id, task_id=result.task_id,
-                  num_examples=result.num_examples, loss=result.loss, metrics=result.metrics)
+    return Result(
+        client_id=result.client_id,
+        task_id=result.task_id,
+        num_examples=result.num_examples,
+        loss=result.loss,
+        metrics=result.metrics,
+    )
 
 
 def _name(infos: dict[str, ClientInfo], client_id: str) -> str:
@@ -381,12 +501,15 @@ def _name(infos: dict[str, ClientInfo], client_id: str) -> str:
 
 
 def _describe(info: ClientInfo, result: Result) -> dict[str, Any]:
-    return {"client": info.display_name, "client_id": info.client_id,
-            "framework": info.framework, "partition": info.partition_id,
-            "num_examples": result.num_examples}
+    return {
+        "client": info.display_name,
+        "client_id": info.client_id,
+        "framework": info.framework,
+        "partition": info.partition_id,
+        "num_examples": result.num_examples,
+    }
 
 
 def _fmt(metrics: Metrics, prefix: str = "") -> str:
     keys = [k for k in metrics if k.startswith(prefix)] if prefix else list(metrics)
-    return "".join(f", {k} {metrics[k]:.4f}" for k in keys
-                   if isinstance(metrics[k], float))
+    return "".join(f", {k} {v:.4f}" for k in keys if isinstance(v := metrics[k], float))

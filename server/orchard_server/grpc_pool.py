@@ -58,10 +58,16 @@ class GrpcClientPool(ClientPool):
         )
         self._sessions[client.client_id] = _Session(info=client, last_seen=time.monotonic())
         self._changed.set()
-        log.info("federation %r: %s joined as %s (%s, %s, partition %d); %d connected",
-                 self.federation, client.display_name, client.client_id,
-                 client.framework or "unknown framework", client.role.value, partition_id,
-                 len(self._sessions))
+        log.info(
+            "federation %r: %s joined as %s (%s, %s, partition %d); %d connected",
+            self.federation,
+            client.display_name,
+            client.client_id,
+            client.framework or "unknown framework",
+            client.role.value,
+            partition_id,
+            len(self._sessions),
+        )
         return client
 
     def known(self, client_id: str) -> bool:
@@ -80,8 +86,14 @@ class GrpcClientPool(ClientPool):
             if not fut.done():
                 fut.set_exception(ClientDroppedError(client_id, reason))
         self._changed.set()
-        log.info("federation %r: %s (%s) left: %s; %d connected", self.federation,
-                 session.info.display_name, client_id, reason, len(self._sessions))
+        log.info(
+            "federation %r: %s (%s) left: %s; %d connected",
+            self.federation,
+            session.info.display_name,
+            client_id,
+            reason,
+            len(self._sessions),
+        )
 
     async def next_task(self, client_id: str, wait: float) -> Task | None:
         """The next task of a session whose round is still waiting for it, or None."""
@@ -98,8 +110,9 @@ class GrpcClientPool(ClientPool):
                     return None
                 getter = asyncio.ensure_future(session.mailbox.get())
                 closer = asyncio.ensure_future(self.closed.wait())
-                done, _ = await asyncio.wait({getter, closer}, timeout=remaining,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {getter, closer}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
                 closer.cancel()
                 if getter not in done:
                     getter.cancel()
@@ -119,7 +132,9 @@ class GrpcClientPool(ClientPool):
         if entry is None:
             raise KeyError(f"task {task_id!r} is not assigned to {client_id}")
         if entry[1].done():
-            raise LookupError(f"task {task_id!r} is closed (its round moved on or its deadline passed)")
+            raise LookupError(
+                f"task {task_id!r} is closed (its round moved on or its deadline passed)"
+            )
         session.last_seen = time.monotonic()
         return entry[0]
 
@@ -131,7 +146,9 @@ class GrpcClientPool(ClientPool):
             raise LookupError(f"task {result.task_id!r} is no longer open")
         task, fut = entry
         if result.error:
-            fut.set_exception(ClientDroppedError(client_id, f"task failed on the client: {result.error}"))
+            fut.set_exception(
+                ClientDroppedError(client_id, f"task failed on the client: {result.error}")
+            )
             return
         try:
             validate_result(self.spec, task, result)
@@ -146,8 +163,13 @@ class GrpcClientPool(ClientPool):
         entry = session.open.get(task_id) if session else None
         if entry is not None and not entry[1].done():
             entry[1].set_exception(ClientDroppedError(client_id, f"update rejected: {reason}"))
-        log.warning("federation %r: rejected the result of %s for %s: %s", self.federation,
-                    client_id, task_id, reason)
+        log.warning(
+            "federation %r: rejected the result of %s for %s: %s",
+            self.federation,
+            client_id,
+            task_id,
+            reason,
+        )
 
     async def reap(self) -> None:
         """Forever: drop sessions silent for longer than the heartbeat timeout."""
@@ -171,8 +193,10 @@ class GrpcClientPool(ClientPool):
     # -- ClientPool ---------------------------------------------------------------------
 
     def clients(self, role: Role = Role.TRAINER) -> list[ClientInfo]:
-        return sorted((s.info for s in self._sessions.values() if s.info.role is role),
-                      key=lambda i: i.sort_key)
+        return sorted(
+            (s.info for s in self._sessions.values() if s.info.role is role),
+            key=lambda i: i.sort_key,
+        )
 
     async def wait_for_clients(self, count: int, timeout: float, role: Role = Role.TRAINER) -> bool:
         deadline = time.monotonic() + timeout
@@ -197,7 +221,9 @@ class GrpcClientPool(ClientPool):
         try:
             return await asyncio.wait_for(asyncio.shield(fut), task.timeout)
         except TimeoutError:
-            raise ClientDroppedError(client_id, f"missed the deadline of {task.timeout:.0f} s") from None
+            raise ClientDroppedError(
+                client_id, f"missed the deadline of {task.timeout:.0f} s"
+            ) from None
         finally:
             if not fut.done():
                 fut.cancel()

@@ -33,7 +33,7 @@ class History:
         self.rounds.sort(key=lambda r: r["round"])
 
     def series(self, phase: str, key: str) -> list[tuple[int, float]]:
-        """(round, value) for one number, e.g. ("evaluate", "loss") or ("centralized", "accuracy")."""
+        """(round, value) pairs of one number, e.g. ("evaluate", "loss")."""
         out: list[tuple[int, float]] = []
         for r in self.rounds:
             block = r.get(phase) or {}
@@ -69,7 +69,11 @@ def plot_history(history: History, path: Path) -> None:
     from orchard_server.storage import atomic_write_bytes
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for phase, label in (("evaluate", "federated"), ("centralized", "centralized"), ("fit", "train")):
+    for phase, label in (
+        ("evaluate", "federated"),
+        ("centralized", "centralized"),
+        ("fit", "train"),
+    ):
         loss = history.series(phase, "loss") or history.series(phase, "train_loss")
         acc = history.series(phase, "accuracy") or history.series(phase, "train_accuracy")
         if loss:

@@ -60,7 +60,9 @@ def validate_result(spec: ModelSpec, task: Task, result: Result) -> None:
         raise SpecError(f"expected {len(spec.names)} tensors, got {len(result.names)}")
     spec.validate(result.parameters)
     if result.num_examples <= 0:
-        raise SpecError(f"num_examples must be positive for a fit result, got {result.num_examples}")
+        raise SpecError(
+            f"num_examples must be positive for a fit result, got {result.num_examples}"
+        )
 
 
 class ClientPool(abc.ABC):
@@ -131,7 +133,9 @@ class InMemoryClientPool(ClientPool):
         self._clients.pop(client_id, None)
 
     def clients(self, role: Role = Role.TRAINER) -> list[ClientInfo]:
-        return sorted((i for i, _ in self._clients.values() if i.role is role), key=lambda i: i.sort_key)
+        return sorted(
+            (i for i, _ in self._clients.values() if i.role is role), key=lambda i: i.sort_key
+        )
 
     async def wait_for_clients(self, count: int, timeout: float, role: Role = Role.TRAINER) -> bool:
         deadline = time.monotonic() + timeout
@@ -157,7 +161,9 @@ class InMemoryClientPool(ClientPool):
                 asyncio.to_thread(_execute, client, client_id, task, params), task.timeout
             )
         except TimeoutError:
-            raise ClientDroppedError(client_id, f"missed the deadline of {task.timeout:.0f} s") from None
+            raise ClientDroppedError(
+                client_id, f"missed the deadline of {task.timeout:.0f} s"
+            ) from None
         if client_id not in self._clients:
             raise ClientDroppedError(client_id, "disconnected during the task")
         if result.error:
@@ -174,10 +180,23 @@ def _execute(client: NumPyClient, client_id: str, task: Task, params: list) -> R
     try:
         if task.type is TaskType.FIT:
             new, n, metrics = client.fit(params, task.config)
-            return Result(client_id=client_id, task_id=task.task_id, num_examples=n,
-                          metrics=dict(metrics), names=task.names, parameters=list(new))
+            return Result(
+                client_id=client_id,
+                task_id=task.task_id,
+                num_examples=n,
+                metrics=dict(metrics),
+                names=task.names,
+                parameters=list(new),
+            )
         loss, n, metrics = client.evaluate(params, task.config)
-        return Result(client_id=client_id, task_id=task.task_id, num_examples=n, loss=loss,
-                      metrics=dict(metrics))
+        return Result(
+            client_id=client_id,
+            task_id=task.task_id,
+            num_examples=n,
+            loss=loss,
+            metrics=dict(metrics),
+        )
     except Exception as exc:
-        return Result(client_id=client_id, task_id=task.task_id, error=f"{type(exc).__name__}: {exc}")
+        return Result(
+            client_id=client_id, task_id=task.task_id, error=f"{type(exc).__name__}: {exc}"
+        )

@@ -10,12 +10,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from orchard import serde
-from orchard.messages import API_VERSION, Finished, FederationState, Idle, Session
-from orchard.spec import SpecError
+from orchard.messages import API_VERSION, FederationState, Finished, Idle, Session
+from orchard.spec import ModelSpec, SpecError, TensorSpec
 from orchard.v1 import federation_service_pb2 as pb
 from orchard.v1 import federation_service_pb2_grpc as pb_grpc
 from orchard_server.federation import Federation
@@ -59,7 +60,11 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
                 return hosted
         return None
 
-    async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinResponse:  # type: ignore[type-arg]  # noqa: N802
+    async def Join(
+        self,
+        request: pb.JoinRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.JoinResponse:
         major = request.api_version.split(".")[0]
         if major != SUPPORTED_MAJOR:
             await context.abort(
@@ -106,23 +111,38 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             )
         )
 
-    async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:  # type: ignore[type-arg]  # noqa: N802
+    async def Heartbeat(
+        self,
+        request: pb.HeartbeatRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.HeartbeatResponse:
         hosted = self._find(request.client_id)
         if hosted is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {request.client_id!r}; join again")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"unknown session {request.client_id!r}; join again"
+            )
         fed = hosted.federation
-        return pb.HeartbeatResponse(state=serde.state_to_proto(fed.state),
-                                    rounds_completed=fed.rounds_completed)
+        return pb.HeartbeatResponse(
+            state=serde.state_to_proto(fed.state), rounds_completed=fed.rounds_completed
+        )
 
-    async def PullTask(self, request: pb.PullTaskRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PullTaskResponse]:  # type: ignore[type-arg, override]  # noqa: N802
+    async def PullTask(
+        self,
+        request: pb.PullTaskRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.PullTaskResponse]:
         hosted = self._find(request.client_id)
         if hosted is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {request.client_id!r}; join again")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"unknown session {request.client_id!r}; join again"
+            )
         fed = hosted.federation
         chunk = request.max_chunk_bytes or serde.DEFAULT_CHUNK_BYTES
         if not 0 < chunk <= serde.MAX_CHUNK_BYTES:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"max_chunk_bytes {chunk} outside 1..{serde.MAX_CHUNK_BYTES}")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"max_chunk_bytes {chunk} outside 1..{serde.MAX_CHUNK_BYTES}",
+            )
         wait = min(max(request.wait_seconds, 0.0), self._max_poll)
         task = None
         if fed.state not in (FederationState.FINISHED, FederationState.FAILED):
@@ -136,14 +156,22 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         for message in serde.task_to_stream(task, chunk):
             yield message
 
-    async def PushResult(self, request_iterator: AsyncIterator[pb.PushResultRequest], context: grpc.aio.ServicerContext) -> pb.PushResultResponse:  # type: ignore[type-arg, override]  # noqa: N802
+    async def PushResult(
+        self,
+        request_iterator: AsyncIterator[pb.PushResultRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.PushResultResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("item") != "header":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "PushResult must start with a ResultHeader")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "PushResult must start with a ResultHeader"
+            )
         header = first.header
         hosted = self._find(header.client_id)
         if hosted is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {header.client_id!r}; join again")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"unknown session {header.client_id!r}; join again"
+            )
         pool = hosted.pool
         try:
             task = pool.open_task(header.client_id, header.task_id)
@@ -166,13 +194,19 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
                 pool.deliver(header.client_id, result)
             except (serde.SerdeError, SpecError) as exc:
                 pool.reject(header.client_id, header.task_id, str(exc))
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"result of task {task.task_id} rejected: {exc}")
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"result of task {task.task_id} rejected: {exc}",
+                )
             except LookupError as exc:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return pb.PushResultResponse(message=f"result of task {task.task_id} accepted")
 
-    async def Leave(self, request: pb.LeaveRequest, context: grpc.aio.ServicerContext) -> pb.LeaveResponse:  # type: ignore[type-arg]  # noqa: N802
+    async def Leave(
+        self,
+        request: pb.LeaveRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.LeaveResponse:
         hosted = self._find(request.client_id)
         if hosted is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {request.client_id!r}")
@@ -180,11 +214,9 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         return pb.LeaveResponse()
 
 
-def _check_header(hosted: Hosted, specs: tuple[object, ...]) -> None:
+def _check_header(hosted: Hosted, specs: tuple[TensorSpec, ...]) -> None:
     """Refuse a result whose announced tensors differ from the spec before reading its bytes."""
     spec = hosted.federation.spec
     if tuple(specs) != spec.tensors:
-        from orchard.spec import ModelSpec
-
-        difference = spec.first_difference(ModelSpec(spec.model_id, specs))  # type: ignore[arg-type]
+        difference = spec.first_difference(ModelSpec(spec.model_id, specs))
         raise SpecError(difference or "announced tensors differ from the model spec")

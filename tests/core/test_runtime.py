@@ -33,12 +33,18 @@ def config(tmp_path: Path, port: int, **fed: object) -> Path:
         "wait_timeout": 60.0,
         **fed,
     }
-    return write_config(tmp_path / "server.toml",
-                        server={"address": f"127.0.0.1:{port}", "insecure": True,
-                                "state_dir": str(tmp_path / "state"),
-                                "heartbeat_interval": 0.5, "heartbeat_timeout": 3.0,
-                                "max_poll_seconds": 2.0},
-                        federations={"blobs": federation})
+    return write_config(
+        tmp_path / "server.toml",
+        server={
+            "address": f"127.0.0.1:{port}",
+            "insecure": True,
+            "state_dir": str(tmp_path / "state"),
+            "heartbeat_interval": 0.5,
+            "heartbeat_timeout": 3.0,
+            "max_poll_seconds": 2.0,
+        },
+        federations={"blobs": federation},
+    )
 
 
 def test_client_started_before_the_server_retries_then_finishes(tmp_path: Path) -> None:
@@ -63,8 +69,10 @@ def test_client_started_before_the_server_retries_then_finishes(tmp_path: Path) 
 
 def test_sigterm_makes_the_client_leave_cleanly(tmp_path: Path) -> None:
     port = free_port()
-    server = start_server(tmp_path, config(tmp_path, port, min_available_clients=2,
-                                           min_fit_clients=2, min_evaluate_clients=2))
+    server = start_server(
+        tmp_path,
+        config(tmp_path, port, min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2),
+    )
     client = start_logreg_client(tmp_path, port, "blobs", "leaver")
     try:
         wait_healthy(port, server)

@@ -10,8 +10,8 @@ from hypothesis.extra import numpy as hnp
 
 from orchard import serde
 from orchard.messages import (
-    Finished,
     FederationState,
+    Finished,
     Idle,
     JoinInfo,
     Result,
@@ -23,6 +23,7 @@ from orchard.messages import (
 from orchard.models import MNIST_MLP
 from orchard.spec import SUPPORTED_DTYPES, ModelSpec, TensorSpec
 from orchard.v1 import federation_service_pb2 as pb
+from orchard.v1 import tensor_pb2 as tpb
 
 arrays = st.sampled_from(SUPPORTED_DTYPES).flatmap(
     lambda dt: hnp.arrays(
@@ -47,8 +48,12 @@ def test_parameters_round_trip_bit_exact(values: list[np.ndarray], chunk: int) -
 
 
 def test_zero_d_empty_and_big_endian_tensors() -> None:
-    values = [np.array(3.5, np.float64), np.zeros((0, 4), np.int16),
-              np.arange(6, dtype=">i4").reshape(2, 3), np.array([True, False])]
+    values: list[np.ndarray] = [
+        np.array(3.5, np.float64),
+        np.zeros((0, 4), np.int16),
+        np.arange(6, dtype=">i4").reshape(2, 3),
+        np.array([True, False]),
+    ]
     header = serde.parameters_header(["s", "e", "be", "b"], values)
     assert [tuple(t.shape) for t in header.tensors] == [(), (0, 4), (2, 3), (2,)]
     _, out = serde.arrays_from_parts(header, list(serde.iter_chunks(values, 5)))
@@ -68,7 +73,7 @@ def test_multi_chunk_tensor_is_chunked_in_order() -> None:
     np.testing.assert_array_equal(out, big)
 
 
-def _parts(chunk: int = 8) -> tuple[pb.ParametersHeader, list]:  # type: ignore[type-arg]
+def _parts(chunk: int = 8) -> tuple[tpb.ParametersHeader, list[tpb.TensorChunk]]:
     values = [np.arange(6, dtype=np.float32), np.ones(3, np.float32)]
     return serde.parameters_header(["w", "b"], values), list(serde.iter_chunks(values, chunk))
 
@@ -109,17 +114,24 @@ def test_upload_limit_is_enforced_before_allocation() -> None:
 
 def test_unspecified_dtype_is_refused() -> None:
     header, chunks = _parts()
-    header.tensors[0].dtype = 0
-    with pytest.raises(serde.SerdeError, match="'w'.*unknown or unspecified data type"):
+    header.tensors[0].dtype = tpb.DATA_TYPE_UNSPECIFIED
+    with pytest.raises(serde.SerdeError, match=r"'w'.*unknown or unspecified data type"):
         serde.arrays_from_parts(header, chunks)
 
 
-@given(st.dictionaries(
-    st.text(min_size=1, max_size=8),
-    st.one_of(st.booleans(), st.integers(-(2**63), 2**63 - 1),
-              st.floats(allow_nan=False), st.text(max_size=10), st.binary(max_size=10)),
-    max_size=6,
-))
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=8),
+        st.one_of(
+            st.booleans(),
+            st.integers(-(2**63), 2**63 - 1),
+            st.floats(allow_nan=False),
+            st.text(max_size=10),
+            st.binary(max_size=10),
+        ),
+        max_size=6,
+    )
+)
 def test_config_round_trip_keeps_types(config: dict) -> None:  # type: ignore[type-arg]
     out = serde.config_from_proto(serde.config_to_proto(config))
     assert out == config
@@ -127,7 +139,7 @@ def test_config_round_trip_keeps_types(config: dict) -> None:  # type: ignore[ty
 
 
 def test_config_refuses_unsupported_values() -> None:
-    with pytest.raises(serde.SerdeError, match="config key 'x'.*list"):
+    with pytest.raises(serde.SerdeError, match=r"config key 'x'.*list"):
         serde.config_to_proto({"x": [1, 2]})  # type: ignore[dict-item]
 
 
@@ -137,12 +149,27 @@ def test_model_spec_round_trip() -> None:
 
 def test_join_and_session_round_trip() -> None:
     spec = ModelSpec("m", (TensorSpec("w", (2, 3)),))
-    info = JoinInfo(api_version="1.0", federation="f", instance_id="i", display_name="n",
-                    framework="numpy", capabilities=("fit",), role=Role.EVALUATOR,
-                    model_spec=spec, auth_token="t")
+    info = JoinInfo(
+        api_version="1.0",
+        federation="f",
+        instance_id="i",
+        display_name="n",
+        framework="numpy",
+        capabilities=("fit",),
+        role=Role.EVALUATOR,
+        model_spec=spec,
+        auth_token="t",
+    )
     assert serde.join_from_proto(serde.join_to_proto(info)) == info
-    session = Session(client_id="c", api_version="1.0", heartbeat_interval=2.0, model_spec=spec,
-                      partition_id=1, num_partitions=3, state=FederationState.RUNNING)
+    session = Session(
+        client_id="c",
+        api_version="1.0",
+        heartbeat_interval=2.0,
+        model_spec=spec,
+        partition_id=1,
+        num_partitions=3,
+        state=FederationState.RUNNING,
+    )
     assert serde.session_from_proto(serde.session_to_proto(session)) == session
 
 
@@ -153,12 +180,24 @@ def test_join_without_federation_is_refused() -> None:
 
 def test_task_stream_round_trip() -> None:
     params = [np.full((3, 4), 0.25, np.float32), np.arange(3, dtype=np.float32)]
-    task = Task(task_id="t1", type=TaskType.FIT, round=2, config={"lr": 0.1, "epochs": 1},
-                timeout=30.0, names=("w", "b"), parameters=params)
+    task = Task(
+        task_id="t1",
+        type=TaskType.FIT,
+        round=2,
+        config={"lr": 0.1, "epochs": 1},
+        timeout=30.0,
+        names=("w", "b"),
+        parameters=params,
+    )
     out = serde.task_from_stream(serde.task_to_stream(task, chunk_bytes=7))
     assert isinstance(out, Task)
     assert (out.task_id, out.type, out.round, out.config, out.names) == (
-        "t1", TaskType.FIT, 2, {"lr": 0.1, "epochs": 1}, ("w", "b"))
+        "t1",
+        TaskType.FIT,
+        2,
+        {"lr": 0.1, "epochs": 1},
+        ("w", "b"),
+    )
     for a, b in zip(params, out.parameters, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -171,13 +210,26 @@ def test_idle_and_finished_streams() -> None:
 
 
 def test_result_stream_round_trip_and_failure() -> None:
-    result = Result(client_id="c", task_id="t", num_examples=5, loss=0.5,
-                    metrics={"accuracy": 0.9}, names=("w",),
-                    parameters=[np.ones((2, 2), np.float32)])
+    result = Result(
+        client_id="c",
+        task_id="t",
+        num_examples=5,
+        loss=0.5,
+        metrics={"accuracy": 0.9},
+        names=("w",),
+        parameters=[np.ones((2, 2), np.float32)],
+    )
     out = serde.result_from_stream(serde.result_to_stream(result, 3))
     assert (out.client_id, out.task_id, out.num_examples, out.loss, out.metrics, out.names) == (
-        "c", "t", 5, 0.5, {"accuracy": 0.9}, ("w",))
+        "c",
+        "t",
+        5,
+        0.5,
+        {"accuracy": 0.9},
+        ("w",),
+    )
     np.testing.assert_array_equal(out.parameters[0], np.ones((2, 2)))
-    failed = serde.result_from_stream(serde.result_to_stream(
-        Result(client_id="c", task_id="t", error="CUDA out of memory")))
+    failed = serde.result_from_stream(
+        serde.result_to_stream(Result(client_id="c", task_id="t", error="CUDA out of memory"))
+    )
     assert not failed.ok and failed.error == "CUDA out of memory"

@@ -19,12 +19,18 @@ def test_registered_models_have_the_papers_sizes() -> None:
     assert CIFAR10_CNN.num_parameters == 62_006
     assert MNIST_CNN.num_parameters == 1_663_370
     assert MNIST_MLP.num_parameters == 784 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
-    assert MNIST_MLP.names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
-                               "fc3.weight", "fc3.bias"]
+    assert MNIST_MLP.names == [
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+        "fc3.weight",
+        "fc3.bias",
+    ]
 
 
 def test_unknown_model_lists_known_ids() -> None:
-    with pytest.raises(SpecError, match="unknown model id 'resnet'.*mnist-mlp"):
+    with pytest.raises(SpecError, match=r"unknown model id 'resnet'.*mnist-mlp"):
         get_model_spec("resnet")
 
 

@@ -16,8 +16,15 @@ def test_round_trip_is_exact_and_leaves_no_temp_files(tmp_path: Path) -> None:
     params = seeded_parameters(MNIST_MLP, seed=1)
     opt = {"m_0": np.arange(3, dtype=np.float64), "step": np.array(4)}
     path = tmp_path / "fed" / "checkpoint.npz"
-    save_checkpoint(path, Checkpoint(round=3, parameters=params, optimizer_state=opt,
-                                     meta={"rng": {"state": 2**100}, "history": {"x": [1]}}))
+    save_checkpoint(
+        path,
+        Checkpoint(
+            round=3,
+            parameters=params,
+            optimizer_state=opt,
+            meta={"rng": {"state": 2**100}, "history": {"x": [1]}},
+        ),
+    )
     loaded = load_checkpoint(path, MNIST_MLP)
     assert loaded is not None and loaded.round == 3
     for a, b in zip(params, loaded.parameters, strict=True):
@@ -44,7 +51,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
     params = seeded_parameters(MNIST_MLP, seed=1)
     params[2] = params[2][:, :5]
     save_checkpoint(path, Checkpoint(round=1, parameters=params, optimizer_state={}, meta={}))
-    with pytest.raises(CheckpointError, match="does not match model 'mnist-mlp'.*fc2.weight"):
+    with pytest.raises(CheckpointError, match=r"does not match model 'mnist-mlp'.*fc2.weight"):
         load_checkpoint(path, MNIST_MLP)
 
 

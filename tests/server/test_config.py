@@ -33,13 +33,19 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_file_env_and_flags_in_order(tmp_path: Path) -> None:
     env = {"ORCHARD_STATE_DIR": "/tmp/x", "ORCHARD_SET": "federations.mnist.num_rounds=6"}
-    config = load_config(write(tmp_path, BASE), environ=env,
-                         overrides=["federations.mnist.num_rounds=7", "server.address=\"[::]:1\""])
+    config = load_config(
+        write(tmp_path, BASE),
+        environ=env,
+        overrides=["federations.mnist.num_rounds=7", 'server.address="[::]:1"'],
+    )
     assert config.address == "[::]:1"
     assert str(config.state_dir) == "/tmp/x"
     mnist, cifar = config.federations
     assert (mnist.name, mnist.num_rounds, mnist.fit_config) == (
-        "mnist", 7, {"epochs": 2, "learning_rate": 0.05})
+        "mnist",
+        7,
+        {"epochs": 2, "learning_rate": 0.05},
+    )
     assert cifar.strategy_options == {"eta": 0.01}
     assert mnist.model_spec().model_id == "mnist-mlp"
 
@@ -48,8 +54,11 @@ def test_file_env_and_flags_in_order(tmp_path: Path) -> None:
     ("text", "message"),
     [
         (BASE.replace("num_rounds = 4", "num_round = 4"), "unknown key 'num_round'"),
-        (BASE.replace("num_rounds = 4", "num_rounds = \"four\""), "num_rounds must be int"),
-        (BASE.replace("num_rounds = 4", "fraction_fit = 1.5"), "fraction_fit must be in \\(0, 1\\]"),
+        (BASE.replace("num_rounds = 4", 'num_rounds = "four"'), "num_rounds must be int"),
+        (
+            BASE.replace("num_rounds = 4", "fraction_fit = 1.5"),
+            "fraction_fit must be in \\(0, 1\\]",
+        ),
         (BASE.replace('model = "mnist-mlp"', 'model = "resnet"'), "unknown model id 'resnet'"),
         (BASE.replace("insecure = true", ""), "TLS needs tls_cert and tls_key"),
         (BASE.replace("num_rounds = 4", "min_available_clients = 1"), "no round could ever start"),

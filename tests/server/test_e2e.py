@@ -14,7 +14,7 @@ import pytest
 
 from orchard import serde
 from orchard.examples.logreg import logreg_spec
-from orchard.messages import API_VERSION, JoinInfo
+from orchard.messages import API_VERSION, JoinInfo, Result, Task
 from orchard.v1 import federation_service_pb2 as pb
 from orchard.v1 import federation_service_pb2_grpc as pb_grpc
 from tests.helpers.processes import (
@@ -60,9 +60,14 @@ class Cluster:
         self.state_dir = tmp / "state"
         self.config = write_config(
             tmp / "server.toml",
-            server={"address": f"127.0.0.1:{self.port}", "state_dir": str(self.state_dir),
-                    "insecure": True, "heartbeat_interval": 0.5, "heartbeat_timeout": 3.0,
-                    "max_poll_seconds": 5.0},
+            server={
+                "address": f"127.0.0.1:{self.port}",
+                "state_dir": str(self.state_dir),
+                "insecure": True,
+                "heartbeat_interval": 0.5,
+                "heartbeat_timeout": 3.0,
+                "max_poll_seconds": 5.0,
+            },
             federations=federations,
         )
         self.procs: list[Proc] = []
@@ -134,8 +139,9 @@ def _final_parameters(state_dir: Path, federation_name: str) -> list[np.ndarray]
 
 
 def test_server_sigkill_mid_run_resumes_to_the_same_model(cluster_factory: Any) -> None:
-    fed = federation(num_rounds=5, min_fit_clients=2, min_evaluate_clients=2,
-                     min_available_clients=2)
+    fed = federation(
+        num_rounds=5, min_fit_clients=2, min_evaluate_clients=2, min_available_clients=2
+    )
     # Uninterrupted reference run.
     ref = cluster_factory({"blobs": fed}, "reference")
     ref.start_server()
@@ -165,20 +171,29 @@ def test_server_sigkill_mid_run_resumes_to_the_same_model(cluster_factory: Any) 
     assert "resumed from" in run.server.log.read_text()
     rounds = read_history(run.state_dir, "blobs")["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
-    for a, b in zip(_final_parameters(ref.state_dir, "blobs"),
-                    _final_parameters(run.state_dir, "blobs"), strict=True):
+    for a, b in zip(
+        _final_parameters(ref.state_dir, "blobs"),
+        _final_parameters(run.state_dir, "blobs"),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
 
 
 def test_client_killed_mid_round_does_not_stall_it(cluster_factory: Any) -> None:
-    fed = federation(num_rounds=3, min_fit_clients=1, min_evaluate_clients=1,
-                     min_available_clients=2, round_timeout=120.0)
+    fed = federation(
+        num_rounds=3,
+        min_fit_clients=1,
+        min_evaluate_clients=1,
+        min_available_clients=2,
+        round_timeout=120.0,
+    )
     cluster = cluster_factory({"blobs": fed})
     cluster.start_server()
     victim = cluster.client("blobs", "victim", "--fit-seconds", "60")
     steady = [cluster.client("blobs", f"steady-{i}", "--fit-seconds", "0.2") for i in range(2)]
     deadline = time.monotonic() + 60
-    while "round 1: fit task" not in victim.log.read_text():
+    # The victim may join before or after round 1 starts; kill it inside its first fit.
+    while ": fit task" not in victim.log.read_text():
         assert time.monotonic() < deadline, cluster.logs()
         time.sleep(0.1)
     killed_at = time.monotonic()
@@ -188,11 +203,12 @@ def test_client_killed_mid_round_does_not_stall_it(cluster_factory: Any) -> None
         assert wait_exit(proc, cluster, 30) == 0, cluster.logs()
     rounds = read_history(cluster.state_dir, "blobs")["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
-    first = rounds[0]["fit"]
-    reasons = [v for k, v in first["dropped"].items() if "victim" in k]
-    assert reasons and "heartbeat" in reasons[0], first
+    hit = [r["fit"] for r in rounds if any("victim" in k for k in r["fit"]["dropped"])]
+    assert len(hit) == 1, rounds
+    reasons = [v for k, v in hit[0]["dropped"].items() if "victim" in k]
+    assert "heartbeat" in reasons[0], hit[0]
     # The round did not wait for its 120 s deadline, nor for the victim's 60 s fit.
-    assert first["duration_s"] < 30, first
+    assert hit[0]["duration_s"] < 30, hit[0]
     assert time.monotonic() - killed_at < 60
 
 
@@ -202,8 +218,13 @@ def _stub(port: int) -> tuple[grpc.Channel, pb_grpc.FederationServiceStub]:
 
 
 def _join(stub: pb_grpc.FederationServiceStub, **overrides: Any) -> pb.JoinResponse:
-    info = JoinInfo(api_version=API_VERSION, federation="blobs", instance_id="raw-test",
-                    display_name="raw", model_spec=logreg_spec())
+    info = JoinInfo(
+        api_version=API_VERSION,
+        federation="blobs",
+        instance_id="raw-test",
+        display_name="raw",
+        model_spec=logreg_spec(),
+    )
     request = serde.join_to_proto(info)
     for key, value in overrides.items():
         setattr(request, key, value)
@@ -212,8 +233,9 @@ def _join(stub: pb_grpc.FederationServiceStub, **overrides: Any) -> pb.JoinRespo
 
 
 def test_bad_input_gets_clear_errors_while_others_train(cluster_factory: Any) -> None:
-    fed = federation(num_rounds=4, min_fit_clients=2, min_evaluate_clients=2,
-                     min_available_clients=2)
+    fed = federation(
+        num_rounds=4, min_fit_clients=2, min_evaluate_clients=2, min_available_clients=2
+    )
     cluster = cluster_factory({"blobs": fed})
     cluster.start_server()
     good = [cluster.client("blobs", f"good-{i}", "--fit-seconds", "0.5") for i in range(2)]
@@ -223,21 +245,22 @@ def test_bad_input_gets_clear_errors_while_others_train(cluster_factory: Any) ->
         with pytest.raises(grpc.RpcError) as err:
             _join(stub, api_version="2.0")
         assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-        assert "2.0" in err.value.details() and API_VERSION in err.value.details()
+        assert "2.0" in str(err.value.details()) and API_VERSION in str(err.value.details())
         # Unknown federation.
         with pytest.raises(grpc.RpcError) as err:
             _join(stub, federation="nope")
         assert err.value.code() is grpc.StatusCode.NOT_FOUND
-        assert "nope" in err.value.details() and "blobs" in err.value.details()
+        assert "nope" in str(err.value.details()) and "blobs" in str(err.value.details())
         # Model spec mismatch at join names the first differing tensor.
         wrong = logreg_spec()
-        request = serde.join_to_proto(JoinInfo(api_version=API_VERSION, federation="blobs",
-                                               instance_id="x", model_spec=wrong))
+        request = serde.join_to_proto(
+            JoinInfo(api_version=API_VERSION, federation="blobs", instance_id="x", model_spec=wrong)
+        )
         request.model_spec.tensors[1].shape[:] = [4]
         with pytest.raises(grpc.RpcError) as err:
             stub.Join(request, timeout=10)
         assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-        assert "linear.bias" in err.value.details()
+        assert "linear.bias" in str(err.value.details())
 
     # Malformed updates, sent by real clients with broken models.
     nan_client = cluster.client("blobs", "nan-client", "--fail", "nan")
@@ -257,26 +280,45 @@ def test_bad_input_gets_clear_errors_while_others_train(cluster_factory: Any) ->
 
 
 def test_corrupt_tensor_bytes_are_refused(cluster_factory: Any) -> None:
-    fed = federation(num_rounds=2, min_fit_clients=1, min_evaluate_clients=1,
-                     min_available_clients=1, fraction_fit=1.0)
+    fed = federation(
+        num_rounds=2,
+        min_fit_clients=1,
+        min_evaluate_clients=1,
+        min_available_clients=1,
+        fraction_fit=1.0,
+    )
     cluster = cluster_factory({"blobs": fed})
     cluster.start_server()
     channel, stub = _stub(cluster.port)
     with channel:
         session = _join(stub)
-        task = serde.task_from_stream(iter(stub.PullTask(
-            pb.PullTaskRequest(client_id=session.client_id, wait_seconds=10), timeout=30)))
-        assert hasattr(task, "task_id") and task.parameters, task
+        task = serde.task_from_stream(
+            iter(
+                stub.PullTask(
+                    pb.PullTaskRequest(client_id=session.client_id, wait_seconds=10), timeout=30
+                )
+            )
+        )
+        assert isinstance(task, Task), task
         header = serde.result_header_to_proto(
-            serde.Result(client_id=session.client_id, task_id=task.task_id, num_examples=10,
-                         names=task.names, parameters=task.parameters))
+            Result(
+                client_id=session.client_id,
+                task_id=task.task_id,
+                num_examples=10,
+                names=task.names,
+                parameters=task.parameters,
+            )
+        )
         chunks = list(serde.iter_chunks(task.parameters))
         chunks[0].data = chunks[0].data[:-3]  # truncated tensor bytes
-        stream = [pb.PushResultRequest(header=header), *(pb.PushResultRequest(chunk=c) for c in chunks)]
+        stream = [
+            pb.PushResultRequest(header=header),
+            *(pb.PushResultRequest(chunk=c) for c in chunks),
+        ]
         with pytest.raises(grpc.RpcError) as err:
             stub.PushResult(iter(stream), timeout=10)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert "linear.weight" in err.value.details(), err.value.details()
+        assert "linear.weight" in str(err.value.details()), str(err.value.details())
         # The server is still serving: a good client finishes the federation.
         stub.Leave(pb.LeaveRequest(client_id=session.client_id, reason="test done"), timeout=5)
     good = cluster.client("blobs", "good")

@@ -66,7 +66,9 @@ def run(federation: Federation) -> FederationState:
     return asyncio.run(federation.run())
 
 
-def make(tmp_path: Path, n: int = 3, factory: Any = logreg, **overrides: Any) -> tuple[Federation, InMemoryClientPool]:
+def make(
+    tmp_path: Path, n: int = 3, factory: Any = logreg, **overrides: Any
+) -> tuple[Federation, InMemoryClientPool]:
     config = fed_config(**overrides)
     pool = InMemoryClientPool(SPEC)
     for i in range(n):
@@ -100,30 +102,39 @@ def test_fedavg_learns_and_writes_history_and_checkpoint(tmp_path: Path) -> None
 
 
 def test_fedavg_round_is_the_weighted_mean_of_client_updates(tmp_path: Path) -> None:
-    federation, pool = make(tmp_path, num_rounds=1, evaluate_every=0)
+    federation, _pool = make(tmp_path, num_rounds=1, evaluate_every=0)
     federation.restore_or_init()
     start = [p.copy() for p in federation.parameters]
-    config = {**federation.config.fit_config, "round": 1, "seed": federation.config.seed * 100_003 + 1}
+    config = {
+        **federation.config.fit_config,
+        "round": 1,
+        "seed": federation.config.seed * 100_003 + 1,
+    }
     expected_parts = []
     for i in range(3):
         params, n, _ = LogRegClient.for_partition(i).fit([p.copy() for p in start], config)
         expected_parts.append((params, n))
     total = sum(n for _, n in expected_parts)
-    expected = [sum(p[k].astype(np.float64) * n for p, n in expected_parts) / total for k in range(2)]
+    expected = [
+        sum(p[k].astype(np.float64) * n for p, n in expected_parts) / total for k in range(2)
+    ]
     run(federation)
     for got, want in zip(federation.parameters, expected, strict=True):
-        np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(got, np.float32(want), rtol=1e-6, atol=1e-7)
 
 
 def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path: Path) -> None:
-    whole, _ = make(tmp_path / "whole", num_rounds=4, strategy="fedadam",
-                    strategy_options={"eta": 0.05})
+    whole, _ = make(
+        tmp_path / "whole", num_rounds=4, strategy="fedadam", strategy_options={"eta": 0.05}
+    )
     run(whole)
-    first, _ = make(tmp_path / "split", num_rounds=2, strategy="fedadam",
-                    strategy_options={"eta": 0.05})
+    first, _ = make(
+        tmp_path / "split", num_rounds=2, strategy="fedadam", strategy_options={"eta": 0.05}
+    )
     run(first)
-    second, _ = make(tmp_path / "split", num_rounds=4, strategy="fedadam",
-                     strategy_options={"eta": 0.05})
+    second, _ = make(
+        tmp_path / "split", num_rounds=4, strategy="fedadam", strategy_options={"eta": 0.05}
+    )
     second.restore_or_init()
     assert second.rounds_completed == 2
     run(second)
@@ -133,8 +144,9 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path: Path) -> 
 
 
 def test_failing_and_nan_clients_are_dropped_and_the_round_goes_on(tmp_path: Path) -> None:
-    config = fed_config(num_rounds=2, min_available_clients=2, min_fit_clients=2,
-                        min_evaluate_clients=2)
+    config = fed_config(
+        num_rounds=2, min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2
+    )
     pool = InMemoryClientPool(SPEC)
     for i in range(2):
         pool.add(logreg, partition_id=i, num_partitions=4, name=f"good-{i}")
@@ -166,11 +178,15 @@ def test_too_few_results_retries_then_fails(tmp_path: Path) -> None:
     assert "round 1 got too few results 2 times" in federation.reason
 
 
-@pytest.mark.parametrize("strategy", ["fedmedian", "fedtrimmedavg", "fedavgm", "fedyogi",
-                                      "fedadagrad", "fedprox"])
+@pytest.mark.parametrize(
+    "strategy", ["fedmedian", "fedtrimmedavg", "fedavgm", "fedyogi", "fedadagrad", "fedprox"]
+)
 def test_every_strategy_runs_a_federation(tmp_path: Path, strategy: str) -> None:
-    options = {"fedtrimmedavg": {"beta": 0.2}, "fedyogi": {"eta": 0.05},
-               "fedadagrad": {"eta": 0.05}}.get(strategy, {})
+    options = {
+        "fedtrimmedavg": {"beta": 0.2},
+        "fedyogi": {"eta": 0.05},
+        "fedadagrad": {"eta": 0.05},
+    }.get(strategy, {})
     federation, _ = make(tmp_path, n=5, num_rounds=2, strategy=strategy, strategy_options=options)
     assert run(federation) is FederationState.FINISHED
     losses = [r["evaluate"]["loss"] for r in federation.history.rounds]

@@ -209,7 +209,14 @@ class ClientRuntime:
         return 0
 
     def _serve(self, task: Task) -> None:
-        client = self._ensure_client()
+        try:
+            client = self._ensure_client()
+        except Exception as exc:  # e.g. the data set cannot be loaded: tell the server, then quit
+            session = self._require_session()
+            message = f"client set-up failed: {type(exc).__name__}: {exc}"
+            self._push(Result(client_id=session.client_id, task_id=task.task_id, error=message))
+            self._leave("client set-up failed")
+            raise ClientError(message) from exc
         started = time.monotonic()
         kind = task.type.value
         log.info(

@@ -46,7 +46,9 @@ def make_blobs(n: int, *, seed: int, data_seed: int = 1234) -> tuple[np.ndarray,
     return x.astype(np.float32), y.astype(np.int64)
 
 
-def _softmax_loss(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+def _softmax_loss(
+    w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray
+) -> tuple[float, float, np.ndarray, np.ndarray]:
     """Mean cross-entropy, accuracy and the gradients of w and b."""
     logits = x @ w.T + b
     logits -= logits.max(axis=1, keepdims=True)
@@ -94,11 +96,11 @@ class LogRegClient(NumPyClient):
         w = np.array(parameters[0], dtype=np.float64)
         b = np.array(parameters[1], dtype=np.float64)
         w0, b0 = w.copy(), b.copy()
-        lr = float(config.get("learning_rate", 0.1))  # type: ignore[arg-type]
-        epochs = int(config.get("epochs", 1))  # type: ignore[arg-type]
-        batch = int(config.get("batch_size", 32))  # type: ignore[arg-type]
-        mu = float(config.get("proximal_mu", 0.0))  # type: ignore[arg-type]
-        rng = np.random.default_rng(int(config.get("seed", 0)))  # type: ignore[arg-type]
+        lr = float(config.get("learning_rate", 0.1))
+        epochs = int(config.get("epochs", 1))
+        batch = int(config.get("batch_size", 32))
+        mu = float(config.get("proximal_mu", 0.0))
+        rng = np.random.default_rng(int(config.get("seed", 0)))
         x, y = self.data.x_train, self.data.y_train
         losses, accs = [], []
         for _ in range(epochs):
@@ -114,7 +116,10 @@ class LogRegClient(NumPyClient):
         self.params = [w.astype(np.float32), b.astype(np.float32)]
         if self.fit_seconds:
             time.sleep(self.fit_seconds)
-        metrics: Metrics = {"train_loss": float(np.mean(losses)), "train_accuracy": float(np.mean(accs))}
+        metrics: Metrics = {
+            "train_loss": float(np.mean(losses)),
+            "train_accuracy": float(np.mean(accs)),
+        }
         return self.get_parameters({}), len(y), metrics
 
     def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:
@@ -129,10 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_client_arguments(parser)
     parser.add_argument("--examples", type=int, default=300, help="points per client")
-    parser.add_argument("--fail", choices=["none", "nan", "shape"], default="none",
-                        help="send a broken update (for tests of the server's validation)")
-    parser.add_argument("--fit-seconds", type=float, default=0.0,
-                        help="sleep this long in every fit, to stand in for real training time")
+    parser.add_argument(
+        "--fail",
+        choices=["none", "nan", "shape"],
+        default="none",
+        help="send a broken update (for tests of the server's validation)",
+    )
+    parser.add_argument(
+        "--fit-seconds",
+        type=float,
+        default=0.0,
+        help="sleep this long in every fit, to stand in for real training time",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     settings = settings_from_args(args, framework=f"numpy {np.__version__}")
