@@ -501,12 +501,15 @@ def _name(infos: dict[str, ClientInfo], client_id: str) -> str:
 
 
 def _describe(info: ClientInfo, result: Result) -> dict[str, Any]:
+    """One participant's line in the history, with its own loss and metrics."""
     return {
         "client": info.display_name,
         "client_id": info.client_id,
         "framework": info.framework,
         "partition": info.partition_id,
         "num_examples": result.num_examples,
+        "loss": result.loss,
+        "metrics": {k: v for k, v in result.metrics.items() if not isinstance(v, bytes)},
     }
 
 
