@@ -44,7 +44,7 @@ lint: $(BIN)/.ok
 	$(BIN)/ruff check .
 
 typecheck: $(BIN)/.ok
-	$(BIN)/mypy core/orchard server/orchard_server client_pytorch/orchard_pytorch client_mxnet/orchard_mxnet tests
+	$(BIN)/mypy core/orchard server/orchard_server client_pytorch/orchard_pytorch client_mxnet/orchard_mxnet benchmarks tests
 
 buf-lint: $(BUF)
 	$(BUF) lint

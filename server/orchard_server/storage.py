@@ -7,24 +7,23 @@ fsynced so the rename itself is durable.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Replace ``path`` atomically with what ``write`` writes to the file it is given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -38,13 +37,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically."""
+    atomic_write(path, lambda fh: fh.write(data))
+
+
 def atomic_write_json(path: Path, value: Any) -> None:
     """Replace ``path`` with ``value`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
 def atomic_write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Replace ``path`` with an uncompressed ``.npz`` of ``arrays``."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]
-    atomic_write_bytes(path, buffer.getvalue())
+    """Replace ``path`` with an uncompressed ``.npz`` of ``arrays``, streamed to disk
+    (no in-memory copy of a model-sized archive)."""
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]

@@ -141,6 +141,26 @@ class _Layout:
             raise AggregationError(f"{what}: result() called before any update was added")
 
 
+#: Elements folded per step: the float64 temporary stays at 8 MB whatever the model size.
+_BLOCK = 1 << 20
+
+
+def _fold_blockwise(running: F64, array: NDArray, weight: float) -> None:
+    """``running += weight * array`` in float64, one block at a time.
+
+    Doing it in one expression would allocate a float64 copy of the whole
+    tensor (twice a float32 model) for every update.
+    """
+    flat_sum = running.reshape(-1)
+    flat = np.ascontiguousarray(array).reshape(-1)
+    tmp = np.empty(min(_BLOCK, flat.size), dtype=np.float64)
+    for start in range(0, flat.size, _BLOCK):
+        stop = min(start + _BLOCK, flat.size)
+        block = tmp[: stop - start]
+        np.multiply(flat[start:stop], weight, out=block, dtype=np.float64)
+        flat_sum[start:stop] += block
+
+
 class WeightedMean:
     """FedAvg's aggregate: the mean of the updates weighted by ``num_examples``.
 
@@ -176,7 +196,7 @@ class WeightedMean:
             self._sums = [np.zeros(a.shape, dtype=np.float64) for a in arrays]
         w = float(weight)
         for running, array in zip(self._sums, arrays, strict=True):
-            np.add(running, np.multiply(array, w, dtype=np.float64), out=running)
+            _fold_blockwise(running, array, w)
         self._total += weight
 
     def result(self) -> NDArrays:
