@@ -25,9 +25,7 @@ class EchoClient(NumPyClient):
         return []
 
     def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
-        for p in parameters:
-            p += self.delta
-        return parameters, 1000, {}
+        return [p + self.delta for p in parameters], 1000, {}
 
     def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:
         return 0.0, 1000, {}
