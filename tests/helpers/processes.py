@@ -145,28 +145,31 @@ def wait_healthy(port: int, proc: Proc, timeout: float = 60.0) -> None:
 
 
 def start_logreg_client(
-    tmp: Path, port: int, federation: str, name: str, *extra: str, python: str | None = None
+    tmp: Path,
+    port: int,
+    federation: str,
+    name: str,
+    *extra: str,
+    python: str | None = None,
+    insecure: bool = True,
 ) -> Proc:
-    """Start the reference NumPy client."""
-    return Proc(
+    """Start the reference NumPy client (plain text unless ``insecure=False``)."""
+    args = [
+        python or sys.executable,
+        "-m",
+        "orchard.examples.logreg",
+        "--server",
+        f"127.0.0.1:{port}",
+        "--federation",
+        federation,
+        "--name",
         name,
-        [
-            python or sys.executable,
-            "-m",
-            "orchard.examples.logreg",
-            "--server",
-            f"127.0.0.1:{port}",
-            "--federation",
-            federation,
-            "--insecure",
-            "--name",
-            name,
-            "--connect-timeout",
-            "60",
-            *extra,
-        ],
-        tmp / f"{name}.log",
-    )
+        "--connect-timeout",
+        "60",
+    ]
+    if insecure:
+        args.append("--insecure")
+    return Proc(name, [*args, *extra], tmp / f"{name}.log")
 
 
 def read_history(state_dir: Path, federation: str) -> dict[str, Any]:
