@@ -35,11 +35,11 @@ class GrpcClientPool(ClientPool):
     """Sessions of one federation; the servicer feeds it, the round loop uses it."""
 
     def __init__(self, federation: str, spec: ModelSpec, *, heartbeat_timeout: float) -> None:
+        super().__init__()
         self.federation = federation
         self.spec = spec
         self.heartbeat_timeout = heartbeat_timeout
         self._sessions: dict[str, _Session] = {}
-        self._changed = asyncio.Event()
         self.closed = asyncio.Event()
 
     # -- used by the servicer -------------------------------------------------------
@@ -57,7 +57,7 @@ class GrpcClientPool(ClientPool):
             instance_id=info.instance_id,
         )
         self._sessions[client.client_id] = _Session(info=client, last_seen=time.monotonic())
-        self._changed.set()
+        self._membership_changed()
         log.info(
             "federation %r: %s joined as %s (%s, %s, partition %d); %d connected",
             self.federation,
@@ -85,7 +85,7 @@ class GrpcClientPool(ClientPool):
         for _, fut in session.open.values():
             if not fut.done():
                 fut.set_exception(ClientDroppedError(client_id, reason))
-        self._changed.set()
+        self._membership_changed()
         log.info(
             "federation %r: %s (%s) left: %s; %d connected",
             self.federation,
@@ -197,19 +197,6 @@ class GrpcClientPool(ClientPool):
             (s.info for s in self._sessions.values() if s.info.role is role),
             key=lambda i: i.sort_key,
         )
-
-    async def wait_for_clients(self, count: int, timeout: float, role: Role = Role.TRAINER) -> bool:
-        deadline = time.monotonic() + timeout
-        while len(self.clients(role)) < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                return False
-        return True
 
     async def run_task(self, client_id: str, task: Task) -> Result:
         session = self._sessions.get(client_id)

@@ -66,15 +66,35 @@ def validate_result(spec: ModelSpec, task: Task, result: Result) -> None:
 
 
 class ClientPool(abc.ABC):
-    """The clients of one federation."""
+    """The clients of one federation.
+
+    Implementations call :meth:`_membership_changed` whenever a client joins or
+    leaves, which wakes :meth:`wait_for_clients`.
+    """
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+
+    def _membership_changed(self) -> None:
+        self._changed.set()
 
     @abc.abstractmethod
     def clients(self, role: Role = Role.TRAINER) -> list[ClientInfo]:
         """Connected clients of a role, in a stable order."""
 
-    @abc.abstractmethod
     async def wait_for_clients(self, count: int, timeout: float, role: Role = Role.TRAINER) -> bool:
         """Wait until ``count`` clients of ``role`` are connected; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while len(self.clients(role)) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
 
     @abc.abstractmethod
     async def run_task(self, client_id: str, task: Task) -> Result:
@@ -93,10 +113,10 @@ class InMemoryClientPool(ClientPool):
     """
 
     def __init__(self, spec: ModelSpec, federation: str = "simulation") -> None:
+        super().__init__()
         self._spec = spec
         self._federation = federation
         self._clients: dict[str, tuple[ClientInfo, NumPyClient]] = {}
-        self._changed = asyncio.Event()
 
     def add(
         self,
@@ -125,30 +145,18 @@ class InMemoryClientPool(ClientPool):
             instance_id=client_id,
         )
         self._clients[client_id] = (info, factory(ctx))
-        self._changed.set()
+        self._membership_changed()
         return info
 
     def remove(self, client_id: str) -> None:
         """Disconnect a client."""
         self._clients.pop(client_id, None)
+        self._membership_changed()
 
     def clients(self, role: Role = Role.TRAINER) -> list[ClientInfo]:
         return sorted(
             (i for i, _ in self._clients.values() if i.role is role), key=lambda i: i.sort_key
         )
-
-    async def wait_for_clients(self, count: int, timeout: float, role: Role = Role.TRAINER) -> bool:
-        deadline = time.monotonic() + timeout
-        while len(self.clients(role)) < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                return False
-        return True
 
     async def run_task(self, client_id: str, task: Task) -> Result:
         entry = self._clients.get(client_id)
