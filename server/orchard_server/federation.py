@@ -448,7 +448,7 @@ class Federation:
                 for fut, cid in pending.items():
                     fut.cancel()
                     dropped[_name(infos, cid)] = (
-                        f"missed the round deadline of {self.config.round_timeout:.0f} s"
+                        f"missed the round deadline of {self.config.round_timeout:g} s"
                     )
                 break
             for fut in done:

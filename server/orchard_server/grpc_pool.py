@@ -209,7 +209,7 @@ class GrpcClientPool(ClientPool):
             return await asyncio.wait_for(asyncio.shield(fut), task.timeout)
         except TimeoutError:
             raise ClientDroppedError(
-                client_id, f"missed the deadline of {task.timeout:.0f} s"
+                client_id, f"missed the deadline of {task.timeout:g} s"
             ) from None
         finally:
             if not fut.done():

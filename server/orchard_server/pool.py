@@ -170,7 +170,7 @@ class InMemoryClientPool(ClientPool):
             )
         except TimeoutError:
             raise ClientDroppedError(
-                client_id, f"missed the deadline of {task.timeout:.0f} s"
+                client_id, f"missed the deadline of {task.timeout:g} s"
             ) from None
         if client_id not in self._clients:
             raise ClientDroppedError(client_id, "disconnected during the task")

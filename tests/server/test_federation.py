@@ -215,3 +215,52 @@ def test_partition_assignment_is_stable_and_spreads(tmp_path: Path) -> None:
     # A newcomer takes the partition of a client that left.
     pool.remove("sim-1")
     assert federation.assign_partition("inst-new", pool.clients()) == 1
+
+
+class Slow(LogRegClient):
+    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
+        import time
+
+        time.sleep(2.0)
+        return super().fit(parameters, config)
+
+
+def test_a_client_missing_the_deadline_is_dropped(tmp_path: Path) -> None:
+    config = fed_config(num_rounds=1, min_fit_clients=2, round_timeout=0.5, evaluate_every=0)
+    pool = InMemoryClientPool(SPEC)
+    for i in range(2):
+        pool.add(logreg, partition_id=i, num_partitions=3)
+    pool.add(lambda ctx: Slow.for_partition(2), partition_id=2, num_partitions=3, name="slow")
+    federation = Federation(config, pool, tmp_path)
+    assert run(federation) is FederationState.FINISHED
+    fit = federation.history.rounds[0]["fit"]
+    assert list(fit["dropped"]) == ["slow (sim-2)"]
+    assert "missed the" in fit["dropped"]["slow (sim-2)"]
+    assert "deadline of 0.5 s" in fit["dropped"]["slow (sim-2)"]
+    assert len(fit["participants"]) == 2
+
+
+class Recruiter(LogRegClient):
+    """Adds another client to the pool while round 1 is running."""
+
+    pool: InMemoryClientPool | None = None
+
+    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
+        if config["round"] == 1 and self.pool is not None:
+            pool, self.pool = self.pool, None
+            pool.add(logreg, partition_id=2, num_partitions=3, name="late")
+        return super().fit(parameters, config)
+
+
+def test_a_late_joiner_takes_part_from_the_next_round(tmp_path: Path) -> None:
+    config = fed_config(num_rounds=2, min_fit_clients=2, evaluate_every=0)
+    pool = InMemoryClientPool(SPEC)
+    recruiter = Recruiter.for_partition(0)
+    recruiter.pool = pool
+    pool.add(lambda ctx: recruiter, partition_id=0, num_partitions=3)
+    pool.add(logreg, partition_id=1, num_partitions=3)
+    federation = Federation(config, pool, tmp_path)
+    assert run(federation) is FederationState.FINISHED
+    first, second = (r["fit"]["participants"] for r in federation.history.rounds)
+    assert sorted(p["client"] for p in first) == ["sim-0", "sim-1"]
+    assert sorted(p["client"] for p in second) == ["late", "sim-0", "sim-1"]
