@@ -77,3 +77,5 @@ bench: $(BIN)/.ok
 
 clean:
 	rm -rf $(VENV) $(MXVENV) .tools/node_modules .mypy_cache .ruff_cache .pytest_cache runs
+
+include crossframework.mk

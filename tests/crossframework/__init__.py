@@ -1,0 +1,1 @@
+"""Tests that drive PyTorch and MXNet together, each in its own environment."""

@@ -1,0 +1,93 @@
+"""A client whose model does not match the federation's spec is refused at join.
+
+A real server hosts an ``mnist-cnn`` and an ``mnist-mlp`` federation; a
+PyTorch client running ``mnist-mlp`` asks to join the CNN federation and an
+MXNet client running ``mnist-cnn`` the MLP one. Each must exit with status 2
+and a message naming the first tensor that differs, before any training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.crossframework import ClientDataSource, start_framework_client
+from tests.helpers.datasets import write_mnist_files
+from tests.helpers.processes import Proc, free_port, start_server, wait_healthy, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def _federation(model: str) -> dict[str, object]:
+    return {
+        "model": model,
+        "num_rounds": 1,
+        "min_fit_clients": 1,
+        "min_evaluate_clients": 1,
+        "min_available_clients": 1,
+        "wait_timeout": 60.0,
+    }
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Proc]]:
+    procs: list[Proc] = []
+    yield procs
+    for proc in procs:
+        proc.close()
+
+
+def test_clients_with_the_wrong_model_are_refused_naming_the_first_differing_tensor(
+    tmp_path: Path, mxnet_interpreter: Path, processes: list[Proc]
+) -> None:
+    source = tmp_path / "mnist"
+    write_mnist_files(source, 40, 10, seed=0)
+    data = ClientDataSource(data_dir=source, generated=source)
+    port = free_port()
+    config = write_config(
+        tmp_path / "server.toml",
+        server={
+            "address": f"127.0.0.1:{port}",
+            "state_dir": str(tmp_path / "state"),
+            "insecure": True,
+        },
+        federations={"cnn": _federation("mnist-cnn"), "mlp": _federation("mnist-mlp")},
+    )
+    server = start_server(tmp_path, config)
+    processes.append(server)
+    wait_healthy(port, server)
+    pytorch = start_framework_client(
+        "pytorch", tmp_path, port=port, federation="cnn", name="pt", model="mnist-mlp", data=data
+    )
+    processes.append(pytorch)
+    mxnet = start_framework_client(
+        "mxnet",
+        tmp_path,
+        port=port,
+        federation="mlp",
+        name="mx",
+        model="mnist-cnn",
+        data=data,
+        mxnet=mxnet_interpreter,
+    )
+    processes.append(mxnet)
+
+    assert pytorch.wait(60) == 2, pytorch.tail()
+    assert mxnet.wait(60) == 2, mxnet.tail()
+    pytorch_log = pytorch.log.read_text()
+    assert (
+        "model spec mismatch with federation 'cnn' (model 'mnist-cnn'): tensor #0: "
+        "federation expects conv1.weight: float32[32, 1, 5, 5], "
+        "client has fc1.weight: float32[128, 784]"
+    ) in pytorch_log, pytorch.tail()
+    mxnet_log = mxnet.log.read_text()
+    assert (
+        "model spec mismatch with federation 'mlp' (model 'mnist-mlp'): tensor #0: "
+        "federation expects fc1.weight: float32[128, 784], "
+        "client has conv1.weight: float32[32, 1, 5, 5]"
+    ) in mxnet_log, mxnet.tail()
+    # Refused before any work: neither client trained.
+    assert "epoch 1/" not in pytorch_log + mxnet_log
+    assert server.popen.poll() is None, server.tail()

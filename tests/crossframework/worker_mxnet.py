@@ -1,0 +1,84 @@
+"""MXNet side of the numerical-equivalence tests (runs in ``.venv-mxnet``).
+
+``python -m tests.crossframework.worker_mxnet CASE.npz RESULT.npz``: the twin of
+:mod:`tests.crossframework.worker_pytorch`, through the MXNet adapter's own
+``build_model``/``set_parameters``, ``data.ImageSet`` preprocessing,
+``train.test``, ``train.train`` and ``train.proximal_term``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd
+
+from orchard_mxnet.data import ImageSet
+from orchard_mxnet.models import (
+    build_model,
+    get_parameters,
+    model_spec_of,
+    parameter_map,
+    set_parameters,
+)
+from orchard_mxnet.train import TrainConfig, proximal_term, test, train
+from tests.helpers.crossframework import EquivalenceCase, EquivalenceResult
+
+CPU = mx.cpu()
+
+
+def compute(case: EquivalenceCase) -> EquivalenceResult:
+    """Everything the equivalence tests compare, computed with MXNet Gluon."""
+    net = build_model(case.model_id, ctx=CPU, seed=0)
+    data = ImageSet(case.images, case.labels, case.model_id)
+    n = len(data)
+
+    set_parameters(net, case.parameters)
+    inputs, _ = data.batch(np.arange(n))
+    logits = net(mx.nd.array(inputs, ctx=CPU, dtype=np.float32)).asnumpy()
+    evaluation = test(net, data, batch_size=n, ctx=CPU)
+
+    step = TrainConfig(epochs=1, batch_size=n, learning_rate=case.learning_rate)
+    set_parameters(net, case.parameters)
+    train(net, data, config=step, ctx=CPU)
+    sgd_step = get_parameters(net)
+
+    set_parameters(net, case.parameters)
+    params = list(parameter_map(net).values())
+    anchors = [mx.nd.array(a, ctx=CPU, dtype=np.float32) for a in case.anchor]
+    with autograd.record():
+        term = proximal_term([p.data(CPU) for p in params], anchors, case.proximal_mu)
+    term.backward()
+    gradient = [p.grad(CPU).asnumpy().copy() for p in params]
+
+    prox = TrainConfig(
+        epochs=1, batch_size=n, learning_rate=case.learning_rate, proximal_mu=case.proximal_mu
+    )
+    set_parameters(net, case.parameters)
+    train(net, data, config=prox, ctx=CPU, global_parameters=case.anchor)
+    fedprox_step = get_parameters(net)
+
+    return EquivalenceResult(
+        framework="mxnet",
+        spec=model_spec_of(net),
+        logits=logits,
+        loss=evaluation.loss,
+        accuracy=evaluation.accuracy,
+        sgd_step=sgd_step,
+        proximal_gradient=gradient,
+        fedprox_step=fedprox_step,
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    """``CASE.npz RESULT.npz``."""
+    case_path, result_path = (Path(a) for a in argv)
+    compute(EquivalenceCase.load(case_path)).save(result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
