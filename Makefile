@@ -51,7 +51,7 @@ buf-lint: $(BUF)
 
 buf-breaking: $(BUF)
 	@if git rev-parse --verify -q main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
-	  $(BUF) breaking --against '.git#branch=main'; \
+	  $(BUF) breaking --against ".git#branch=main" && echo "buf breaking: compatible with main"; \
 	else echo "buf breaking: no buf.yaml on branch main yet, nothing to compare"; fi
 
 check-proto-stale: $(BIN)/.ok

@@ -53,6 +53,9 @@ class JoinInfo:
     role: Role = Role.TRAINER
     model_spec: ModelSpec | None = None
     auth_token: str = ""
+    #: A partition fixed by the client's user (with its count), else None.
+    partition_id: int | None = None
+    num_partitions: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -322,6 +322,8 @@ def join_to_proto(info: JoinInfo) -> pb.JoinRequest:
         role=_ROLE_TO_PROTO[info.role],
         model_spec=model_spec_to_proto(info.model_spec) if info.model_spec else None,
         auth_token=info.auth_token,
+        partition_id=info.partition_id,
+        num_partitions=info.num_partitions,
     )
 
 
@@ -337,6 +339,13 @@ def join_from_proto(msg: pb.JoinRequest) -> JoinInfo:
     if role is None:
         raise SerdeError(f"JoinRequest.role: unknown role {msg.role}")
     spec = model_spec_from_proto(msg.model_spec) if msg.HasField("model_spec") else None
+    fixed = msg.HasField("partition_id")
+    if fixed != msg.HasField("num_partitions"):
+        raise SerdeError("JoinRequest: set partition_id and num_partitions together")
+    if fixed and msg.partition_id >= msg.num_partitions:
+        raise SerdeError(
+            f"JoinRequest.partition_id {msg.partition_id} is outside 0..{msg.num_partitions - 1}"
+        )
     return JoinInfo(
         api_version=msg.api_version,
         federation=msg.federation,
@@ -347,6 +356,8 @@ def join_from_proto(msg: pb.JoinRequest) -> JoinInfo:
         role=role,
         model_spec=spec,
         auth_token=msg.auth_token,
+        partition_id=msg.partition_id if fixed else None,
+        num_partitions=msg.num_partitions if fixed else None,
     )
 
 

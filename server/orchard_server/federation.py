@@ -174,6 +174,21 @@ class Federation:
         self.partitions[instance_id] = partition
         return partition
 
+    def record_partition(self, instance_id: str, partition_id: int, num_partitions: int) -> int:
+        """Record a partition the client's user fixed, so history and later assignments know."""
+        if num_partitions != self.config.partitions:
+            log.warning(
+                "federation %r: %s uses partition %d of %d, but the federation splits "
+                "data into %d partitions",
+                self.config.name,
+                instance_id[:12],
+                partition_id,
+                num_partitions,
+                self.config.partitions,
+            )
+        self.partitions[instance_id] = partition_id
+        return partition_id
+
     # -- the loop ---------------------------------------------------------------
 
     async def run(self) -> FederationState:

@@ -97,7 +97,12 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
                     f"model spec mismatch with federation {info.federation!r} "
                     f"(model {fed.spec.model_id!r}): {difference}",
                 )
-        partition = fed.assign_partition(info.instance_id, hosted.pool.clients())
+        if info.partition_id is not None:
+            partition = fed.record_partition(
+                info.instance_id, info.partition_id, info.num_partitions or 0
+            )
+        else:
+            partition = fed.assign_partition(info.instance_id, hosted.pool.clients())
         client = hosted.pool.join(info, partition)
         return serde.session_to_proto(
             Session(

@@ -233,3 +233,22 @@ def test_result_stream_round_trip_and_failure() -> None:
         serde.result_to_stream(Result(client_id="c", task_id="t", error="CUDA out of memory"))
     )
     assert not failed.ok and failed.error == "CUDA out of memory"
+
+
+def test_join_with_a_fixed_partition() -> None:
+    info = JoinInfo(
+        api_version="1.0", federation="f", instance_id="i", partition_id=2, num_partitions=4
+    )
+    assert serde.join_from_proto(serde.join_to_proto(info)) == info
+    unset = serde.join_from_proto(
+        serde.join_to_proto(JoinInfo(api_version="1.0", federation="f", instance_id="i"))
+    )
+    assert unset.partition_id is None and unset.num_partitions is None
+    bad = serde.join_to_proto(info)
+    bad.partition_id = 4
+    with pytest.raises(serde.SerdeError, match=r"partition_id 4 is outside 0\.\.3"):
+        serde.join_from_proto(bad)
+    half = serde.join_to_proto(info)
+    half.ClearField("num_partitions")
+    with pytest.raises(serde.SerdeError, match="together"):
+        serde.join_from_proto(half)

@@ -130,6 +130,28 @@ def test_three_clients_three_rounds_loss_falls(cluster_factory: Any) -> None:
     assert all(len(r["fit"]["participants"]) == 3 and not r["fit"]["dropped"] for r in rounds)
     partitions = sorted(p["partition"] for p in rounds[0]["fit"]["participants"])
     assert partitions == [0, 1, 2]
+
+
+def test_history_records_partitions_fixed_by_clients(cluster_factory: Any) -> None:
+    cluster = cluster_factory(
+        {
+            "blobs": federation(
+                num_rounds=1, min_fit_clients=2, min_evaluate_clients=2, min_available_clients=2
+            )
+        }
+    )
+    cluster.start_server()
+    clients = [
+        cluster.client("blobs", "fixed-2", "--partition-id", "2", "--num-partitions", "3"),
+        cluster.client("blobs", "assigned"),
+    ]
+    assert wait_exit(cluster.server, cluster) == 0, cluster.logs()
+    for client in clients:
+        assert wait_exit(client, cluster, 30) == 0
+    participants = read_history(cluster.state_dir, "blobs")["rounds"][0]["fit"]["participants"]
+    by_name = {p["client"]: p["partition"] for p in participants}
+    assert by_name["fixed-2"] == 2
+    assert by_name["assigned"] in (0, 1)
     assert (cluster.state_dir / "blobs" / "history.png").stat().st_size > 1000
 
 

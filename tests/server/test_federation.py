@@ -255,7 +255,7 @@ class Recruiter(LogRegClient):
 def test_a_late_joiner_takes_part_from_the_next_round(tmp_path: Path) -> None:
     config = fed_config(num_rounds=2, min_fit_clients=2, evaluate_every=0)
     pool = InMemoryClientPool(SPEC)
-    recruiter = Recruiter.for_partition(0)
+    recruiter = Recruiter(LogRegClient.for_partition(0).data)
     recruiter.pool = pool
     pool.add(lambda ctx: recruiter, partition_id=0, num_partitions=3)
     pool.add(logreg, partition_id=1, num_partitions=3)

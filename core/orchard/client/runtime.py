@@ -307,6 +307,10 @@ class ClientRuntime:
             role=self.settings.role,
             model_spec=self.model_spec,
             auth_token=self.settings.auth_token,
+            partition_id=self.settings.partition_id,
+            num_partitions=self.settings.num_partitions
+            if self.settings.partition_id is not None
+            else None,
         )
         request = serde.join_to_proto(info)
         while True:

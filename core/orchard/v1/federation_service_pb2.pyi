@@ -139,6 +139,8 @@ class JoinRequest(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     MODEL_SPEC_FIELD_NUMBER: _builtins.int
     AUTH_TOKEN_FIELD_NUMBER: _builtins.int
+    PARTITION_ID_FIELD_NUMBER: _builtins.int
+    NUM_PARTITIONS_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
     """API version the client speaks, "MAJOR.MINOR" (this file describes "1.0")."""
     federation: _builtins.str
@@ -156,6 +158,12 @@ class JoinRequest(_message.Message):
     """Role of the client in the federation."""
     auth_token: _builtins.str
     """Shared secret, if the federation requires one."""
+    partition_id: _builtins.int
+    """The data partition the client's user fixed, if any; absent means "assign
+    me one". The server records it (history, assignments of later clients).
+    """
+    num_partitions: _builtins.int
+    """The number of partitions the user fixed; set together with partition_id."""
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What the client can do, for example "fit", "evaluate", "fedprox"."""
@@ -178,12 +186,21 @@ class JoinRequest(_message.Message):
         role: Global___ClientRole.ValueType = ...,
         model_spec: _tensor_pb2.ModelSpec | None = ...,
         auth_token: _builtins.str = ...,
+        partition_id: _builtins.int | None = ...,
+        num_partitions: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model_spec", b"model_spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_num_partitions", b"_num_partitions", "_partition_id", b"_partition_id", "model_spec", b"model_spec", "num_partitions", b"num_partitions", "partition_id", b"partition_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "auth_token", b"auth_token", "capabilities", b"capabilities", "display_name", b"display_name", "federation", b"federation", "framework", b"framework", "instance_id", b"instance_id", "model_spec", b"model_spec", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_num_partitions", b"_num_partitions", "_partition_id", b"_partition_id", "api_version", b"api_version", "auth_token", b"auth_token", "capabilities", b"capabilities", "display_name", b"display_name", "federation", b"federation", "framework", b"framework", "instance_id", b"instance_id", "model_spec", b"model_spec", "num_partitions", b"num_partitions", "partition_id", b"partition_id", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__num_partitions: _TypeAlias = _typing.Literal["num_partitions"]  # noqa: Y015
+    _WhichOneofArgType__num_partitions: _TypeAlias = _typing.Literal["_num_partitions", b"_num_partitions"]  # noqa: Y015
+    _WhichOneofReturnType__partition_id: _TypeAlias = _typing.Literal["partition_id"]  # noqa: Y015
+    _WhichOneofArgType__partition_id: _TypeAlias = _typing.Literal["_partition_id", b"_partition_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__num_partitions) -> _WhichOneofReturnType__num_partitions | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__partition_id) -> _WhichOneofReturnType__partition_id | None: ...
 
 Global___JoinRequest: _TypeAlias = JoinRequest  # noqa: Y015
 
