@@ -79,3 +79,4 @@ clean:
 	rm -rf $(VENV) $(MXVENV) .tools/node_modules .mypy_cache .ruff_cache .pytest_cache runs
 
 include crossframework.mk
+include docker.mk
