@@ -1,24 +1,30 @@
 """Command line: ``python -m orchard_mxnet client|baseline ...``.
 
 ``client`` joins a federation with the options every Orchard client shares
-(:func:`orchard.client.cli.add_client_arguments`, each with an ``ORCHARD_*``
-environment variable) plus this client's ``--model``, ``--dataset`` and
+(:mod:`orchard.client.cli`, each with an ``ORCHARD_*`` environment variable:
+server and partition, model, dataset and download source) plus this client's
 ``--device``; ``baseline`` trains the same model centrally for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-from orchard.client.cli import add_client_arguments, configure_logging, settings_from_args
+from orchard.client.cli import (
+    add_client_commands,
+    add_dataset_arguments,
+    configure_logging,
+    data_settings_from_args,
+    env_default,
+    partition_from_args,
+    settings_from_args,
+)
 from orchard.client.numpy_client import ClientContext, NumPyClient
 from orchard.client.runtime import run_client
-from orchard.data.partition import PartitionSpec
 from orchard.messages import Role
 from orchard.models import get_model_spec
 from orchard_mxnet.baseline import BaselineConfig, run_baseline
@@ -26,7 +32,6 @@ from orchard_mxnet.client import MXNetClient
 from orchard_mxnet.data import DATASETS, ClientData, DataSettings
 from orchard_mxnet.device import DEVICE_CHOICES, resolve_context
 from orchard_mxnet.models import MODEL_IDS
-from orchard_mxnet.train import OPTIMIZERS
 
 __all__ = ["build_parser", "main"]
 
@@ -36,74 +41,20 @@ FRAMEWORK = "mxnet"
 _log = logging.getLogger("orchard_mxnet")
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"ORCHARD_{name}") or default
-
-
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --dataset, --device and --dataset-mirror, shared by both commands."""
-    g = parser.add_argument_group("model")
-    g.add_argument(
-        "--model",
-        choices=MODEL_IDS,
-        default=_env("MODEL", "mnist-mlp"),
-        help="model id (ORCHARD_MODEL; default mnist-mlp)",
-    )
-    g.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        default=_env("DATASET", "mnist"),
-        help="MNIST-format dataset to train on (ORCHARD_DATASET; default mnist)",
+    """The shared model and dataset options, and this client's --device; for both commands."""
+    g = add_dataset_arguments(
+        parser,
+        models=MODEL_IDS,
+        default_model="mnist-mlp",
+        datasets=DATASETS,
+        default_dataset="mnist",
     )
     g.add_argument(
         "--device",
         choices=DEVICE_CHOICES,
-        default=_env("DEVICE", "auto"),
+        default=env_default("DEVICE") or "auto",
         help="auto: a GPU when MXNet sees one, else the CPU (ORCHARD_DEVICE; default auto)",
-    )
-    g.add_argument(
-        "--dataset-mirror",
-        default=None,
-        help="base URL serving the dataset files instead of the official host "
-        "(default: ORCHARD_DATASET_MIRROR, else the official URLs)",
-    )
-
-
-def _add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = BaselineConfig()
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(_env("DATA_DIR", "data")),
-        help="dataset cache directory (ORCHARD_DATA_DIR; default ./data)",
-    )
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="default %(default)s")
-    parser.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="default %(default)s"
-    )
-    parser.add_argument(
-        "--learning-rate", type=float, default=defaults.learning_rate, help="default %(default)s"
-    )
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
-    parser.add_argument(
-        "--momentum", type=float, default=defaults.momentum, help="SGD momentum (default 0)"
-    )
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="share of the training set held out for per-epoch validation (default 0.1)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=int(_env("SEED", "0")),
-        help="seeds weights, split and shuffling (ORCHARD_SEED; default 0)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default=_env("LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING (ORCHARD_LOG_LEVEL)",
     )
 
 
@@ -113,22 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m orchard_mxnet",
         description="Orchard's Apache MXNet client: MNIST models with Gluon.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    client = commands.add_parser(
-        "client",
-        help="join a federation and train on this client's partition",
-        description="Join a federation and train on this client's partition.",
-    )
-    add_client_arguments(client)
-    _add_model_arguments(client)
-    baseline = commands.add_parser(
-        "baseline",
-        help="train centrally on the whole dataset (the comparison for a federation)",
-        description="Train centrally on the whole dataset, printing accuracy and "
+    baseline = add_client_commands(
+        parser,
+        framework_arguments=_add_model_arguments,
+        client_description="Join a federation and train on this client's partition.",
+        baseline_help="train centrally on the whole dataset (the comparison for a federation)",
+        baseline_description="Train centrally on the whole dataset, printing accuracy and "
         "cross-entropy per epoch and the final test evaluation.",
+        baseline_defaults=BaselineConfig().train_config(),
     )
-    _add_model_arguments(baseline)
-    _add_baseline_arguments(baseline)
+    baseline.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the training set held out for per-epoch validation (default 0.1)",
+    )
     return parser
 
 
@@ -137,21 +87,13 @@ def _client_factory(
 ) -> Callable[[ClientContext], NumPyClient]:
     """Build the client when the runtime knows this client's partition (after joining)."""
     device = resolve_context(args.device)  # fails before connecting when no GPU exists
-    data_settings = DataSettings(
-        dataset=args.dataset, data_dir=args.data_dir, mirror=args.dataset_mirror
-    )
+    data_settings = data_settings_from_args(args, DataSettings)
 
     def factory(ctx: ClientContext) -> NumPyClient:
-        partition = PartitionSpec(
-            scheme=args.partition_scheme,
-            num_partitions=ctx.num_partitions,
-            seed=args.seed,
-            alpha=args.dirichlet_alpha if args.partition_scheme == "dirichlet" else None,
-        )
         data = ClientData(
             data_settings,
             model_id=args.model,
-            partition=partition,
+            partition=partition_from_args(args, ctx.num_partitions),
             partition_id=ctx.partition_id,
             seed=args.seed,
         )
@@ -172,11 +114,8 @@ def _run_client(args: argparse.Namespace) -> int:
 def _run_baseline(args: argparse.Namespace) -> int:
     ctx = resolve_context(args.device)
     run_baseline(
-        DataSettings(
-            dataset=args.dataset,
-            data_dir=args.data_dir,
-            mirror=args.dataset_mirror,
-            val_fraction=args.val_fraction,
+        dataclasses.replace(
+            data_settings_from_args(args, DataSettings), val_fraction=args.val_fraction
         ),
         BaselineConfig(
             model_id=args.model,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from orchard.client.training import OptimizerName
 from orchard_mxnet.data import ClientData, DataSettings
 from orchard_mxnet.models import build_model
 from orchard_mxnet.train import EpochStats, EvalResult, TrainConfig, test, train
@@ -32,7 +33,7 @@ class BaselineConfig:
     epochs: int = 2
     batch_size: int = 64
     learning_rate: float = 0.1
-    optimizer: str = "sgd"
+    optimizer: OptimizerName = "sgd"
     momentum: float = 0.0
     #: Seeds the initial weights, the validation split and the order of examples.
     seed: int = 0

@@ -12,21 +12,25 @@ import dataclasses
 import logging
 from typing import Any
 
-import numpy as np
-
 from orchard.client.numpy_client import NumPyClient
+from orchard.client.training import (
+    DEFAULT_EVAL_BATCH_SIZE,
+    ConfigError,
+    EvalSplit,
+    TrainConfig,
+    eval_batch_size,
+    eval_split,
+    fit_seed,
+)
 from orchard.messages import Role
 from orchard.typing import Config, Metrics, NDArrays
 from orchard_mxnet.data import ClientData, DataError
 from orchard_mxnet.models import build_model, get_parameters, set_parameters
-from orchard_mxnet.train import ConfigError, TrainConfig, test, train
+from orchard_mxnet.train import test, train
 
 __all__ = ["DEFAULT_EVAL_BATCH_SIZE", "MXNetClient"]
 
 _log = logging.getLogger(__name__)
-
-#: Evaluation batch size when the evaluate config has none.
-DEFAULT_EVAL_BATCH_SIZE = 256
 
 
 class MXNetClient(NumPyClient):
@@ -70,25 +74,10 @@ class MXNetClient(NumPyClient):
             raise ConfigError("this client is an evaluator: it holds no training data to fit on")
         cfg = TrainConfig.from_config(config)
         set_parameters(self.net, parameters)
-        # Seeded per (config seed, partition, fit number): reproducible runs,
-        # yet a new shuffle each round even when the server repeats the seed.
-        seed = int(
-            np.random.SeedSequence(
-                [cfg.seed % 2**63, self.data.partition_id, self._fits]
-            ).generate_state(1, dtype=np.uint64)[0]
-            % (2**63)
-        )
+        seed = fit_seed(cfg.seed, self.data.partition_id, self._fits)
         self._fits += 1
         train_set = self.data.train
-        _log.info(
-            "training %d epoch(s) on %d examples (batch %d, %s lr %g%s)",
-            cfg.epochs,
-            len(train_set),
-            cfg.batch_size,
-            cfg.optimizer,
-            cfg.learning_rate,
-            f", FedProx mu {cfg.proximal_mu:g}" if cfg.proximal_mu > 0 else "",
-        )
+        _log.info("%s", cfg.describe(len(train_set)))
         result = train(
             self.net, train_set, config=dataclasses.replace(cfg, seed=seed), ctx=self.ctx
         )
@@ -101,19 +90,9 @@ class MXNetClient(NumPyClient):
         A trainer takes the config's ``split`` (``val`` by default, or
         ``test``); an evaluator always the whole test set.
         """
-        batch_size = config.get("batch_size", DEFAULT_EVAL_BATCH_SIZE)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"config 'batch_size' must be a positive integer, got {batch_size!r}")
-        split = "test" if self.role is Role.EVALUATOR else config.get("split", "val")
-        if split not in ("val", "test"):
-            raise ConfigError(f"config 'split' must be 'val' or 'test', got {split!r}")
+        batch_size = eval_batch_size(config)
+        split: EvalSplit = "test" if self.role is Role.EVALUATOR else eval_split(config, "val")
         set_parameters(self.net, parameters)
-        result = test(self.net, self.data.split(str(split)), batch_size=batch_size, ctx=self.ctx)
-        _log.info(
-            "evaluated on %d %s examples: loss %.4f, accuracy %.4f",
-            result.num_examples,
-            split,
-            result.loss,
-            result.accuracy,
-        )
+        result = test(self.net, self.data.split(split), batch_size=batch_size, ctx=self.ctx)
+        _log.info("%s", result.describe(split))
         return result.loss, result.num_examples, {"accuracy": result.accuracy}

@@ -1,10 +1,10 @@
 """MNIST and Fashion-MNIST for the MXNet client, partitioned like every other client.
 
-The IDX files are read by the shared, framework-neutral reader
-(:func:`orchard.data.mnist.load_mnist`), which downloads, verifies and caches
-them, and this client's share is chosen by the shared partitioners
-(:mod:`orchard.data.partition`), so an MXNet and a PyTorch client given the
-same partition settings train on exactly the same examples.
+The IDX files are read, and this client's share chosen, by the shared,
+framework-neutral :mod:`orchard.data.client_data` (which downloads, verifies
+and caches them and applies the shared partitioners), so an MXNet and a
+PyTorch client given the same partition settings train on exactly the same
+examples; this module turns its uint8 arrays into Gluon-ready batches.
 
 Preprocessing is identical to the PyTorch client's for these datasets: plain
 ``x / 255.0`` as float32 (no mean/std), shaped ``(N, 784)`` for ``mnist-mlp``
@@ -14,17 +14,14 @@ converted one batch at a time, a quarter of the memory of float32 copies.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import cached_property
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from orchard.data.mnist import load_mnist
-from orchard.data.partition import PartitionSpec, train_val_split
+from orchard.data import client_data
+from orchard.data.client_data import ClientDataset, DataError, OfficialSplit
+from orchard.data.partition import PartitionSpec
 from orchard_mxnet.models import input_shape
 
 __all__ = [
@@ -33,32 +30,18 @@ __all__ = [
     "DataError",
     "DataSettings",
     "ImageSet",
-    "load_split",
     "preprocess",
 ]
-
-_log = logging.getLogger(__name__)
 
 #: Datasets this client reads: both are four MNIST-format IDX files.
 DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist")
 
 
-class DataError(ValueError):
-    """A dataset, split or partition setting is unknown or inconsistent; names it."""
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
-class DataSettings:
-    """Which dataset, where it is cached and how it may be fetched."""
+class DataSettings(client_data.DataSettings):
+    """The shared data settings, narrowed to the MNIST-format datasets this client reads."""
 
     dataset: str = "mnist"
-    data_dir: Path
-    download: bool = True
-    #: Base URL replacing the official download location (default: the
-    #: ORCHARD_DATASET_MIRROR environment variable, else the official one).
-    mirror: str | None = None
-    #: Fraction of each partition held out for validation; 0 keeps all for training.
-    val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -66,8 +49,8 @@ class DataSettings:
                 f"unknown dataset {self.dataset!r} for the MXNet client "
                 f"(choose one of: {', '.join(DATASETS)})"
             )
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise DataError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        # Explicit base: zero-argument super() fails in slotted dataclasses.
+        client_data.DataSettings.__post_init__(self)
 
 
 def preprocess(images: np.ndarray, model_id: str) -> np.ndarray:
@@ -115,32 +98,10 @@ class ImageSet:
         return -(-len(self) // batch_size)
 
 
-def load_split(
-    settings: DataSettings, split: Literal["train", "test"]
-) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, 28, 28) and int64 labels (N,) of one official split."""
-    images, labels = load_mnist(
-        settings.data_dir,
-        variant=settings.dataset,
-        split=split,
-        download=settings.download,
-        mirror=settings.mirror,
-    )
-    if images.dtype != np.uint8 or images.shape[1:] != (28, 28):
-        raise DataError(
-            f"{settings.dataset} {split} images are {images.dtype}{list(images.shape)}, "
-            "expected uint8[N, 28, 28]"
-        )
-    return images, labels.astype(np.int64, copy=False)
+class ClientData(ClientDataset[ImageSet]):
+    """One client's data as :class:`ImageSet` splits for ``model_id`` (see :class:`ClientDataset`).
 
-
-class ClientData:
-    """One client's data: its partition's train/val splits and the whole test split.
-
-    Each split is read on first use, so an evaluator never loads the training
-    set and a trainer that is never asked for test metrics never loads the
-    test set. ``partition=None`` takes the whole training set (the
-    centralized baseline).
+    ``partition=None`` takes the whole training set (the centralized baseline).
     """
 
     def __init__(
@@ -151,64 +112,18 @@ class ClientData:
         partition: PartitionSpec | None = None,
         partition_id: int = 0,
         seed: int = 0,
+        preloaded: Mapping[OfficialSplit, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
-        input_shape(model_id)
-        self.settings = settings
+        input_shape(model_id)  # unknown model ids fail here, before any data is read
+        super().__init__(
+            settings,
+            partition=partition,
+            partition_id=partition_id,
+            seed=seed,
+            preloaded=preloaded,
+        )
         self.model_id = model_id
-        self.partition = partition
-        self.partition_id = partition_id
-        self.seed = seed
 
-    @cached_property
-    def _train_val(self) -> tuple[ImageSet, ImageSet]:
-        images, labels = load_split(self.settings, "train")
-        if self.partition is None:
-            indices = np.arange(len(labels))
-            where = "the whole training set"
-        else:
-            indices = np.asarray(self.partition.select(labels, self.partition_id))
-            where = f"partition {self.partition_id} of {self.partition.num_partitions}"
-        if self.settings.val_fraction > 0:
-            train_idx, val_idx = train_val_split(
-                indices, val_fraction=self.settings.val_fraction, seed=self.seed
-            )
-        else:
-            train_idx, val_idx = indices, indices[:0]
-        _log.info(
-            "%s: %s, %d training and %d validation examples",
-            self.settings.dataset,
-            where,
-            len(train_idx),
-            len(val_idx),
-        )
-        return (
-            ImageSet(images[train_idx], labels[train_idx], self.model_id),
-            ImageSet(images[val_idx], labels[val_idx], self.model_id),
-        )
-
-    @property
-    def train(self) -> ImageSet:
-        """This partition's training examples."""
-        return self._train_val[0]
-
-    @property
-    def val(self) -> ImageSet:
-        """This partition's validation examples."""
-        return self._train_val[1]
-
-    @cached_property
-    def test(self) -> ImageSet:
-        """The official test split, whole (the same for every client)."""
-        images, labels = load_split(self.settings, "test")
-        _log.info("%s: %d test examples", self.settings.dataset, len(labels))
-        return ImageSet(images, labels, self.model_id)
-
-    def split(self, name: str) -> ImageSet:
-        """The split called ``name`` (train, val or test)."""
-        if name == "train":
-            return self.train
-        if name == "val":
-            return self.val
-        if name == "test":
-            return self.test
-        raise DataError(f"unknown split {name!r} (expected train, val or test)")
+    def wrap(self, images: np.ndarray, labels: np.ndarray) -> ImageSet:
+        """A split's (N, 1, 28, 28) arrays as an :class:`ImageSet` of (N, 28, 28) images."""
+        return ImageSet(images[:, 0], labels, self.model_id)

@@ -8,6 +8,10 @@ FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks",
 MLSys) adds ``mu/2 * ||w - w_global||^2`` to every local minibatch loss, which
 pulls each client's weights towards the round's global model and stabilises
 training on heterogeneous (non-IID) partitions; ``mu = 0`` is plain FedAvg.
+
+Only the Gluon side lives here (trainer, loops, proximal term); reading the
+fit config, the epoch progress lines and the training errors are shared by
+all clients in :mod:`orchard.client.training`.
 """
 
 from __future__ import annotations
@@ -18,14 +22,21 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 from tqdm import tqdm
 
-from orchard.typing import Config
+from orchard.client.training import (
+    OPTIMIZERS,
+    ConfigError,
+    EpochStats,
+    EvalResult,
+    TrainConfig,
+    TrainingError,
+)
 from orchard_mxnet.data import ImageSet
 from orchard_mxnet.models import SpecNet, parameter_map
 
@@ -42,104 +53,8 @@ __all__ = [
     "train",
 ]
 
-#: Optimizers a fit config may name.
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
-
 _log = logging.getLogger(__name__)
 _loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-
-
-class ConfigError(ValueError):
-    """A fit or evaluate config value has the wrong type or range; names the key."""
-
-
-class TrainingError(ValueError):
-    """Training cannot go on (no data, or the loss diverged); says where and why."""
-
-
-def _int(config: Config, key: str, default: int, *, minimum: int) -> int:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"config {key!r} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"config {key!r} must be at least {minimum}, got {value}")
-    return value
-
-
-def _float(config: Config, key: str, default: float) -> float:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"config {key!r} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"config {key!r} must be finite, got {value!r}")
-    return float(value)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TrainConfig:
-    """Local training hyperparameters: the fields of the server's fit config."""
-
-    epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.01
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    #: FedProx's mu; 0 disables the proximal term.
-    proximal_mu: float = 0.0
-    #: Seeds the order of examples.
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"config 'epochs' must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"config 'batch_size' must be at least 1, got {self.batch_size}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ConfigError(f"config 'learning_rate' must be > 0, got {self.learning_rate}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"config 'optimizer' must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
-            )
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError(f"config 'momentum' must be in [0, 1), got {self.momentum}")
-        if not (math.isfinite(self.proximal_mu) and self.proximal_mu >= 0):
-            raise ConfigError(f"config 'proximal_mu' must be >= 0, got {self.proximal_mu}")
-
-    @classmethod
-    def from_config(cls, config: Config) -> TrainConfig:
-        """Read the server's fit config; missing keys take the defaults above."""
-        defaults = cls()
-        optimizer = config.get("optimizer", defaults.optimizer)
-        if not isinstance(optimizer, str):
-            raise ConfigError(f"config 'optimizer' must be a string, got {optimizer!r}")
-        return cls(
-            epochs=_int(config, "epochs", defaults.epochs, minimum=1),
-            batch_size=_int(config, "batch_size", defaults.batch_size, minimum=1),
-            learning_rate=_float(config, "learning_rate", defaults.learning_rate),
-            optimizer=optimizer,
-            momentum=_float(config, "momentum", defaults.momentum),
-            proximal_mu=_float(config, "proximal_mu", defaults.proximal_mu),
-            seed=_int(config, "seed", defaults.seed, minimum=-(2**63)),
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class EpochStats:
-    """What one epoch achieved on the training data it saw."""
-
-    epoch: int
-    epochs: int
-    #: Mean cross-entropy over the epoch's examples (without the proximal term).
-    loss: float
-    accuracy: float
-    examples_per_second: float
-
-    def describe(self) -> str:
-        """The progress line, e.g. ``epoch 1/2: loss 0.412, accuracy 0.871, 5300 examples/s``."""
-        return (
-            f"epoch {self.epoch}/{self.epochs}: loss {self.loss:.3f}, "
-            f"accuracy {self.accuracy:.3f}, {self.examples_per_second:.0f} examples/s"
-        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,14 +66,6 @@ class TrainResult:
     #: Training examples (not batches, not examples x epochs): FedAvg's weight.
     num_examples: int
     history: tuple[EpochStats, ...]
-
-
-class EvalResult(NamedTuple):
-    """Mean cross-entropy, accuracy and number of examples evaluated."""
-
-    loss: float
-    accuracy: float
-    num_examples: int
 
 
 def proximal_term(params: Sequence[Any], global_params: Sequence[Any], mu: float) -> Any:
@@ -204,7 +111,7 @@ def train(
     """
     n = len(data)
     if n == 0:
-        raise TrainingError("the training set is empty: there is nothing to train on")
+        raise TrainingError.empty()
     params = list(parameter_map(net).values())
     anchors: list[Any] = []
     if config.proximal_mu > 0:
@@ -245,10 +152,7 @@ def train(
                 bar.set_postfix(loss=f"{batch_loss / len(y):.4f}", refresh=False)
         elapsed = max(time.perf_counter() - started, 1e-9)
         if not math.isfinite(total_loss):
-            raise TrainingError(
-                f"training diverged in epoch {epoch}/{config.epochs}: the loss is {total_loss}; "
-                f"lower the learning rate (now {config.learning_rate})"
-            )
+            raise TrainingError.diverged(epoch, config, total_loss)
         stats = EpochStats(
             epoch=epoch,
             epochs=config.epochs,

@@ -12,21 +12,23 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from orchard.client.cli import (
-    add_client_arguments,
+    add_client_commands,
+    add_dataset_arguments,
     configure_logging,
+    data_settings_from_args,
     env_default,
+    partition_from_args,
     settings_from_args,
 )
 from orchard.client.numpy_client import ClientContext
 from orchard.client.runtime import run_client
 from orchard.data.download import DownloadError
 from orchard.data.errors import DatasetError
-from orchard.data.partition import PartitionError, PartitionSpec
+from orchard.data.partition import PartitionError
 from orchard.messages import Role
 from orchard.models import get_model_spec
 from orchard.spec import SpecError
@@ -38,13 +40,11 @@ from orchard_pytorch.data import (
     DataError,
     DataSettings,
     OfficialSplit,
-    check_compatible,
     load_split,
 )
-from orchard_pytorch.data import default_dataset as dataset_for
 from orchard_pytorch.device import DEVICE_CHOICES, DeviceError, resolve_device
 from orchard_pytorch.models import MODEL_BUILDERS
-from orchard_pytorch.train import OPTIMIZERS, ConfigError, TrainConfig, TrainingError
+from orchard_pytorch.train import ConfigError, TrainConfig, TrainingError
 
 __all__ = ["build_parser", "main"]
 
@@ -63,69 +63,19 @@ _USER_ERRORS = (
 )
 
 
-def _env_float(name: str, default: float) -> float:
-    value = env_default(name)
-    if value in (None, ""):
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise SystemExit(f"ORCHARD_{name}={value!r} is not a number") from None
-
-
-def _env_int(name: str, default: int) -> int:
-    value = env_default(name)
-    if value in (None, ""):
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise SystemExit(f"ORCHARD_{name}={value!r} is not an integer") from None
-
-
-def _env_flag(name: str) -> bool:
-    return (env_default(name, "") or "").lower() in {"1", "true", "yes", "on"}
-
-
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    """Options of both commands: model, dataset, device, download source."""
-    g = parser.add_argument_group("PyTorch")
-    g.add_argument(
-        "--model",
-        choices=sorted(MODEL_BUILDERS),
-        default=env_default("MODEL", "cifar10-cnn"),
-        help="model id (ORCHARD_MODEL; default cifar10-cnn)",
-    )
-    g.add_argument(
-        "--dataset",
-        choices=sorted(DATASETS),
-        default=env_default("DATASET") or None,
-        help="dataset (ORCHARD_DATASET; default: cifar10 for cifar10-cnn, mnist otherwise)",
+    """Options of both commands: model, dataset, download source, device."""
+    g = add_dataset_arguments(
+        parser,
+        models=sorted(MODEL_BUILDERS),
+        default_model="cifar10-cnn",
+        datasets=sorted(DATASETS),
     )
     g.add_argument(
         "--device",
         default=env_default("DEVICE", "auto"),
         help=f"{'|'.join(DEVICE_CHOICES)}|cuda:N; auto picks CUDA when available "
         "(ORCHARD_DEVICE; default auto)",
-    )
-    g.add_argument(
-        "--dataset-mirror",
-        default=env_default("DATASET_MIRROR") or None,
-        help="base URL serving the dataset files instead of their official sites, "
-        "for air-gapped sites (ORCHARD_DATASET_MIRROR)",
-    )
-    g.add_argument(
-        "--no-verify",
-        action="store_true",
-        default=_env_flag("NO_VERIFY"),
-        help="use dataset files found in the data directory without checking the official "
-        "checksums, e.g. re-packed copies (ORCHARD_NO_VERIFY=1; downloads are always verified)",
-    )
-    g.add_argument(
-        "--no-download",
-        action="store_true",
-        default=_env_flag("NO_DOWNLOAD"),
-        help="fail instead of downloading missing files (ORCHARD_NO_DOWNLOAD=1)",
     )
 
 
@@ -135,90 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m orchard_pytorch",
         description="Orchard's PyTorch client and its centralized baseline.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    client = commands.add_parser(
-        "client",
-        help="join a federation and train on this client's partition",
-        description="Join an Orchard federation as a PyTorch client.",
-    )
-    add_client_arguments(client)
-    _add_common(client)
-
-    baseline = commands.add_parser(
-        "baseline",
-        help="train centrally on the whole training set (the tutorial), report test metrics",
-        description="Centralized training with the same model, data and loops as the client.",
-    )
-    _add_common(baseline)
-    t = TUTORIAL_TRAINING
-    b = baseline.add_argument_group("training")
-    b.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(env_default("DATA_DIR", "data") or "data"),
-        help="dataset cache directory (ORCHARD_DATA_DIR; default ./data)",
-    )
-    b.add_argument(
-        "--epochs",
-        type=int,
-        default=_env_int("EPOCHS", t.epochs),
-        help=f"(ORCHARD_EPOCHS; default {t.epochs})",
-    )
-    b.add_argument(
-        "--batch-size",
-        type=int,
-        default=_env_int("BATCH_SIZE", t.batch_size),
-        help=f"(ORCHARD_BATCH_SIZE; default {t.batch_size})",
-    )
-    b.add_argument(
-        "--learning-rate",
-        "--lr",
-        type=float,
-        default=_env_float("LEARNING_RATE", t.learning_rate),
-        help=f"(ORCHARD_LEARNING_RATE; default {t.learning_rate})",
-    )
-    b.add_argument(
-        "--optimizer",
-        choices=OPTIMIZERS,
-        default=env_default("OPTIMIZER", t.optimizer),
-        help=f"(ORCHARD_OPTIMIZER; default {t.optimizer})",
-    )
-    b.add_argument(
-        "--momentum",
-        type=float,
-        default=_env_float("MOMENTUM", t.momentum),
-        help=f"SGD momentum (ORCHARD_MOMENTUM; default {t.momentum})",
-    )
-    b.add_argument(
-        "--seed",
-        type=int,
-        default=_env_int("SEED", t.seed),
-        help=f"initial weights and shuffling (ORCHARD_SEED; default {t.seed})",
-    )
-    b.add_argument(
-        "--log-level",
-        default=env_default("LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING (ORCHARD_LOG_LEVEL)",
+    add_client_commands(
+        parser,
+        framework_arguments=_add_common,
+        client_description="Join an Orchard federation as a PyTorch client.",
+        baseline_help="train centrally on the whole training set (the tutorial), "
+        "report test metrics",
+        baseline_description="Centralized training with the same model, data and loops as "
+        "the client.",
+        baseline_defaults=TUTORIAL_TRAINING,
     )
     return parser
 
 
-def _data_settings(args: argparse.Namespace) -> DataSettings:
-    dataset = args.dataset or dataset_for(args.model)
-    check_compatible(args.model, dataset)
-    return DataSettings(
-        dataset=dataset,
-        data_dir=args.data_dir,
-        download=not args.no_download,
-        mirror=args.dataset_mirror,
-        verify=not args.no_verify,
-    )
-
-
 def _run_client(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, framework="pytorch")
-    data_settings = _data_settings(args)
+    data_settings = data_settings_from_args(args, DataSettings)
     device = resolve_device(args.device)
     evaluator = settings.role is Role.EVALUATOR
     # Read (and if needed download) the files before joining: a missing
@@ -229,15 +111,9 @@ def _run_client(args: argparse.Namespace) -> int:
     def factory(ctx: ClientContext) -> TorchClient:
         # Called once after joining: ctx carries the partition to load (the
         # user's explicit one, else the server's assignment).
-        partition = PartitionSpec(
-            scheme=args.partition_scheme,
-            num_partitions=ctx.num_partitions,
-            seed=args.seed,
-            alpha=args.dirichlet_alpha if args.partition_scheme == "dirichlet" else None,
-        )
         data = DataBundle(
             data_settings,
-            partition=partition,
+            partition=partition_from_args(args, ctx.num_partitions),
             partition_id=ctx.partition_id,
             seed=args.seed,
             preloaded=preloaded,
@@ -274,7 +150,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
     result = run_baseline(
         BaselineSettings(
             model_id=args.model,
-            data=_data_settings(args),
+            data=data_settings_from_args(args, DataSettings),
             training=training,
             device=args.device,
         )

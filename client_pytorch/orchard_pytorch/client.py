@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 
 from orchard.client.numpy_client import NumPyClient
+from orchard.client.training import (
+    EVAL_SPLITS,
+    EvalSplit,
+    TrainConfig,
+    eval_batch_size,
+    eval_split,
+    fit_seed,
+)
 from orchard.models import get_model_spec
 from orchard.typing import Config, Metrics, NDArrays
 from orchard_pytorch.data import DataBundle, DataError
 from orchard_pytorch.models import build_model, get_parameters, set_parameters
-from orchard_pytorch.train import ConfigError, TrainConfig, test, train
+from orchard_pytorch.train import test, train
 
 __all__ = ["TorchClient"]
 
 logger = logging.getLogger(__name__)
-
-#: Evaluation batch size when the evaluate config has none.
-DEFAULT_EVAL_BATCH_SIZE = 256
 
 
 class TorchClient(NumPyClient):
@@ -42,11 +46,11 @@ class TorchClient(NumPyClient):
         model_id: str,
         data: DataBundle,
         device: torch.device,
-        eval_split: str = "val",
+        eval_split: EvalSplit = "val",
         seed: int = 0,
         progress: bool | None = None,
     ) -> None:
-        if eval_split not in ("val", "test"):
+        if eval_split not in EVAL_SPLITS:
             raise DataError(f"eval_split must be 'val' or 'test', got {eval_split!r}")
         self.spec = get_model_spec(model_id)
         self.model = build_model(model_id, seed=seed).to(device)
@@ -69,26 +73,11 @@ class TorchClient(NumPyClient):
         """
         cfg = TrainConfig.from_config(config)
         set_parameters(self.model, parameters, self.spec)
-        # Seeded per (config seed, partition, fit number): reproducible runs,
-        # yet a new shuffle each round even when the server repeats the seed.
-        seed = int(
-            np.random.SeedSequence(
-                [cfg.seed & (2**63 - 1), self.data.partition_id, self._fits]
-            ).generate_state(1, dtype=np.uint64)[0]
-            % (2**63)
-        )
+        seed = fit_seed(cfg.seed, self.data.partition_id, self._fits)
         self._fits += 1
         torch.manual_seed(seed)
         batches = self.data.loader("train", cfg.batch_size, shuffle=True, seed=seed)
-        logger.info(
-            "training %d epoch(s) on %d examples (batch %d, %s lr %g%s)",
-            cfg.epochs,
-            len(batches.data),
-            cfg.batch_size,
-            cfg.optimizer,
-            cfg.learning_rate,
-            f", FedProx mu {cfg.proximal_mu:g}" if cfg.proximal_mu > 0 else "",
-        )
+        logger.info("%s", cfg.describe(len(batches.data)))
         result = train(self.model, batches, cfg, device=self.device, progress=self.progress)
         metrics: Metrics = {"train_loss": result.loss, "train_accuracy": result.accuracy}
         return get_parameters(self.model), result.num_examples, metrics
@@ -98,19 +87,9 @@ class TorchClient(NumPyClient):
 
         The config's ``split`` (``val`` or ``test``) overrides the default.
         """
-        batch_size = config.get("batch_size", DEFAULT_EVAL_BATCH_SIZE)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"config 'batch_size' must be a positive integer, got {batch_size!r}")
-        split = config.get("split", self.eval_split)
-        if split not in ("val", "test"):
-            raise ConfigError(f"config 'split' must be 'val' or 'test', got {split!r}")
+        batch_size = eval_batch_size(config)
+        split = eval_split(config, self.eval_split)
         set_parameters(self.model, parameters, self.spec)
-        result = test(self.model, self.data.loader(str(split), batch_size), device=self.device)
-        logger.info(
-            "evaluated on %d %s examples: loss %.4f, accuracy %.4f",
-            result.num_examples,
-            split,
-            result.loss,
-            result.accuracy,
-        )
+        result = test(self.model, self.data.loader(split, batch_size), device=self.device)
+        logger.info("%s", result.describe(split))
         return result.loss, result.num_examples, {"accuracy": result.accuracy}

@@ -11,6 +11,11 @@ where ``w_global`` are the parameters the round started from. Its gradient
 ``mu * (w - w_global)`` pulls local models back towards the global one, which
 bounds client drift on heterogeneous (non-IID) partitions. With ``mu = 0`` this
 is plain FedAvg local training (McMahan et al. 2017).
+
+The fit config (:class:`TrainConfig`), its errors and the epoch lines are the
+framework-neutral ones of :mod:`orchard.client.training`, shared with every
+other client; this module is PyTorch's half: the optimizer, the loops and the
+proximal term.
 """
 
 from __future__ import annotations
@@ -19,16 +24,22 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence, Sized
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from collections.abc import Iterable, Sequence, Sized
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional PyTorch alias
 from torch import nn
 from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
-from orchard.typing import Scalar
+from orchard.client.training import (
+    OPTIMIZERS,
+    ConfigError,
+    EpochStats,
+    EvalResult,
+    TrainConfig,
+    TrainingError,
+)
 
 __all__ = [
     "OPTIMIZERS",
@@ -48,88 +59,6 @@ logger = logging.getLogger(__name__)
 #: Batches of (inputs, integer labels); a ``torch.utils.data.DataLoader`` fits.
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
-OptimizerName = Literal["sgd", "adam"]
-#: Optimizers the fit config may name.
-OPTIMIZERS: tuple[OptimizerName, ...] = ("sgd", "adam")
-
-
-class ConfigError(ValueError):
-    """A fit or evaluate config value is missing its type or range; names the key."""
-
-
-class TrainingError(ValueError):
-    """Training cannot go on (no data, or the loss diverged); says where and why."""
-
-
-def _int(config: Mapping[str, Scalar], key: str, default: int, *, minimum: int) -> int:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"config {key!r} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"config {key!r} must be at least {minimum}, got {value}")
-    return value
-
-
-def _float(config: Mapping[str, Scalar], key: str, default: float) -> float:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"config {key!r} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"config {key!r} must be finite, got {value!r}")
-    return float(value)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TrainConfig:
-    """Local training hyperparameters: the fields of the server's fit config.
-
-    ``batch_size`` and ``seed`` are used by whoever builds the batches; the
-    others by :func:`train`.
-    """
-
-    epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.01
-    optimizer: OptimizerName = "sgd"
-    momentum: float = 0.0
-    proximal_mu: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"config 'epochs' must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"config 'batch_size' must be at least 1, got {self.batch_size}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"config 'learning_rate' must be > 0, got {self.learning_rate}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"config 'optimizer' must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
-            )
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError(f"config 'momentum' must be in [0, 1), got {self.momentum}")
-        if self.proximal_mu < 0:
-            raise ConfigError(f"config 'proximal_mu' must be >= 0, got {self.proximal_mu}")
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Scalar]) -> TrainConfig:
-        """Read a fit config; missing keys take the defaults above."""
-        defaults = cls()
-        optimizer = config.get("optimizer", defaults.optimizer)
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"config 'optimizer' must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}"
-            )
-        return cls(
-            epochs=_int(config, "epochs", defaults.epochs, minimum=1),
-            batch_size=_int(config, "batch_size", defaults.batch_size, minimum=1),
-            learning_rate=_float(config, "learning_rate", defaults.learning_rate),
-            optimizer=optimizer,
-            momentum=_float(config, "momentum", defaults.momentum),
-            proximal_mu=_float(config, "proximal_mu", defaults.proximal_mu),
-            seed=_int(config, "seed", defaults.seed, minimum=-(2**63)),
-        )
-
 
 class TrainResult(NamedTuple):
     """Outcome of local training.
@@ -144,14 +73,6 @@ class TrainResult(NamedTuple):
     num_examples: int
     loss: float
     accuracy: float
-
-
-class EvalResult(NamedTuple):
-    """Mean cross-entropy loss, accuracy and number of examples evaluated."""
-
-    loss: float
-    accuracy: float
-    num_examples: int
 
 
 def proximal_term(
@@ -240,24 +161,21 @@ def train(
             correct_t += (logits.detach().argmax(dim=1) == labels).sum()
             seen += int(labels.shape[0])
         if seen == 0:
-            raise TrainingError("the training set is empty: there is nothing to train on")
+            raise TrainingError.empty()
         elapsed = time.perf_counter() - started
         loss_sum = float(loss_sum_t)
         correct = int(correct_t)
         if not math.isfinite(loss_sum):
-            raise TrainingError(
-                f"training diverged in epoch {epoch}/{config.epochs}: the loss is {loss_sum}; "
-                f"lower the learning rate (now {config.learning_rate})"
-            )
+            raise TrainingError.diverged(epoch, config, loss_sum)
         num_examples = seen
-        logger.info(
-            "epoch %d/%d: loss %.3f, accuracy %.3f, %.0f examples/s",
-            epoch,
-            config.epochs,
-            loss_sum / seen,
-            correct / seen,
-            seen / elapsed if elapsed > 0 else float("inf"),
+        stats = EpochStats(
+            epoch=epoch,
+            epochs=config.epochs,
+            loss=loss_sum / seen,
+            accuracy=correct / seen,
+            examples_per_second=seen / elapsed if elapsed > 0 else float("inf"),
         )
+        logger.info("%s", stats.describe())
     return TrainResult(
         num_examples=num_examples, loss=loss_sum / num_examples, accuracy=correct / num_examples
     )

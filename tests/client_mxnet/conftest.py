@@ -1,5 +1,8 @@
 """Generated MNIST files for the MXNet client's tests, with their checksums injected.
 
+(``processes``, child processes killed at the end of a test, is
+:func:`tests.helpers.processes.processes`.)
+
 The shared reader verifies every file against the official checksums, which
 generated files cannot match; the fixtures register a variant named "mnist"
 (or "fashion-mnist") whose checksums are those of the generated files, which
@@ -17,13 +20,14 @@ import pytest
 from orchard.data import mnist as mnist_module
 from tests.helpers.datasets import (
     MNIST_FILENAMES,
+    UNREACHABLE,
     GeneratedDataset,
     generated_mnist_variant,
     write_mnist_files,
 )
+from tests.helpers.processes import processes
 
-#: A base URL nobody answers: files must come from the cache, not from a download.
-UNREACHABLE = "http://127.0.0.1:9/unreachable"
+__all__ = ["GeneratedMnist", "generated_mnist", "install_generated_mnist", "processes"]
 
 
 @dataclass(frozen=True)

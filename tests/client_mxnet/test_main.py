@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,20 +21,26 @@ from orchard_mxnet import __main__ as cli  # noqa: E402
 from orchard_mxnet import device  # noqa: E402
 from orchard_mxnet.client import MXNetClient  # noqa: E402
 from tests.client_mxnet.conftest import GeneratedMnist, install_generated_mnist  # noqa: E402
+from tests.helpers.crossframework import ClientDataSource, start_framework_client  # noqa: E402
 from tests.helpers.datasets import MNIST_FILENAMES  # noqa: E402
 from tests.helpers.processes import (  # noqa: E402
     REPO,
     Proc,
-    free_port,
-    read_history,
-    start_server,
-    wait_healthy,
-    write_config,
+    fedavg_federation,
+    start_loopback_server,
+    tails,
 )
 
 pytestmark = pytest.mark.mxnet
 
-_ENV = ("ORCHARD_MODEL", "ORCHARD_DEVICE", "ORCHARD_DATASET", "ORCHARD_FEDERATION", "ORCHARD_SEED")
+_ENV = (
+    "ORCHARD_MODEL",
+    "ORCHARD_DEVICE",
+    "ORCHARD_DATASET",
+    "ORCHARD_DATASET_MIRROR",
+    "ORCHARD_FEDERATION",
+    "ORCHARD_SEED",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -179,34 +183,6 @@ def test_a_dataset_that_cannot_be_fetched_exits_2_naming_the_mirror(
 
 # --- end to end: a real server and two MXNet client processes --------------------------
 
-#: Runs the real CLI in a client process, after registering the checksums of the
-#: generated files (the subprocess twin of the conftest's checksum injection).
-_CLIENT_BOOT = textwrap.dedent(
-    """
-    import sys
-    from pathlib import Path
-    from orchard.data import mnist
-    from tests.helpers.datasets import generated_mnist_variant
-    mnist.VARIANTS["mnist"] = generated_mnist_variant(
-        Path(sys.argv[1]), base_url="http://127.0.0.1:9/unreachable", name="mnist"
-    )
-    from orchard_mxnet.__main__ import main
-    sys.exit(main(sys.argv[2:]))
-    """
-)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Proc]]:
-    procs: list[Proc] = []
-    yield procs
-    for proc in procs:
-        proc.close()
-
-
-def _logs(procs: list[Proc]) -> str:
-    return "\n".join(p.tail() for p in procs)
-
 
 @pytest.mark.slow
 @pytest.mark.skipif(
@@ -219,69 +195,35 @@ def test_a_server_and_two_mxnet_clients_complete_two_rounds_of_mnist_mlp(
     generated = install_generated_mnist(tmp_path, monkeypatch, n_train=600, n_test=200)
     for filename in MNIST_FILENAMES.values():
         assert (generated.data_dir / "mnist" / filename).is_file()
-    port = free_port()
-    state_dir = tmp_path / "state"
-    config = write_config(
-        tmp_path / "server.toml",
-        server={
-            "address": f"127.0.0.1:{port}",
-            "state_dir": str(state_dir),
-            "insecure": True,
-            "heartbeat_interval": 0.5,
-            "heartbeat_timeout": 10.0,
-            "max_poll_seconds": 5.0,
-        },
-        federations={
-            "digits": {
-                "model": "mnist-mlp",
-                "num_rounds": 2,
-                "strategy": "fedavg",
-                "seed": 1,
-                "min_fit_clients": 2,
-                "min_evaluate_clients": 2,
-                "min_available_clients": 2,
-                "round_timeout": 120.0,
-                "wait_timeout": 120.0,
-                "fit_config": {"epochs": 3, "batch_size": 16, "learning_rate": 0.1},
-                "evaluate_config": {"batch_size": 64},
-            }
-        },
+    federation = fedavg_federation(
+        "mnist-mlp",
+        clients=2,
+        num_rounds=2,
+        fit_config={"epochs": 3, "batch_size": 16, "learning_rate": 0.1},
+        evaluate_config={"batch_size": 64},
     )
-    server = start_server(tmp_path, config)
-    processes.append(server)
-    wait_healthy(port, server)
+    server = start_loopback_server(tmp_path, {"digits": federation}, procs=processes)
+    # The generated files' checksums are registered in each client process
+    # (the subprocess twin of the conftest's checksum injection).
+    data = ClientDataSource(data_dir=generated.data_dir, generated=generated.source_dir)
     for i in range(2):
         processes.append(
-            Proc(
-                f"mxnet-{i}",
-                [
-                    sys.executable,
-                    "-c",
-                    _CLIENT_BOOT,
-                    str(generated.source_dir),
-                    "client",
-                    "--server",
-                    f"127.0.0.1:{port}",
-                    "--federation",
-                    "digits",
-                    "--insecure",
-                    "--name",
-                    f"mxnet-{i}",
-                    "--connect-timeout",
-                    "60",
-                    "--data-dir",
-                    str(generated.data_dir),
-                    "--device",
-                    "cpu",
-                ],
-                tmp_path / f"mxnet-{i}.log",
+            start_framework_client(
+                "mxnet",
+                tmp_path,
+                port=server.port,
+                federation="digits",
+                name=f"mxnet-{i}",
+                model="mnist-mlp",
+                data=data,
+                mxnet=sys.executable,
             )
         )
-    assert server.wait(240) == 0, _logs(processes)
+    assert server.proc.wait(240) == 0, tails(processes)
     for proc in processes[1:]:
-        assert proc.wait(60) == 0, _logs(processes)
-    rounds = read_history(state_dir, "digits")["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2], _logs(processes)
+        assert proc.wait(60) == 0, tails(processes)
+    rounds = server.history("digits")["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2], tails(processes)
     for record in rounds:
         participants = record["fit"]["participants"]
         assert len(participants) == 2, record

@@ -11,6 +11,7 @@ mx = pytest.importorskip("mxnet")
 
 from mxnet import autograd  # noqa: E402
 
+from orchard.client import training  # noqa: E402
 from orchard.typing import NDArrays  # noqa: E402
 from orchard_mxnet import train as loops  # noqa: E402
 from orchard_mxnet.data import ImageSet  # noqa: E402
@@ -21,7 +22,6 @@ from orchard_mxnet.models import (  # noqa: E402
     set_parameters,
 )
 from orchard_mxnet.train import (  # noqa: E402
-    ConfigError,
     EpochStats,
     TrainConfig,
     TrainingError,
@@ -48,43 +48,6 @@ def _squared_distance(a: NDArrays, b: NDArrays) -> float:
         float(np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2))
         for x, y in zip(a, b, strict=True)
     )
-
-
-def test_train_config_reads_the_fit_config_with_defaults() -> None:
-    cfg = TrainConfig.from_config({"epochs": 3, "batch_size": 16, "learning_rate": 1})
-    assert cfg == TrainConfig(epochs=3, batch_size=16, learning_rate=1.0)
-    assert (cfg.optimizer, cfg.momentum, cfg.proximal_mu, cfg.seed) == ("sgd", 0.0, 0.0, 0)
-    full = TrainConfig.from_config(
-        {
-            "epochs": 1,
-            "batch_size": 8,
-            "learning_rate": 0.001,
-            "optimizer": "adam",
-            "momentum": 0.9,
-            "proximal_mu": 0.01,
-            "seed": 4,
-        }
-    )
-    assert (full.optimizer, full.momentum, full.proximal_mu, full.seed) == ("adam", 0.9, 0.01, 4)
-
-
-@pytest.mark.parametrize(
-    ("config", "message"),
-    [
-        ({"epochs": 0}, "'epochs' must be at least 1"),
-        ({"epochs": True}, "'epochs' must be an integer"),
-        ({"batch_size": 2.5}, "'batch_size' must be an integer"),
-        ({"learning_rate": "fast"}, "'learning_rate' must be a number"),
-        ({"learning_rate": 0.0}, "'learning_rate' must be > 0"),
-        ({"optimizer": "rmsprop"}, "'optimizer' must be one of sgd, adam"),
-        ({"momentum": 1.0}, r"'momentum' must be in \[0, 1\)"),
-        ({"proximal_mu": -0.1}, "'proximal_mu' must be >= 0"),
-        ({"proximal_mu": float("nan")}, "'proximal_mu' must be finite"),
-    ],
-)
-def test_train_config_names_the_bad_key(config: dict[str, object], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        TrainConfig.from_config(config)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -239,3 +202,11 @@ def test_fedprox_keeps_local_weights_nearer_the_global_model() -> None:
         loops.train(net, data, config=config, ctx=CPU)  # anchor: the weights at entry
         distances[mu] = _squared_distance(get_parameters(net), start)
     assert distances[1.0] < 0.7 * distances[0.0]
+
+
+def test_the_fit_config_is_the_shared_one() -> None:
+    """Every framework reads fit configs with one parser (tested in tests/core)."""
+    assert TrainConfig is training.TrainConfig
+    assert loops.ConfigError is training.ConfigError
+    assert TrainingError is training.TrainingError
+    assert EpochStats is training.EpochStats

@@ -12,7 +12,7 @@ import torch
 from orchard_pytorch.baseline import TUTORIAL_TRAINING, BaselineSettings, run_baseline
 from orchard_pytorch.data import DataError
 from orchard_pytorch.train import TrainConfig
-from tests.client_pytorch.conftest import GeneratedCifar, GeneratedMnist
+from tests.helpers.client_data import GeneratedCifar, GeneratedMnist
 
 
 def test_defaults_are_the_tutorials() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from orchard_pytorch.cli import build_parser, main
-from tests.client_pytorch.conftest import GeneratedCifar
+from tests.helpers.client_data import GeneratedCifar
 
 
 def test_client_options_come_from_environment_variables(
@@ -42,21 +42,6 @@ def test_flags_override_environment_variables(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("ORCHARD_DEVICE", "cuda")
     args = build_parser().parse_args(["baseline", "--model", "mnist-cnn", "--device", "cpu"])
     assert (args.model, args.device) == ("mnist-cnn", "cpu")
-
-
-def test_baseline_options_from_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "EPOCHS": "5",
-        "BATCH_SIZE": "64",
-        "LEARNING_RATE": "0.02",
-        "MOMENTUM": "0.5",
-        "OPTIMIZER": "adam",
-        "SEED": "11",
-    }.items():
-        monkeypatch.setenv(f"ORCHARD_{name}", value)
-    args = build_parser().parse_args(["baseline"])
-    assert (args.epochs, args.batch_size, args.learning_rate) == (5, 64, 0.02)
-    assert (args.momentum, args.optimizer, args.seed) == (0.5, "adam", 11)
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

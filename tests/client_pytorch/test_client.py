@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from orchard.client.training import EvalSplit
 from orchard.data.partition import PartitionSpec
 from orchard.models import get_model_spec
 from orchard.spec import SpecError
@@ -16,13 +17,13 @@ from orchard_pytorch.client import TorchClient
 from orchard_pytorch.data import DataBundle
 from orchard_pytorch.models import build_model, get_parameters
 from orchard_pytorch.train import ConfigError
-from tests.client_pytorch.conftest import GeneratedCifar, GeneratedMnist
+from tests.helpers.client_data import GeneratedCifar, GeneratedMnist
 
 CPU = torch.device("cpu")
 FIT: Config = {"epochs": 1, "batch_size": 16, "learning_rate": 0.1, "seed": 3}
 
 
-def _client(mnist: GeneratedMnist, *, eval_split: str = "val", seed: int = 0) -> TorchClient:
+def _client(mnist: GeneratedMnist, *, eval_split: EvalSplit = "val", seed: int = 0) -> TorchClient:
     spec = PartitionSpec(scheme="iid", num_partitions=2, seed=0)
     data = DataBundle(mnist.settings(), partition=spec, partition_id=0, seed=0)
     return TorchClient(

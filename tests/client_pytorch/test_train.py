@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from orchard.client import training
 from orchard_pytorch import train as loops
 from orchard_pytorch.models import build_model
-from orchard_pytorch.train import ConfigError, TrainConfig, TrainingError, proximal_term
+from orchard_pytorch.train import TrainConfig, TrainingError, proximal_term
 
 CPU = torch.device("cpu")
 
@@ -199,56 +200,7 @@ def test_fedprox_keeps_local_weights_closer_to_the_global_model() -> None:
     assert distance(1.0) < 0.8 * distance(0.0)
 
 
-# --- config -----------------------------------------------------------------------
-
-
-def test_config_from_the_servers_fit_config() -> None:
-    config = TrainConfig.from_config(
-        {
-            "epochs": 3,
-            "batch_size": 16,
-            "learning_rate": 0.05,
-            "optimizer": "adam",
-            "momentum": 0.5,
-            "proximal_mu": 0.01,
-            "seed": 42,
-        }
-    )
-    assert config == TrainConfig(
-        epochs=3,
-        batch_size=16,
-        learning_rate=0.05,
-        optimizer="adam",
-        momentum=0.5,
-        proximal_mu=0.01,
-        seed=42,
-    )
-
-
-def test_config_defaults_and_integer_learning_rate() -> None:
-    config = TrainConfig.from_config({"learning_rate": 1})
-    assert config.learning_rate == 1.0
-    assert config.proximal_mu == 0.0
-    assert config.optimizer == "sgd"
-
-
-@pytest.mark.parametrize(
-    ("config", "message"),
-    [
-        ({"epochs": 0}, "'epochs' must be at least 1"),
-        ({"epochs": 1.5}, "'epochs' must be an integer"),
-        ({"epochs": True}, "'epochs' must be an integer"),
-        ({"batch_size": "32"}, "'batch_size' must be an integer"),
-        ({"learning_rate": 0.0}, "'learning_rate' must be > 0"),
-        ({"learning_rate": float("nan")}, "'learning_rate' must be finite"),
-        ({"optimizer": "rmsprop"}, "'optimizer' must be one of sgd, adam"),
-        ({"momentum": 1.0}, r"'momentum' must be in \[0, 1\)"),
-        ({"proximal_mu": -0.1}, "'proximal_mu' must be >= 0"),
-    ],
-)
-def test_bad_config_values_name_the_key(config: dict[str, object], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        TrainConfig.from_config(config)  # type: ignore[arg-type]
+# --- progress -----------------------------------------------------------------------
 
 
 def test_progress_bar_goes_to_stderr_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
@@ -260,3 +212,10 @@ def test_progress_bar_goes_to_stderr_only_when_asked(capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert "epoch 1/1" in err
     assert "/4 [" in err  # tqdm's batch counter, sized from len(batches)
+
+
+def test_the_fit_config_is_the_shared_one() -> None:
+    """Every framework reads fit configs with one parser (tested in tests/core)."""
+    assert TrainConfig is training.TrainConfig
+    assert loops.ConfigError is training.ConfigError
+    assert TrainingError is training.TrainingError

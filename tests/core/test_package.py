@@ -27,7 +27,8 @@ def test_shared_code_imports_no_ml_framework() -> None:
 
     code = (
         "import sys, orchard, orchard.serde, orchard.client.runtime, orchard.data.partition, "
-        "orchard.data.mnist, orchard.data.cifar10; "
+        "orchard.data.mnist, orchard.data.cifar10, orchard.client.cli, orchard.client.training, "
+        "orchard.data.client_data; "
         "print(sorted(m for m in ('torch', 'mxnet') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,4 +1,8 @@
-"""The MXNet interpreter the cross-framework tests launch (skip if there is none)."""
+"""The MXNet interpreter the cross-framework tests launch (skip if there is none).
+
+(``processes``, child processes killed at the end of a test, is
+:func:`tests.helpers.processes.processes`.)
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.crossframework import mxnet_python
+from tests.helpers.processes import processes
+
+__all__ = ["mxnet_interpreter", "processes"]
 
 
 @pytest.fixture(scope="session")

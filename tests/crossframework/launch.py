@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from orchard.data import mnist
-from tests.helpers.crossframework import UNREACHABLE
-from tests.helpers.datasets import generated_mnist_variant
+from tests.helpers.datasets import UNREACHABLE, generated_mnist_variant
 
 
 def main(argv: Sequence[str] | None = None) -> int:

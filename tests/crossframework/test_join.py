@@ -8,14 +8,13 @@ and a message naming the first tensor that differs, before any training.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.crossframework import ClientDataSource, start_framework_client
 from tests.helpers.datasets import write_mnist_files
-from tests.helpers.processes import Proc, free_port, start_server, wait_healthy, write_config
+from tests.helpers.processes import Proc, start_loopback_server
 
 pytestmark = pytest.mark.slow
 
@@ -31,33 +30,18 @@ def _federation(model: str) -> dict[str, object]:
     }
 
 
-@pytest.fixture
-def processes() -> Iterator[list[Proc]]:
-    procs: list[Proc] = []
-    yield procs
-    for proc in procs:
-        proc.close()
-
-
 def test_clients_with_the_wrong_model_are_refused_naming_the_first_differing_tensor(
     tmp_path: Path, mxnet_interpreter: Path, processes: list[Proc]
 ) -> None:
     source = tmp_path / "mnist"
     write_mnist_files(source, 40, 10, seed=0)
     data = ClientDataSource(data_dir=source, generated=source)
-    port = free_port()
-    config = write_config(
-        tmp_path / "server.toml",
-        server={
-            "address": f"127.0.0.1:{port}",
-            "state_dir": str(tmp_path / "state"),
-            "insecure": True,
-        },
-        federations={"cnn": _federation("mnist-cnn"), "mlp": _federation("mnist-mlp")},
+    server = start_loopback_server(
+        tmp_path,
+        {"cnn": _federation("mnist-cnn"), "mlp": _federation("mnist-mlp")},
+        procs=processes,
     )
-    server = start_server(tmp_path, config)
-    processes.append(server)
-    wait_healthy(port, server)
+    port = server.port
     pytorch = start_framework_client(
         "pytorch", tmp_path, port=port, federation="cnn", name="pt", model="mnist-mlp", data=data
     )
@@ -90,4 +74,4 @@ def test_clients_with_the_wrong_model_are_refused_naming_the_first_differing_ten
     ) in mxnet_log, mxnet.tail()
     # Refused before any work: neither client trained.
     assert "epoch 1/" not in pytorch_log + mxnet_log
-    assert server.popen.poll() is None, server.tail()
+    assert server.proc.popen.poll() is None, server.proc.tail()

@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -25,7 +23,7 @@ from orchard_mxnet.models import (
     set_parameters,
 )
 from orchard_mxnet.train import TrainConfig, proximal_term, test, train
-from tests.helpers.crossframework import EquivalenceCase, EquivalenceResult
+from tests.helpers.crossframework import EquivalenceCase, EquivalenceResult, run_worker
 
 CPU = mx.cpu()
 
@@ -73,12 +71,5 @@ def compute(case: EquivalenceCase) -> EquivalenceResult:
     )
 
 
-def main(argv: Sequence[str]) -> int:
-    """``CASE.npz RESULT.npz``."""
-    case_path, result_path = (Path(a) for a in argv)
-    compute(EquivalenceCase.load(case_path)).save(result_path)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_worker(compute, sys.argv[1:]))

@@ -12,8 +12,6 @@ checks the code a client really runs.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +19,7 @@ import torch
 from orchard_pytorch.data import DATASETS, ImageSet
 from orchard_pytorch.models import build_model, get_parameters, model_spec_of, set_parameters
 from orchard_pytorch.train import TrainConfig, proximal_term, test, train
-from tests.helpers.crossframework import EquivalenceCase, EquivalenceResult
+from tests.helpers.crossframework import EquivalenceCase, EquivalenceResult, run_worker
 
 CPU = torch.device("cpu")
 
@@ -80,12 +78,5 @@ def _grad(parameter: torch.Tensor) -> np.ndarray:
     return parameter.grad.detach().numpy().copy()
 
 
-def main(argv: Sequence[str]) -> int:
-    """``CASE.npz RESULT.npz``."""
-    case_path, result_path = (Path(a) for a in argv)
-    compute(EquivalenceCase.load(case_path)).save(result_path)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_worker(compute, sys.argv[1:]))

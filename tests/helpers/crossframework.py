@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,15 +30,8 @@ import numpy as np
 from orchard.models import get_model_spec
 from orchard.spec import ModelSpec, TensorSpec
 from orchard.typing import NDArrays, Scalar
-from tests.helpers.processes import (
-    REPO,
-    Proc,
-    free_port,
-    read_history,
-    start_server,
-    wait_healthy,
-    write_config,
-)
+from tests.helpers.datasets import UNREACHABLE
+from tests.helpers.processes import REPO, Proc, fedavg_federation, start_loopback_server, tails
 
 __all__ = [
     "FRAMEWORKS",
@@ -57,15 +50,13 @@ __all__ = [
     "reference_cross_entropy",
     "reference_logits",
     "run_mixed_federation",
+    "run_worker",
     "run_workers",
     "start_framework_client",
 ]
 
 #: The frameworks with an Orchard client, as they announce themselves at join.
 FRAMEWORKS: tuple[str, ...] = ("pytorch", "mxnet")
-
-#: Where generated files "come from": nobody answers, so a download attempt fails loudly.
-UNREACHABLE = "http://127.0.0.1:9/unreachable"
 
 
 def mxnet_python() -> Path | None:
@@ -275,6 +266,13 @@ def make_case(
     )
 
 
+def run_worker(compute: Callable[[EquivalenceCase], EquivalenceResult], argv: Sequence[str]) -> int:
+    """A worker's command line, ``CASE.npz RESULT.npz``: read, compute, write; returns 0."""
+    case_path, result_path = (Path(a) for a in argv)
+    compute(EquivalenceCase.load(case_path)).save(result_path)
+    return 0
+
+
 class WorkerError(RuntimeError):
     """An equivalence worker failed; the message holds its output."""
 
@@ -415,11 +413,12 @@ def reference_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 @dataclass(frozen=True, kw_only=True)
 class ClientDataSource:
-    """Where a client reads its MNIST-format files.
+    """Where a client reads its dataset files.
 
-    ``generated`` names a directory of generated files whose checksums are
-    registered in the client process before it starts (real files, like
-    Debian's Fashion-MNIST, verify against the official digests instead).
+    ``generated`` names a directory of generated MNIST-format files whose
+    checksums are registered in the client process before it starts (real
+    files, like Debian's Fashion-MNIST, verify against the official digests
+    instead; a generated CIFAR-10 tarball is passed with ``--no-verify``).
     """
 
     data_dir: Path
@@ -441,13 +440,18 @@ def start_framework_client(
 ) -> Proc:
     """Start ``python -m orchard_<framework> client`` in that framework's environment.
 
-    The process goes through ``tests.crossframework.launch``, which registers
-    the generated files' checksums first (the subprocess twin of the client
-    tests' checksum injection) and then runs the client's real command line.
+    With ``data.generated`` the process goes through
+    ``tests.crossframework.launch``, which registers the generated files'
+    checksums first (the subprocess twin of the client tests' checksum
+    injection) and then runs the client's real command line; otherwise it is
+    the client's own entry point.
     """
-    launcher = [_python_of(framework, mxnet), "-m", "tests.crossframework.launch", framework]
-    if data.generated is not None:
-        launcher += ["--generated", str(data.generated), "--variant", data.dataset]
+    python = _python_of(framework, mxnet)
+    if data.generated is None:
+        command = [python, "-m", f"orchard_{framework}"]
+    else:
+        command = [python, "-m", "tests.crossframework.launch", framework]
+        command += ["--generated", str(data.generated), "--variant", data.dataset, "--"]
     args = [
         "client",
         "--server",
@@ -471,7 +475,7 @@ def start_framework_client(
     ]
     return Proc(
         name,
-        [*launcher, "--", *args],
+        [*command, *args],
         workdir / f"{name}.log",
         # Server and clients share the cores: one compute thread per client.
         env={"OMP_NUM_THREADS": "1", "ORCHARD_LOG_LEVEL": "INFO"},
@@ -572,50 +576,37 @@ def run_mixed_federation(
     in its own environment; logs and the server's state go under ``workdir``.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    state_dir = workdir / "state"
-    config = write_config(
-        workdir / "server.toml",
-        server={
-            "address": f"127.0.0.1:{port}",
-            "state_dir": str(state_dir),
-            "insecure": True,
-            "heartbeat_interval": 0.5,
-            "heartbeat_timeout": settings.heartbeat_timeout,
-            "max_poll_seconds": 2.0,
-        },
-        federations={
-            settings.federation: {
-                "model": settings.model,
-                "num_rounds": settings.num_rounds,
-                "strategy": "fedavg",
-                "seed": settings.seed,
-                "min_fit_clients": 2,
-                "min_evaluate_clients": 2,
-                "min_available_clients": 2,
-                "round_timeout": settings.round_timeout,
-                "wait_timeout": 120.0,
-                "fit_config": dict(settings.fit_config),
-                "evaluate_config": {"batch_size": settings.evaluate_batch_size, "split": "test"},
-            }
-        },
-    )
     started = time.monotonic()
     procs: list[Proc] = []
 
     def failure(what: str) -> FederationRunError:
-        return FederationRunError(what + "\n" + "\n".join(p.tail() for p in procs))
+        return FederationRunError(what + "\n" + tails(procs))
 
     try:
-        server = start_server(workdir, config, extra=["--linger", "1"])
-        procs.append(server)
-        wait_healthy(port, server)
+        server = start_loopback_server(
+            workdir,
+            {
+                settings.federation: fedavg_federation(
+                    settings.model,
+                    clients=len(FRAMEWORKS),
+                    num_rounds=settings.num_rounds,
+                    fit_config=settings.fit_config,
+                    evaluate_config={"batch_size": settings.evaluate_batch_size, "split": "test"},
+                    seed=settings.seed,
+                    round_timeout=settings.round_timeout,
+                )
+            },
+            procs=procs,
+            heartbeat_timeout=settings.heartbeat_timeout,
+            max_poll_seconds=2.0,
+            extra=["--linger", "1"],
+        )
         for partition, framework in enumerate(FRAMEWORKS):
             procs.append(
                 start_framework_client(
                     framework,
                     workdir,
-                    port=port,
+                    port=server.port,
                     federation=settings.federation,
                     name=framework,
                     model=settings.model,
@@ -633,7 +624,7 @@ def run_mixed_federation(
                 )
             )
         deadline = started + timeout
-        for proc in (*procs[1:], server):
+        for proc in (*procs[1:], server.proc):
             try:
                 code = proc.popen.wait(timeout=max(deadline - time.monotonic(), 1.0))
             except subprocess.TimeoutExpired:
@@ -641,7 +632,7 @@ def run_mixed_federation(
             if code != 0:
                 raise failure(f"{proc.name} exited with {code}")
         wall = time.monotonic() - started
-        history = read_history(state_dir, settings.federation)
+        history = server.history(settings.federation)
         rounds = _summaries(history)
         if len(rounds) != settings.num_rounds:
             raise failure(f"{len(rounds)} of {settings.num_rounds} rounds in the history")

@@ -30,6 +30,7 @@ from orchard.data.mnist import IdxFile, MnistVariant
 __all__ = [
     "CIFAR10_MEMBERS",
     "MNIST_FILENAMES",
+    "UNREACHABLE",
     "GeneratedDataset",
     "generated_mnist_variant",
     "write_cifar10_tarball",
@@ -37,6 +38,10 @@ __all__ = [
 ]
 
 NUM_CLASSES = 10
+
+#: A base URL nobody answers: generated files must come from a cache or a mirror,
+#: so a download attempt fails loudly.
+UNREACHABLE = "http://127.0.0.1:9/unreachable"
 
 #: The official MNIST/Fashion-MNIST file names, by (split, kind).
 MNIST_FILENAMES: dict[tuple[str, str], str] = {

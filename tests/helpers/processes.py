@@ -13,11 +13,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +71,32 @@ def write_config(
         lines += [f"{k} = {_toml_value(v)}" for k, v in fed.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def fedavg_federation(
+    model: str,
+    *,
+    clients: int,
+    num_rounds: int,
+    fit_config: Mapping[str, Any],
+    evaluate_config: Mapping[str, Any],
+    seed: int = 1,
+    round_timeout: float = 120.0,
+) -> dict[str, Any]:
+    """A FedAvg federation table in which every round waits for all ``clients``."""
+    return {
+        "model": model,
+        "num_rounds": num_rounds,
+        "strategy": "fedavg",
+        "seed": seed,
+        "min_fit_clients": clients,
+        "min_evaluate_clients": clients,
+        "min_available_clients": clients,
+        "round_timeout": round_timeout,
+        "wait_timeout": 120.0,
+        "fit_config": dict(fit_config),
+        "evaluate_config": dict(evaluate_config),
+    }
 
 
 class Proc:
@@ -176,3 +204,66 @@ def read_history(state_dir: Path, federation: str) -> dict[str, Any]:
     """The history JSON the server wrote for ``federation``."""
     data: dict[str, Any] = json.loads((state_dir / federation / "history.json").read_text())
     return data
+
+
+def tails(procs: Iterable[Proc]) -> str:
+    """The log tails of ``procs``, for an assertion message that shows what they saw."""
+    return "\n".join(p.tail() for p in procs)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Proc]]:
+    """A list the test appends its processes to; every one is killed at the end."""
+    procs: list[Proc] = []
+    yield procs
+    for proc in procs:
+        proc.close()
+
+
+@dataclass(frozen=True)
+class LoopbackServer:
+    """A running test server: its process, port and state directory."""
+
+    proc: Proc
+    port: int
+    state_dir: Path
+
+    def history(self, federation: str) -> dict[str, Any]:
+        """The history the server wrote for ``federation``."""
+        return read_history(self.state_dir, federation)
+
+
+def start_loopback_server(
+    workdir: Path,
+    federations: Mapping[str, Mapping[str, Any]],
+    *,
+    procs: list[Proc],
+    heartbeat_timeout: float = 10.0,
+    max_poll_seconds: float = 5.0,
+    extra: Sequence[str] = (),
+) -> LoopbackServer:
+    """Start a plain-text server on a free loopback port and wait until it is healthy.
+
+    Its config (``workdir/server.toml``) hosts ``federations`` and keeps its
+    state in ``workdir/state``; heartbeats every 0.5 s let a test notice a dead
+    client within seconds. The process joins ``procs`` before the wait, so
+    the caller's cleanup kills it even when it never becomes healthy.
+    """
+    port = free_port()
+    state_dir = workdir / "state"
+    config = write_config(
+        workdir / "server.toml",
+        server={
+            "address": f"127.0.0.1:{port}",
+            "state_dir": str(state_dir),
+            "insecure": True,
+            "heartbeat_interval": 0.5,
+            "heartbeat_timeout": heartbeat_timeout,
+            "max_poll_seconds": max_poll_seconds,
+        },
+        federations=federations,
+    )
+    proc = start_server(workdir, config, extra=extra)
+    procs.append(proc)
+    wait_healthy(port, proc)
+    return LoopbackServer(proc=proc, port=port, state_dir=state_dir)

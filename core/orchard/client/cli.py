@@ -2,6 +2,9 @@
 
 Each option has an ``ORCHARD_*`` environment variable as its default, so a
 container is configured with environment variables and a person with flags.
+A framework client composes its commands from these groups and adds only what
+is its own (``--device`` and its choices); that keeps the option names,
+environment variables and defaults the same in every client.
 """
 
 from __future__ import annotations
@@ -9,10 +12,33 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar, overload
 
 from orchard.client.runtime import ClientSettings, TlsSettings
+from orchard.client.training import OPTIMIZERS, TrainConfig
+from orchard.data.client_data import DataSettings, check_compatible
+from orchard.data.client_data import default_dataset as default_dataset_of
+from orchard.data.partition import SCHEMES, PartitionSpec
 from orchard.messages import Role
+
+__all__ = [
+    "add_baseline_arguments",
+    "add_client_arguments",
+    "add_client_commands",
+    "add_dataset_arguments",
+    "configure_logging",
+    "data_settings_from_args",
+    "env_default",
+    "env_flag",
+    "env_float",
+    "env_int",
+    "partition_from_args",
+    "settings_from_args",
+]
+
+SettingsT = TypeVar("SettingsT", bound=DataSettings)
 
 
 def env_default(name: str, default: str | None = None) -> str | None:
@@ -20,17 +46,38 @@ def env_default(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"ORCHARD_{name}", default)
 
 
-def _env_int(name: str) -> int | None:
+@overload
+def env_int(name: str) -> int | None: ...
+@overload
+def env_int(name: str, default: int) -> int: ...
+def env_int(name: str, default: int | None = None) -> int | None:
+    """``ORCHARD_<name>`` as an integer (``default`` when unset or empty).
+
+    A value that is not an integer ends the command naming the variable:
+    a typo in a container's environment should not start a wrong run.
+    """
     value = env_default(name)
     if value in (None, ""):
-        return None
+        return default
     try:
         return int(value)
     except ValueError:
         raise SystemExit(f"ORCHARD_{name}={value!r} is not an integer") from None
 
 
-def _env_flag(name: str) -> bool:
+def env_float(name: str, default: float) -> float:
+    """``ORCHARD_<name>`` as a number (``default`` when unset or empty)."""
+    value = env_default(name)
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise SystemExit(f"ORCHARD_{name}={value!r} is not a number") from None
+
+
+def env_flag(name: str) -> bool:
+    """Whether ``ORCHARD_<name>`` is set to 1, true, yes or on (any case)."""
     return (env_default(name, "") or "").lower() in {"1", "true", "yes", "on"}
 
 
@@ -75,18 +122,18 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--partition-id",
         type=int,
-        default=_env_int("PARTITION_ID"),
+        default=env_int("PARTITION_ID"),
         help="this client's partition; default: assigned by the server (ORCHARD_PARTITION_ID)",
     )
     d.add_argument(
         "--num-partitions",
         type=int,
-        default=_env_int("NUM_PARTITIONS"),
+        default=env_int("NUM_PARTITIONS"),
         help="number of partitions; default: the server's (ORCHARD_NUM_PARTITIONS)",
     )
     d.add_argument(
         "--partition-scheme",
-        choices=["iid", "shards", "dirichlet"],
+        choices=list(SCHEMES),
         default=env_default("PARTITION_SCHEME", "iid"),
         help="how the training set is split (ORCHARD_PARTITION_SCHEME)",
     )
@@ -99,7 +146,7 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--seed",
         type=int,
-        default=_env_int("SEED") or 0,
+        default=env_int("SEED") or 0,
         help="seed of partitioning and local shuffling (ORCHARD_SEED)",
     )
     t = parser.add_argument_group("security")
@@ -117,7 +164,7 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--insecure",
         action="store_true",
-        default=_env_flag("INSECURE"),
+        default=env_flag("INSECURE"),
         help="plain-text connection, for loopback and tests (ORCHARD_INSECURE=1)",
     )
     t.add_argument(
@@ -162,4 +209,170 @@ def settings_from_args(args: argparse.Namespace, *, framework: str) -> ClientSet
         partition_id=args.partition_id,
         num_partitions=args.num_partitions,
         connect_timeout=args.connect_timeout,
+    )
+
+
+def add_dataset_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    models: Sequence[str],
+    default_model: str,
+    datasets: Sequence[str],
+    default_dataset: str | None = None,
+) -> argparse._ArgumentGroup:
+    """Add --model, --dataset and the download options (mirror, verification, download).
+
+    ``models`` and ``datasets`` are what this framework client can run;
+    ``default_dataset=None`` leaves ``args.dataset`` None, meaning the
+    model's own dataset (:func:`data_settings_from_args` resolves it).
+    Returns the group, so the client adds its ``--device`` beside them.
+    """
+    own = ", ".join(f"{default_dataset_of(m)} for {m}" for m in models)
+    g = parser.add_argument_group("model and data")
+    g.add_argument(
+        "--model",
+        choices=list(models),
+        default=env_default("MODEL") or default_model,
+        help=f"model id (ORCHARD_MODEL; default {default_model})",
+    )
+    g.add_argument(
+        "--dataset",
+        choices=list(datasets),
+        default=env_default("DATASET") or default_dataset,
+        help=f"dataset to train on (ORCHARD_DATASET; default: {default_dataset or own})",
+    )
+    g.add_argument(
+        "--dataset-mirror",
+        default=env_default("DATASET_MIRROR") or None,
+        help="base URL serving the dataset files instead of their official sites, "
+        "for air-gapped sites (ORCHARD_DATASET_MIRROR)",
+    )
+    g.add_argument(
+        "--no-verify",
+        action="store_true",
+        default=env_flag("NO_VERIFY"),
+        help="use dataset files found in the data directory without checking the official "
+        "checksums, e.g. re-packed copies (ORCHARD_NO_VERIFY=1; downloads are always verified)",
+    )
+    g.add_argument(
+        "--no-download",
+        action="store_true",
+        default=env_flag("NO_DOWNLOAD"),
+        help="fail instead of downloading missing files (ORCHARD_NO_DOWNLOAD=1)",
+    )
+    return g
+
+
+def add_baseline_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    """Add the options of a centralized baseline: data directory, hyperparameters, seed.
+
+    ``defaults`` are the framework's tutorial hyperparameters; each option
+    can also come from its ``ORCHARD_*`` variable.
+    """
+    b = parser.add_argument_group("training")
+    b.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(env_default("DATA_DIR", "data") or "data"),
+        help="dataset cache directory (ORCHARD_DATA_DIR; default ./data)",
+    )
+    # (flags, ORCHARD_<name>, default, what the option is for)
+    integers = (
+        (("--epochs",), "EPOCHS", defaults.epochs, ""),
+        (("--batch-size",), "BATCH_SIZE", defaults.batch_size, ""),
+        (("--seed",), "SEED", defaults.seed, "initial weights, splits and shuffling "),
+    )
+    for flags, name, value, what in integers:
+        b.add_argument(
+            *flags,
+            type=int,
+            default=env_int(name, value),
+            help=f"{what}(ORCHARD_{name}; default {value})",
+        )
+    numbers = (
+        (("--learning-rate", "--lr"), "LEARNING_RATE", defaults.learning_rate, ""),
+        (("--momentum",), "MOMENTUM", defaults.momentum, "SGD momentum "),
+    )
+    for options, name, number, what in numbers:
+        b.add_argument(
+            *options,
+            type=float,
+            default=env_float(name, number),
+            help=f"{what}(ORCHARD_{name}; default {number})",
+        )
+    b.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=env_default("OPTIMIZER", defaults.optimizer),
+        help=f"(ORCHARD_OPTIMIZER; default {defaults.optimizer})",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env_default("LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING (ORCHARD_LOG_LEVEL)",
+    )
+
+
+def add_client_commands(
+    parser: argparse.ArgumentParser,
+    *,
+    framework_arguments: Callable[[argparse.ArgumentParser], None],
+    client_description: str,
+    baseline_help: str,
+    baseline_description: str,
+    baseline_defaults: TrainConfig,
+) -> argparse.ArgumentParser:
+    """Add a framework client's two commands to ``parser``; returns the baseline's parser.
+
+    ``client`` joins a federation (:func:`add_client_arguments`);
+    ``baseline`` trains the same model centrally for comparison
+    (:func:`add_baseline_arguments` with ``baseline_defaults``). Both get
+    the framework's own options from ``framework_arguments`` (typically
+    :func:`add_dataset_arguments` and a ``--device``); the returned parser
+    takes options only the framework's baseline has.
+    """
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    client = commands.add_parser(
+        "client",
+        help="join a federation and train on this client's partition",
+        description=client_description,
+    )
+    add_client_arguments(client)
+    framework_arguments(client)
+    baseline = commands.add_parser("baseline", help=baseline_help, description=baseline_description)
+    framework_arguments(baseline)
+    add_baseline_arguments(baseline, baseline_defaults)
+    return baseline
+
+
+def data_settings_from_args(args: argparse.Namespace, settings_type: type[SettingsT]) -> SettingsT:
+    """The data settings the options of :func:`add_dataset_arguments` describe.
+
+    A missing ``--dataset`` is the model's own; a model that cannot read the
+    dataset's images is refused here, before anything is downloaded.
+    ``settings_type`` is :class:`~orchard.data.client_data.DataSettings` or
+    a framework's narrower subclass.
+    """
+    dataset = args.dataset or default_dataset_of(args.model)
+    check_compatible(args.model, dataset)
+    return settings_type(
+        dataset=dataset,
+        data_dir=args.data_dir,
+        download=not args.no_download,
+        mirror=args.dataset_mirror,
+        verify=not args.no_verify,
+    )
+
+
+def partition_from_args(args: argparse.Namespace, num_partitions: int) -> PartitionSpec:
+    """This client's partitioning: the user's scheme and seed over ``num_partitions``.
+
+    ``num_partitions`` is known only after joining (the user's explicit
+    count, else the server's assignment), so clients call this then.
+    """
+    return PartitionSpec(
+        scheme=args.partition_scheme,
+        num_partitions=num_partitions,
+        seed=args.seed,
+        alpha=args.dirichlet_alpha if args.partition_scheme == "dirichlet" else None,
     )
