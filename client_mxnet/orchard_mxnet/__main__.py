@@ -27,11 +27,12 @@ from orchard.client.numpy_client import ClientContext, NumPyClient
 from orchard.client.runtime import run_client
 from orchard.messages import Role
 from orchard.models import get_model_spec
-from orchard_mxnet.baseline import BaselineConfig, run_baseline
+from orchard_mxnet.baseline import TUTORIAL_TRAINING, BaselineConfig, run_baseline
 from orchard_mxnet.client import MXNetClient
 from orchard_mxnet.data import DATASETS, ClientData, DataSettings
 from orchard_mxnet.device import DEVICE_CHOICES, resolve_context
 from orchard_mxnet.models import MODEL_IDS
+from orchard_mxnet.train import TrainConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         baseline_help="train centrally on the whole dataset (the comparison for a federation)",
         baseline_description="Train centrally on the whole dataset, printing accuracy and "
         "cross-entropy per epoch and the final test evaluation.",
-        baseline_defaults=BaselineConfig().train_config(),
+        baseline_defaults=TUTORIAL_TRAINING,
     )
     baseline.add_argument(
         "--val-fraction",
@@ -119,12 +120,14 @@ def _run_baseline(args: argparse.Namespace) -> int:
         ),
         BaselineConfig(
             model_id=args.model,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            optimizer=args.optimizer,
-            momentum=args.momentum,
-            seed=args.seed,
+            training=TrainConfig(
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                learning_rate=args.learning_rate,
+                optimizer=args.optimizer,
+                momentum=args.momentum,
+                seed=args.seed,
+            ),
         ),
         ctx=ctx,
     )

@@ -15,41 +15,38 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from orchard.client.training import OptimizerName
 from orchard_mxnet.data import ClientData, DataSettings
 from orchard_mxnet.models import build_model
 from orchard_mxnet.train import EpochStats, EvalResult, TrainConfig, test, train
 
-__all__ = ["BaselineConfig", "BaselineEpoch", "BaselineResult", "run_baseline"]
+__all__ = [
+    "TUTORIAL_TRAINING",
+    "BaselineConfig",
+    "BaselineEpoch",
+    "BaselineResult",
+    "run_baseline",
+]
 
 _log = logging.getLogger(__name__)
 
 
+#: MXNet's handwritten-digit tutorial: 2 epochs, SGD, learning rate 0.1, batch 64.
+TUTORIAL_TRAINING = TrainConfig(epochs=2, batch_size=64, learning_rate=0.1)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BaselineConfig:
-    """Model and hyperparameters of a centralized run."""
+    """Model and hyperparameters of a centralized run.
+
+    ``training`` is the same value a federated fit config turns into, so the
+    baseline and the federation train with identical settings; its ``seed``
+    also seeds the initial weights and the validation split.
+    """
 
     model_id: str = "mnist-mlp"
-    epochs: int = 2
-    batch_size: int = 64
-    learning_rate: float = 0.1
-    optimizer: OptimizerName = "sgd"
-    momentum: float = 0.0
-    #: Seeds the initial weights, the validation split and the order of examples.
-    seed: int = 0
+    training: TrainConfig = TUTORIAL_TRAINING
     #: Batch size of evaluation passes (no gradients, so larger is faster).
     eval_batch_size: int = 1000
-
-    def train_config(self) -> TrainConfig:
-        """The same hyperparameters as a federated fit config would give them."""
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            optimizer=self.optimizer,
-            momentum=self.momentum,
-            seed=self.seed,
-        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -80,14 +77,14 @@ def run_baseline(
     Per epoch it reports training cross-entropy and accuracy and the
     validation ones; at the end the test-set evaluation.
     """
-    train_config = config.train_config()  # validates the hyperparameters before any download
-    data = ClientData(data_settings, model_id=config.model_id, seed=config.seed)
-    net = build_model(config.model_id, ctx=ctx, seed=config.seed)
+    train_config = config.training
+    data = ClientData(data_settings, model_id=config.model_id, seed=train_config.seed)
+    net = build_model(config.model_id, ctx=ctx, seed=train_config.seed)
     report(
         f"centralized baseline: {config.model_id} on {data_settings.dataset}, "
         f"{len(data.train)} training / {len(data.val)} validation examples, "
-        f"{config.epochs} epoch(s), {config.optimizer} lr {config.learning_rate:g}, "
-        f"batch {config.batch_size}"
+        f"{train_config.epochs} epoch(s), {train_config.optimizer} "
+        f"lr {train_config.learning_rate:g}, batch {train_config.batch_size}"
     )
     epochs: list[BaselineEpoch] = []
 

@@ -11,7 +11,7 @@ mx = pytest.importorskip("mxnet")
 
 from orchard_mxnet.baseline import BaselineConfig, run_baseline  # noqa: E402
 from orchard_mxnet.data import DataSettings  # noqa: E402
-from orchard_mxnet.train import ConfigError  # noqa: E402
+from orchard_mxnet.train import ConfigError, TrainConfig  # noqa: E402
 from tests.client_mxnet.conftest import GeneratedMnist  # noqa: E402
 
 pytestmark = pytest.mark.mxnet
@@ -27,7 +27,9 @@ def test_baseline_reports_every_epoch_and_the_test_evaluation(
     lines: list[str] = []
     result = run_baseline(
         DataSettings(data_dir=generated_mnist.data_dir),
-        BaselineConfig(model_id="mnist-mlp", epochs=2, batch_size=16),
+        BaselineConfig(
+            model_id="mnist-mlp", training=TrainConfig(epochs=2, batch_size=16, learning_rate=0.1)
+        ),
         ctx=CPU,
         report=lines.append,
     )
@@ -53,7 +55,9 @@ def test_baseline_reports_every_epoch_and_the_test_evaluation(
 def test_the_cnn_baseline_runs_too(generated_mnist: GeneratedMnist) -> None:
     result = run_baseline(
         DataSettings(data_dir=generated_mnist.data_dir, val_fraction=0.0),
-        BaselineConfig(model_id="mnist-cnn", epochs=1, batch_size=32, learning_rate=0.05),
+        BaselineConfig(
+            model_id="mnist-cnn", training=TrainConfig(epochs=1, batch_size=32, learning_rate=0.05)
+        ),
         ctx=CPU,
         report=lambda _: None,
     )
@@ -66,7 +70,7 @@ def test_bad_hyperparameters_fail_before_any_data_is_read(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="'learning_rate' must be > 0"):
         run_baseline(
             DataSettings(data_dir=tmp_path / "nothing-here", download=False),
-            BaselineConfig(learning_rate=-1.0),
+            BaselineConfig(training=TrainConfig(learning_rate=-1.0)),
             ctx=CPU,
         )
 
@@ -79,7 +83,9 @@ def test_one_epoch_on_the_real_fashion_mnist_reaches_75_percent() -> None:
     """mnist-mlp, SGD lr 0.1, batch 64, one epoch: about 82% measured here."""
     result = run_baseline(
         DataSettings(dataset="fashion-mnist", data_dir=FASHION_MNIST_DIR, download=False),
-        BaselineConfig(model_id="mnist-mlp", epochs=1, batch_size=64, learning_rate=0.1),
+        BaselineConfig(
+            model_id="mnist-mlp", training=TrainConfig(epochs=1, batch_size=64, learning_rate=0.1)
+        ),
         ctx=CPU,
         report=lambda _: None,
     )
