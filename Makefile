@@ -26,7 +26,7 @@ $(MXBIN)/.ok: requirements/mxnet.txt core/pyproject.toml client_mxnet/pyproject.
 	touch $@
 
 $(BUF): .tools/package.json
-	cd .tools && npm ci --silent --no-audit --no-fund
+	cd .tools && npm install --silent --no-audit --no-fund
 	touch $@
 
 ## proto: regenerate the Python code of protos/ (never edit core/orchard/v1 by hand)
