@@ -14,17 +14,17 @@ machines without internet access can be provisioned by copying files.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from orchard.files import atomic_write
 
 __all__ = [
     "MIRROR_ENV_VAR",
@@ -219,13 +219,9 @@ def fetch(
         ) from exc
 
     logger.info("downloading %s to %s", url, cache_path)
-    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{resource.filename}.", suffix=".part")
-    tmp_path = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            actual = _download_to(url, out, resource.filename, checksum.algorithm, timeout)
-            out.flush()
-            os.fsync(out.fileno())
+
+    def download_verified(out: BinaryIO) -> None:
+        actual = _download_to(url, out, resource.filename, checksum.algorithm, timeout)
         if actual != checksum.hexdigest:
             raise DownloadError(
                 f"checksum mismatch for {url}: expected {checksum}, got "
@@ -233,13 +229,13 @@ def fetch(
                 f"(the mirror may serve a different or corrupted file); "
                 + _override_hint(cache_path, stale)
             )
-        tmp_path.chmod(0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(tmp_path, cache_path)
+
+    try:
+        # 0o644: the cache may be shared (temporary files are private).
+        atomic_write(cache_path, download_verified, mode=0o644)
     except DownloadError:
-        tmp_path.unlink(missing_ok=True)
         raise
     except urllib.error.HTTPError as exc:
-        tmp_path.unlink(missing_ok=True)
         raise DownloadError(
             f"download of {url} failed: HTTP {exc.code} {exc.reason}; cache path {cache_path}; "
             + _override_hint(cache_path, stale)
@@ -248,16 +244,11 @@ def fetch(
         # URLError: DNS/connection problems; HTTPException: a broken HTTP response;
         # OSError: timeouts, resets, short reads, disk full; ValueError: a malformed
         # URL (for example a mirror without a scheme).
-        tmp_path.unlink(missing_ok=True)
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise DownloadError(
             f"download of {url} failed: {reason}; cache path {cache_path}; "
             + _override_hint(cache_path, stale)
         ) from exc
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    _fsync_directory(cache_dir)
     logger.info("downloaded and verified %s (%s)", cache_path, checksum)
     return cache_path
 
@@ -292,13 +283,3 @@ def _download_to(url: str, out: BinaryIO, label: str, algorithm: str, timeout: f
     if total is not None and received != total:
         raise OSError(f"the connection closed after {received} of {total} bytes")
     return hasher.hexdigest()
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Persist a rename; best effort because some platforms cannot open directories."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

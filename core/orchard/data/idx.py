@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+
+from orchard.files import atomic_write
 
 __all__ = [
     "IDX_DTYPES",
@@ -159,21 +160,14 @@ def write_idx(path: Path | str, array: np.ndarray) -> None:
     header = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
     payload = np.ascontiguousarray(arr, dtype=IDX_DTYPES[code]).tobytes()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if _is_gzip_name(path):
-                inner_name = path.name[: -len(".gz")]
-                with gzip.GzipFile(filename=inner_name, mode="wb", fileobj=raw, mtime=0) as gz:
-                    gz.write(header)
-                    gz.write(payload)
-            else:
-                raw.write(header)
-                raw.write(payload)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    def write(raw: BinaryIO) -> None:
+        if _is_gzip_name(path):
+            inner_name = path.name[: -len(".gz")]
+            with gzip.GzipFile(filename=inner_name, mode="wb", fileobj=raw, mtime=0) as gz:
+                gz.write(header)
+                gz.write(payload)
+        else:
+            raw.write(header)
+            raw.write(payload)
+
+    atomic_write(path, write)
