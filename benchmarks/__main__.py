@@ -84,56 +84,30 @@ def bench_aggregation(mb: int, clients: int) -> dict[str, Any]:
 
 def bench_grpc_round(mb: int, clients: int, rounds: int, workdir: Path) -> dict[str, Any]:
     """A real server and clients on loopback exchanging a large model."""
-    from tests.helpers.processes import Proc, free_port, start_server, wait_healthy, write_config
+    from tests.helpers.processes import Proc, start_loopback_server
 
     n = mb * (1 << 20) // 4
-    port = free_port()
-    state = workdir / "state"
-    config = write_config(
-        workdir / "bench.toml",
-        server={
-            "address": f"127.0.0.1:{port}",
-            "insecure": True,
-            "state_dir": str(state),
-            "heartbeat_interval": 1.0,
-            "heartbeat_timeout": 30.0,
-        },
-        federations={
-            "big": {
-                "model": "big",
-                "tensors": [{"name": "w", "shape": [n]}],
-                "num_rounds": rounds,
-                "min_fit_clients": clients,
-                "min_available_clients": clients,
-                "min_evaluate_clients": clients,
-                "evaluate_every": 0,
-                "round_timeout": 300.0,
-            }
-        },
-    )
-    server = start_server(workdir, config)
-    procs = [server]
+    procs: list[Proc] = []
+    federation = {
+        "model": "big",
+        "tensors": [{"name": "w", "shape": [n]}],
+        "num_rounds": rounds,
+        "min_fit_clients": clients,
+        "min_available_clients": clients,
+        "min_evaluate_clients": clients,
+        "evaluate_every": 0,
+        "round_timeout": 300.0,
+    }
     try:
-        wait_healthy(port, server)
+        loopback = start_loopback_server(
+            workdir, {"big": federation}, procs=procs, heartbeat_timeout=30.0
+        )
+        server, state = loopback.proc, loopback.state_dir
         for i in range(clients):
-            procs.append(
-                Proc(
-                    f"echo-{i}",
-                    [
-                        sys.executable,
-                        "-m",
-                        "benchmarks.echo_client",
-                        "--server",
-                        f"127.0.0.1:{port}",
-                        "--federation",
-                        "big",
-                        "--insecure",
-                        "--name",
-                        f"echo-{i}",
-                    ],
-                    workdir / f"echo-{i}.log",
-                )
-            )
+            args = [sys.executable, "-m", "benchmarks.echo_client", "--insecure",
+                    "--server", f"127.0.0.1:{loopback.port}", "--federation", "big",
+                    "--name", f"echo-{i}"]  # fmt: skip
+            procs.append(Proc(f"echo-{i}", args, workdir / f"echo-{i}.log"))
         peak_kb = 0
         start = time.perf_counter()
         while server.popen.poll() is None:
