@@ -119,6 +119,8 @@ def test_three_clients_three_rounds_loss_falls(cluster_factory: Any) -> None:
     cluster = cluster_factory({"blobs": federation()})
     cluster.start_server()
     clients = [cluster.client("blobs", f"client-{i}") for i in range(3)]
+    # A fourth client holds the "central" test set and evaluates every global model.
+    clients.append(cluster.client("blobs", "evaluator", "--role", "evaluator", "--seed", "9"))
     assert wait_exit(cluster.server, cluster) == 0, cluster.logs()
     for client in clients:
         assert wait_exit(client, cluster, 30) == 0, cluster.logs()
@@ -130,6 +132,11 @@ def test_three_clients_three_rounds_loss_falls(cluster_factory: Any) -> None:
     assert all(len(r["fit"]["participants"]) == 3 and not r["fit"]["dropped"] for r in rounds)
     partitions = sorted(p["partition"] for p in rounds[0]["fit"]["participants"])
     assert partitions == [0, 1, 2]
+    assert all("evaluator" not in str(r["fit"]["participants"]) for r in rounds)
+    central = [r["centralized"] for r in rounds]
+    assert all(c is not None and c["source"] == "evaluator" for c in central), central
+    central_losses = [c["loss"] for c in central]
+    assert central_losses[0] > central_losses[-1], central_losses
 
 
 def test_history_records_partitions_fixed_by_clients(cluster_factory: Any) -> None:
@@ -349,3 +356,27 @@ def test_corrupt_tensor_bytes_are_refused(cluster_factory: Any) -> None:
     history = read_history(cluster.state_dir, "blobs")
     assert len(history["rounds"]) == 2
     assert any("raw" in k for k in history["rounds"][0]["fit"]["dropped"]), history["rounds"][0]
+
+
+def test_a_federation_with_a_token_refuses_clients_without_it(cluster_factory: Any) -> None:
+    fed = federation(
+        num_rounds=1,
+        min_fit_clients=1,
+        min_evaluate_clients=1,
+        min_available_clients=1,
+        auth_token="s3cret",
+    )
+    cluster = cluster_factory({"blobs": fed})
+    cluster.start_server()
+    channel, stub = _stub(cluster.port)
+    with channel:
+        with pytest.raises(grpc.RpcError) as err:
+            _join(stub)
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert "requires a valid auth token" in str(err.value.details())
+    stranger = cluster.client("blobs", "stranger")
+    assert wait_exit(stranger, cluster, 30) == 2
+    assert "UNAUTHENTICATED" in stranger.log.read_text()
+    member = cluster.client("blobs", "member", "--auth-token", "s3cret")
+    assert wait_exit(cluster.server, cluster) == 0, cluster.logs()
+    assert wait_exit(member, cluster, 30) == 0
