@@ -12,6 +12,7 @@ with the server's state, history and every process's log, under ``--workdir``.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -86,6 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"batch {args.batch_size}; logs in {args.workdir}",
         flush=True,
     )
+    previous = args.workdir / "state"
+    if previous.exists():
+        # A run is a demonstration from scratch: the server would otherwise
+        # resume the finished federation of the last run and train nothing.
+        shutil.rmtree(previous)
+        print(f"removed the previous run's server state ({previous})", flush=True)
     started = time.monotonic()
     try:
         outcome = run_mixed_federation(
