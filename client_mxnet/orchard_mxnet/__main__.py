@@ -19,12 +19,12 @@ from orchard.client.cli import (
     add_dataset_arguments,
     configure_logging,
     data_settings_from_args,
-    env_default,
     partition_from_args,
     settings_from_args,
 )
 from orchard.client.numpy_client import ClientContext, NumPyClient
 from orchard.client.runtime import run_client
+from orchard.env import env_default
 from orchard.messages import Role
 from orchard.models import get_model_spec
 from orchard_mxnet.baseline import TUTORIAL_TRAINING, BaselineConfig, run_baseline

@@ -20,7 +20,6 @@ from orchard.client.cli import (
     add_dataset_arguments,
     configure_logging,
     data_settings_from_args,
-    env_default,
     partition_from_args,
     settings_from_args,
 )
@@ -29,6 +28,7 @@ from orchard.client.runtime import run_client
 from orchard.data.download import DownloadError
 from orchard.data.errors import DatasetError
 from orchard.data.partition import PartitionError
+from orchard.env import env_default
 from orchard.messages import Role
 from orchard.models import get_model_spec
 from orchard.spec import SpecError

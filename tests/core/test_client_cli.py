@@ -15,14 +15,12 @@ from orchard.client.cli import (
     add_client_commands,
     add_dataset_arguments,
     data_settings_from_args,
-    env_flag,
-    env_float,
-    env_int,
     partition_from_args,
 )
 from orchard.client.training import TrainConfig
 from orchard.data.client_data import DataError, DataSettings
 from orchard.data.partition import PartitionSpec
+from orchard.env import env_flag, env_float, env_int
 
 MODELS = ["cifar10-cnn", "mnist-cnn", "mnist-mlp"]
 DATASETS = ["cifar10", "fashion-mnist", "mnist"]

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar, overload
+from typing import TypeVar
 
 from orchard.client.runtime import ClientSettings, TlsSettings
 from orchard.client.training import OPTIMIZERS, TrainConfig
 from orchard.data.client_data import DataSettings, check_compatible
 from orchard.data.client_data import default_dataset as default_dataset_of
 from orchard.data.partition import SCHEMES, PartitionSpec
+from orchard.env import env_default, env_flag, env_float, env_int
 from orchard.messages import Role
 
 __all__ = [
@@ -39,46 +39,6 @@ __all__ = [
 ]
 
 SettingsT = TypeVar("SettingsT", bound=DataSettings)
-
-
-def env_default(name: str, default: str | None = None) -> str | None:
-    """The value of ``ORCHARD_<name>`` or ``default``."""
-    return os.environ.get(f"ORCHARD_{name}", default)
-
-
-@overload
-def env_int(name: str) -> int | None: ...
-@overload
-def env_int(name: str, default: int) -> int: ...
-def env_int(name: str, default: int | None = None) -> int | None:
-    """``ORCHARD_<name>`` as an integer (``default`` when unset or empty).
-
-    A value that is not an integer ends the command naming the variable:
-    a typo in a container's environment should not start a wrong run.
-    """
-    value = env_default(name)
-    if value in (None, ""):
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise SystemExit(f"ORCHARD_{name}={value!r} is not an integer") from None
-
-
-def env_float(name: str, default: float) -> float:
-    """``ORCHARD_<name>`` as a number (``default`` when unset or empty)."""
-    value = env_default(name)
-    if value in (None, ""):
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise SystemExit(f"ORCHARD_{name}={value!r} is not a number") from None
-
-
-def env_flag(name: str) -> bool:
-    """Whether ``ORCHARD_<name>`` is set to 1, true, yes or on (any case)."""
-    return (env_default(name, "") or "").lower() in {"1", "true", "yes", "on"}
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:

@@ -33,6 +33,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from orchard.env import env_default, env_float, env_int
 from orchard.netsim.loss import LossRule
 from orchard.netsim.profiles import ENV_PROFILES_FILE, LinkProfile, profile_from_settings
 from orchard.netsim.proxy import LinkProxy, NetsimError, parse_address
@@ -40,18 +41,6 @@ from orchard.netsim.proxy import LinkProxy, NetsimError, parse_address
 __all__ = ["build_parser", "drop_privileges", "main"]
 
 log = logging.getLogger("orchard.netsim")
-
-_ENV = "ORCHARD_NET_"
-
-
-def _env_float(name: str) -> float | None:
-    value = os.environ.get(_ENV + name, "").strip()
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise SystemExit(f"{_ENV}{name}={value!r} is not a number") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     link = parser.add_argument_group("link (values given here override the profile's)")
     link.add_argument(
         "--profile",
-        default=os.environ.get(_ENV + "PROFILE") or None,
+        default=env_default("NET_PROFILE") or None,
         help="profile name from the profiles file, e.g. lan, wan, 3g, lossy (ORCHARD_NET_PROFILE)",
     )
     link.add_argument(
@@ -84,44 +73,44 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument(
         "--delay-ms",
         type=float,
-        default=_env_float("DELAY_MS"),
+        default=env_float("NET_DELAY_MS"),
         help="one-way delay, each direction (ORCHARD_NET_DELAY_MS)",
     )
     link.add_argument(
         "--jitter-ms",
         type=float,
-        default=_env_float("JITTER_MS"),
+        default=env_float("NET_JITTER_MS"),
         help="uniform jitter around the delay (ORCHARD_NET_JITTER_MS)",
     )
     link.add_argument(
         "--rate-mbit",
         type=float,
-        default=_env_float("RATE_MBIT"),
+        default=env_float("NET_RATE_MBIT"),
         help="bandwidth cap in Mbit/s, each direction; 0: none (ORCHARD_NET_RATE_MBIT)",
     )
     link.add_argument(
         "--up-rate-mbit",
         type=float,
-        default=_env_float("UP_RATE_MBIT"),
+        default=env_float("NET_UP_RATE_MBIT"),
         help="cap from client to server (ORCHARD_NET_UP_RATE_MBIT)",
     )
     link.add_argument(
         "--down-rate-mbit",
         type=float,
-        default=_env_float("DOWN_RATE_MBIT"),
+        default=env_float("NET_DOWN_RATE_MBIT"),
         help="cap from server to client (ORCHARD_NET_DOWN_RATE_MBIT)",
     )
     link.add_argument(
         "--loss",
         type=float,
-        default=_env_float("LOSS"),
+        default=env_float("NET_LOSS"),
         help="probability of dropping a packet from the server, via iptables; needs root "
         "and NET_ADMIN (ORCHARD_NET_LOSS)",
     )
     parser.add_argument(
         "--seed",
         type=int,
-        default=int(os.environ.get(_ENV + "SEED") or 0) or None,
+        default=env_int("NET_SEED"),
         help="seed of the jitter (ORCHARD_NET_SEED; default random)",
     )
     parser.add_argument(
