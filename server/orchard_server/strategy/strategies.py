@@ -201,7 +201,25 @@ class _AdaptiveOptions(StrategyOptions):
 
 
 @dataclass(frozen=True, kw_only=True)
-class FedAdamOptions(_AdaptiveOptions):
+class _TwoMomentOptions(_AdaptiveOptions):
+    """FedAdam and FedYogi: a first moment and a second moment decayed by ``beta2``.
+
+    They differ only in the second-moment rule (the optimizer) and defaults.
+    """
+
+    beta2: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check("beta2", low=0.0, high=1.0)
+
+    def build(self) -> Strategy:
+        rule = adam if self.strategy == "fedadam" else yogi
+        return self._strategy(rule(eta=self.eta, beta1=self.beta1, beta2=self.beta2, tau=self.tau))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedAdamOptions(_TwoMomentOptions):
     """FedAdam (Reddi et al. 2020); defaults from the paper and Flower."""
 
     strategy: ClassVar[str] = "fedadam"
@@ -210,16 +228,9 @@ class FedAdamOptions(_AdaptiveOptions):
     beta2: float = 0.99
     tau: float = 1e-9
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check("beta2", low=0.0, high=1.0)
-
-    def build(self) -> Strategy:
-        return self._strategy(adam(eta=self.eta, beta1=self.beta1, beta2=self.beta2, tau=self.tau))
-
 
 @dataclass(frozen=True, kw_only=True)
-class FedYogiOptions(_AdaptiveOptions):
+class FedYogiOptions(_TwoMomentOptions):
     """FedYogi (Reddi et al. 2020); defaults from the paper and Flower."""
 
     strategy: ClassVar[str] = "fedyogi"
@@ -227,13 +238,6 @@ class FedYogiOptions(_AdaptiveOptions):
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check("beta2", low=0.0, high=1.0)
-
-    def build(self) -> Strategy:
-        return self._strategy(yogi(eta=self.eta, beta1=self.beta1, beta2=self.beta2, tau=self.tau))
 
 
 @dataclass(frozen=True, kw_only=True)
