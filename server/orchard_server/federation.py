@@ -293,8 +293,10 @@ class Federation:
                     "retrying" if attempts <= cfg.round_retries else "giving up",
                 )
         assert fit is not None
-        self.parameters, self._opt_state = self.strategy.step(
-            self.parameters, aggregate, self._opt_state
+        # Model-sized NumPy work runs in a worker thread, so the event loop
+        # keeps answering heartbeats and polls meanwhile.
+        self.parameters, self._opt_state = await asyncio.to_thread(
+            self.strategy.step, self.parameters, aggregate, self._opt_state
         )
         train_metrics = weighted_average_metrics(
             [(r.num_examples, {**r.metrics, "train_loss": r.loss}) for _, r in fit.results]
@@ -328,7 +330,7 @@ class Federation:
         record["duration_s"] = round(time.monotonic() - started, 3)
         self.rounds_completed = rnd
         self.history.add_round(record)
-        self._save()
+        await asyncio.to_thread(self._save)
 
     async def _evaluate(self, rnd: int) -> dict[str, Any] | None:
         cfg = self.config
@@ -482,7 +484,7 @@ class Federation:
                     continue
                 if fold is not None:
                     try:
-                        fold(result.parameters, result.num_examples)
+                        await asyncio.to_thread(fold, result.parameters, result.num_examples)
                     except AggregationError as exc:  # the aggregator is left unchanged
                         dropped[_name(infos, cid)] = f"update rejected by the aggregator: {exc}"
                         continue
