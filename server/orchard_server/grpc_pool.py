@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 from orchard.messages import JoinInfo, Result, Role, Task
@@ -29,6 +30,8 @@ class _Session:
     mailbox: asyncio.Queue[Task] = field(default_factory=asyncio.Queue)
     #: task_id -> (task, future the round loop awaits)
     open: dict[str, tuple[Task, asyncio.Future[Result]]] = field(default_factory=dict)
+    #: Recently closed tasks, so a late result is told "closed", not "unknown".
+    closed: deque[str] = field(default_factory=lambda: deque(maxlen=64))
 
 
 class GrpcClientPool(ClientPool):
@@ -129,6 +132,10 @@ class GrpcClientPool(ClientPool):
         if session is None:
             raise KeyError(f"unknown session {client_id!r}; join again")
         entry = session.open.get(task_id)
+        if entry is None and task_id in session.closed:
+            raise LookupError(
+                f"task {task_id!r} is closed (its round moved on or its deadline passed)"
+            )
         if entry is None:
             raise KeyError(f"task {task_id!r} is not assigned to {client_id}")
         if entry[1].done():
@@ -215,3 +222,4 @@ class GrpcClientPool(ClientPool):
             if not fut.done():
                 fut.cancel()
             session.open.pop(task.task_id, None)
+            session.closed.append(task.task_id)

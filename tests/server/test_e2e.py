@@ -380,3 +380,44 @@ def test_a_federation_with_a_token_refuses_clients_without_it(cluster_factory: A
     member = cluster.client("blobs", "member", "--auth-token", "s3cret")
     assert wait_exit(cluster.server, cluster) == 0, cluster.logs()
     assert wait_exit(member, cluster, 30) == 0
+
+
+def test_a_result_after_the_deadline_is_told_the_task_is_closed(cluster_factory: Any) -> None:
+    fed = federation(
+        num_rounds=1,
+        min_fit_clients=1,
+        min_evaluate_clients=1,
+        min_available_clients=1,
+        round_timeout=1.0,
+        round_retries=0,
+    )
+    cluster = cluster_factory({"blobs": fed})
+    cluster.start_server()
+    channel, stub = _stub(cluster.port)
+    with channel:
+        session = _join(stub)
+        task = serde.task_from_stream(
+            iter(
+                stub.PullTask(
+                    pb.PullTaskRequest(client_id=session.client_id, wait_seconds=10), timeout=30
+                )
+            )
+        )
+        assert isinstance(task, Task), task
+        time.sleep(1.5)  # past the 1 s deadline; heartbeats are not needed within 3 s
+        stream = serde.result_to_stream(
+            Result(
+                client_id=session.client_id,
+                task_id=task.task_id,
+                num_examples=10,
+                names=task.names,
+                parameters=task.parameters,
+            )
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            stub.PushResult(stream, timeout=10)
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "is closed" in str(err.value.details())
+    # The round got no result, and round_retries=0: the federation fails, saying why.
+    assert wait_exit(cluster.server, cluster) == 1
+    assert "got too few results" in cluster.server.log.read_text()
