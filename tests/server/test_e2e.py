@@ -261,6 +261,14 @@ def _join(stub: pb_grpc.FederationServiceStub, **overrides: Any) -> pb.JoinRespo
     return response
 
 
+def _pull_task(stub: pb_grpc.FederationServiceStub, session: pb.JoinResponse) -> Task:
+    """One task for a raw session (the federation must be waiting for it)."""
+    request = pb.PullTaskRequest(client_id=session.client_id, wait_seconds=10)
+    task = serde.task_from_stream(iter(stub.PullTask(request, timeout=30)))
+    assert isinstance(task, Task), task
+    return task
+
+
 def test_bad_input_gets_clear_errors_while_others_train(cluster_factory: Any) -> None:
     fed = federation(
         num_rounds=4, min_fit_clients=2, min_evaluate_clients=2, min_available_clients=2
@@ -321,14 +329,7 @@ def test_corrupt_tensor_bytes_are_refused(cluster_factory: Any) -> None:
     channel, stub = _stub(cluster.port)
     with channel:
         session = _join(stub)
-        task = serde.task_from_stream(
-            iter(
-                stub.PullTask(
-                    pb.PullTaskRequest(client_id=session.client_id, wait_seconds=10), timeout=30
-                )
-            )
-        )
-        assert isinstance(task, Task), task
+        task = _pull_task(stub, session)
         header = serde.result_header_to_proto(
             Result(
                 client_id=session.client_id,
@@ -396,14 +397,7 @@ def test_a_result_after_the_deadline_is_told_the_task_is_closed(cluster_factory:
     channel, stub = _stub(cluster.port)
     with channel:
         session = _join(stub)
-        task = serde.task_from_stream(
-            iter(
-                stub.PullTask(
-                    pb.PullTaskRequest(client_id=session.client_id, wait_seconds=10), timeout=30
-                )
-            )
-        )
-        assert isinstance(task, Task), task
+        task = _pull_task(stub, session)
         time.sleep(1.5)  # past the 1 s deadline; heartbeats are not needed within 3 s
         stream = serde.result_to_stream(
             Result(
