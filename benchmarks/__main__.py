@@ -82,15 +82,21 @@ def bench_aggregation(mb: int, clients: int) -> dict[str, Any]:
     }
 
 
-def bench_grpc_round(mb: int, clients: int, rounds: int, workdir: Path) -> dict[str, Any]:
-    """A real server and clients on loopback exchanging a large model."""
+def bench_grpc_round(
+    mb: int, clients: int, rounds: int, tensors: int, workdir: Path
+) -> dict[str, Any]:
+    """A real server and clients on loopback exchanging a large model of ``tensors`` tensors.
+
+    Real models have many tensors, and the server's temporaries are per tensor:
+    one giant tensor is the worst case for its peak memory.
+    """
     from tests.helpers.processes import Proc, start_loopback_server
 
-    n = mb * (1 << 20) // 4
+    n = mb * (1 << 20) // 4 // tensors * tensors
     procs: list[Proc] = []
     federation = {
         "model": "big",
-        "tensors": [{"name": "w", "shape": [n]}],
+        "tensors": [{"name": f"w{i}", "shape": [n // tensors]} for i in range(tensors)],
         "num_rounds": rounds,
         "min_fit_clients": clients,
         "min_available_clients": clients,
@@ -129,6 +135,7 @@ def bench_grpc_round(mb: int, clients: int, rounds: int, workdir: Path) -> dict[
         model_mb = n * 4 / 1e6
         return {
             "model_mb": round(model_mb, 1),
+            "tensors": tensors,
             "clients": clients,
             "rounds": rounds,
             "grpc_message_limit_mb": 4.19,
@@ -153,6 +160,7 @@ def main() -> None:
     parser.add_argument("--grpc-mb", type=int, default=128)
     parser.add_argument("--grpc-clients", type=int, default=3)
     parser.add_argument("--grpc-rounds", type=int, default=2)
+    parser.add_argument("--grpc-tensors", type=int, default=16)
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +173,9 @@ def main() -> None:
         },
         "serde": bench_serde(args.serde_mb),
         "aggregation": bench_aggregation(args.agg_mb, args.agg_clients),
-        "grpc_round": bench_grpc_round(args.grpc_mb, args.grpc_clients, args.grpc_rounds, workdir),
+        "grpc_round": bench_grpc_round(
+            args.grpc_mb, args.grpc_clients, args.grpc_rounds, args.grpc_tensors, workdir
+        ),
     }
     print(json.dumps(results, indent=2))
 
