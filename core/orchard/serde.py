@@ -505,8 +505,3 @@ def result_from_stream(stream: Iterator[pb.PushResultRequest]) -> Result:
             raise SerdeError("PushResult stream: expected chunks after the header")
         assembler.add(msg.chunk)
     return result_from_header(first.header, assembler.finish(), assembler.names)
-
-
-def is_chunk(msg: pb.PushResultRequest) -> bool:
-    """True for a chunk message of a PushResult stream."""
-    return msg.WhichOneof("item") == "chunk"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from orchard.client.numpy_client import ClientContext, NumPyClient
+from orchard.client.numpy_client import ClientContext, NumPyClient, execute_task
 from orchard.messages import Result, Role, Task, TaskType
 from orchard.spec import ModelSpec, SpecError
 
@@ -166,7 +166,10 @@ class InMemoryClientPool(ClientPool):
         params = [p.copy() for p in task.parameters]
         try:
             result = await asyncio.wait_for(
-                asyncio.to_thread(_execute, client, client_id, task, params), task.timeout
+                asyncio.to_thread(
+                    execute_task, client, task, client_id=client_id, parameters=params
+                ),
+                task.timeout,
             )
         except TimeoutError:
             raise ClientDroppedError(
@@ -181,30 +184,3 @@ class InMemoryClientPool(ClientPool):
         except SpecError as exc:
             raise ClientDroppedError(client_id, f"update rejected: {exc}") from None
         return result
-
-
-def _execute(client: NumPyClient, client_id: str, task: Task, params: list) -> Result:  # type: ignore[type-arg]
-    """Run one task on an in-process client, turning exceptions into failed results."""
-    try:
-        if task.type is TaskType.FIT:
-            new, n, metrics = client.fit(params, task.config)
-            return Result(
-                client_id=client_id,
-                task_id=task.task_id,
-                num_examples=n,
-                metrics=dict(metrics),
-                names=task.names,
-                parameters=list(new),
-            )
-        loss, n, metrics = client.evaluate(params, task.config)
-        return Result(
-            client_id=client_id,
-            task_id=task.task_id,
-            num_examples=n,
-            loss=loss,
-            metrics=dict(metrics),
-        )
-    except Exception as exc:
-        return Result(
-            client_id=client_id, task_id=task.task_id, error=f"{type(exc).__name__}: {exc}"
-        )

@@ -97,6 +97,10 @@ def test_fedavg_learns_and_writes_history_and_checkpoint(tmp_path: Path) -> None
     assert central_losses == sorted(central_losses, reverse=True)
     assert rounds[-1]["centralized"]["metrics"]["accuracy"] > 0.8
     assert rounds[0]["fit"]["num_examples"] == 3 * 270
+    # Each client's own train_loss reaches the history, as it does over gRPC.
+    train_losses = [r["fit"]["metrics"]["train_loss"] for r in rounds]
+    assert all(loss > 0 for loss in train_losses)
+    assert train_losses[-1] < train_losses[0]
     assert (tmp_path / "blobs" / "history.png").exists()
     assert (tmp_path / "blobs" / "checkpoint.npz").exists()
 

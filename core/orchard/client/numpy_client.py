@@ -8,10 +8,14 @@ framework type.
 from __future__ import annotations
 
 import abc
+import logging
 from dataclasses import dataclass
 
+from orchard.messages import Result, Task, TaskType
 from orchard.spec import ModelSpec
 from orchard.typing import Config, Metrics, NDArrays
+
+log = logging.getLogger("orchard.client")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,3 +48,43 @@ class NumPyClient(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:
         """Evaluate ``parameters``; return loss, number of examples and metrics."""
+
+
+def execute_task(
+    client: NumPyClient, task: Task, *, client_id: str, parameters: NDArrays | None = None
+) -> Result:
+    """Run ``task`` on ``client``; an exception in the adapter becomes a failed result.
+
+    One implementation for the gRPC runtime and the in-process pool, so a
+    simulated client reports exactly what a deployed one would. ``parameters``
+    replaces ``task.parameters`` (the in-process pool passes copies). A fit's
+    ``train_loss`` metric becomes the result's loss. Only ``Exception`` is
+    caught: a ``BaseException`` (SIGTERM handling) still ends the task.
+    """
+    params = task.parameters if parameters is None else parameters
+    try:
+        if task.type is TaskType.FIT:
+            new, num_examples, metrics = client.fit(params, task.config)
+            raw_loss = metrics.get("train_loss", 0.0)
+            return Result(
+                client_id=client_id,
+                task_id=task.task_id,
+                num_examples=int(num_examples),
+                loss=float(raw_loss) if isinstance(raw_loss, int | float) else 0.0,
+                metrics=dict(metrics),
+                names=task.names,
+                parameters=list(new),
+            )
+        loss, num_examples, metrics = client.evaluate(params, task.config)
+        return Result(
+            client_id=client_id,
+            task_id=task.task_id,
+            num_examples=int(num_examples),
+            loss=float(loss),
+            metrics=dict(metrics),
+        )
+    except Exception as exc:  # the adapter's failure is reported, not fatal
+        log.exception("task %s raised", task.task_id)
+        return Result(
+            client_id=client_id, task_id=task.task_id, error=f"{type(exc).__name__}: {exc}"
+        )

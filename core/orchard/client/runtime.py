@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 
 from orchard import serde
-from orchard.client.numpy_client import ClientContext, NumPyClient
+from orchard.client.numpy_client import ClientContext, NumPyClient, execute_task
 from orchard.messages import (
     API_VERSION,
     FederationState,
@@ -43,7 +43,6 @@ from orchard.messages import (
     Role,
     Session,
     Task,
-    TaskType,
 )
 from orchard.spec import ModelSpec
 from orchard.v1 import federation_service_pb2 as pb
@@ -230,7 +229,7 @@ class ClientRuntime:
         try:
             if self._stop.is_set():
                 raise _Terminated
-            result = self._execute(client, task)
+            result = execute_task(client, task, client_id=self._require_session().client_id)
         finally:
             self._busy = False
         elapsed = time.monotonic() - started
@@ -249,38 +248,6 @@ class ClientRuntime:
                 _format_metrics(result),
             )
         self._push(result)
-
-    def _execute(self, client: NumPyClient, task: Task) -> Result:
-        """Run one task on the adapter; an exception becomes a failed result."""
-        session = self._require_session()
-        cid, tid = session.client_id, task.task_id
-        try:
-            if task.type is TaskType.FIT:
-                params, num_examples, metrics = client.fit(task.parameters, task.config)
-                raw_loss = metrics.get("train_loss", 0.0)
-                loss = float(raw_loss) if isinstance(raw_loss, int | float) else 0.0
-                return Result(
-                    client_id=cid,
-                    task_id=tid,
-                    num_examples=int(num_examples),
-                    loss=loss,
-                    metrics=dict(metrics),
-                    names=task.names,
-                    parameters=list(params),
-                )
-            loss, num_examples, metrics = client.evaluate(task.parameters, task.config)
-            return Result(
-                client_id=cid,
-                task_id=tid,
-                num_examples=int(num_examples),
-                loss=float(loss),
-                metrics=dict(metrics),
-            )
-        except _Terminated:
-            raise
-        except Exception as exc:  # the adapter's failure is reported, not fatal
-            log.exception("task %s raised", task.task_id)
-            return Result(client_id=cid, task_id=tid, error=f"{type(exc).__name__}: {exc}")
 
     # -- calls ----------------------------------------------------------------
 
