@@ -23,7 +23,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, value: Any) -> None:
     """Replace ``path`` with ``value`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(value, indent=2, allow_nan=False) + "\n").encode())
 
 
 def atomic_write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -16,6 +16,7 @@ from orchard.messages import FederationState, Role
 from orchard.typing import Config, Metrics, NDArrays
 from orchard_server.config import FederationConfig
 from orchard_server.federation import Federation
+from orchard_server.history import RoundRecord
 from orchard_server.pool import InMemoryClientPool
 
 SPEC = logreg_spec()
@@ -60,6 +61,11 @@ class NaNClient(LogRegClient):
         params, n, metrics = super().fit(parameters, config)
         params[1][0] = np.inf
         return params, n, metrics
+
+
+def evaluate_loss(record: RoundRecord) -> float:
+    assert record.evaluate is not None and record.evaluate.loss is not None, record
+    return record.evaluate.loss
 
 
 def run(federation: Federation) -> FederationState:
@@ -158,10 +164,10 @@ def test_failing_and_nan_clients_are_dropped_and_the_round_goes_on(tmp_path: Pat
     pool.add(lambda ctx: NaNClient.for_partition(3), partition_id=3, num_partitions=4, name="nan")
     federation = Federation(config, pool, tmp_path)
     assert run(federation) is FederationState.FINISHED
-    dropped = federation.history.rounds[0]["fit"]["dropped"]
+    dropped = federation.history.rounds[0].fit.dropped
     assert "GPU fell off the bus" in dropped["exploding (sim-2)"]
     assert "linear.bias" in dropped["nan (sim-3)"] and "NaN or infinite" in dropped["nan (sim-3)"]
-    assert len(federation.history.rounds[0]["fit"]["participants"]) == 2
+    assert len(federation.history.rounds[0].fit.participants) == 2
     assert all(np.isfinite(p).all() for p in federation.parameters)
 
 
@@ -193,7 +199,7 @@ def test_every_strategy_runs_a_federation(tmp_path: Path, strategy: str) -> None
     }.get(strategy, {})
     federation, _ = make(tmp_path, n=5, num_rounds=2, strategy=strategy, strategy_options=options)
     assert run(federation) is FederationState.FINISHED
-    losses = [r["evaluate"]["loss"] for r in federation.history.rounds]
+    losses = [evaluate_loss(r) for r in federation.history.rounds]
     assert losses[1] < losses[0], losses
 
 
@@ -202,8 +208,10 @@ def test_evaluator_role_does_centralized_evaluation(tmp_path: Path) -> None:
     pool.add(logreg, partition_id=9, num_partitions=10, role=Role.EVALUATOR, name="evaluator")
     assert run(federation) is FederationState.FINISHED
     record = federation.history.rounds[0]
-    assert record["centralized"]["source"] == "evaluator"
-    assert len(record["fit"]["participants"]) == 2  # the evaluator never trains
+    assert record.centralized is not None
+    assert record.centralized.source == "evaluator"
+    assert record.centralized.num_examples > 0
+    assert len(record.fit.participants) == 2  # the evaluator never trains
 
 
 def test_partition_assignment_is_stable_and_spreads(tmp_path: Path) -> None:
@@ -237,11 +245,11 @@ def test_a_client_missing_the_deadline_is_dropped(tmp_path: Path) -> None:
     pool.add(lambda ctx: Slow.for_partition(2), partition_id=2, num_partitions=3, name="slow")
     federation = Federation(config, pool, tmp_path)
     assert run(federation) is FederationState.FINISHED
-    fit = federation.history.rounds[0]["fit"]
-    assert list(fit["dropped"]) == ["slow (sim-2)"]
-    assert "missed the" in fit["dropped"]["slow (sim-2)"]
-    assert "deadline of 0.5 s" in fit["dropped"]["slow (sim-2)"]
-    assert len(fit["participants"]) == 2
+    fit = federation.history.rounds[0].fit
+    assert list(fit.dropped) == ["slow (sim-2)"]
+    assert "missed the" in fit.dropped["slow (sim-2)"]
+    assert "deadline of 0.5 s" in fit.dropped["slow (sim-2)"]
+    assert len(fit.participants) == 2
 
 
 class Recruiter(LogRegClient):
@@ -265,6 +273,6 @@ def test_a_late_joiner_takes_part_from_the_next_round(tmp_path: Path) -> None:
     pool.add(logreg, partition_id=1, num_partitions=3)
     federation = Federation(config, pool, tmp_path)
     assert run(federation) is FederationState.FINISHED
-    first, second = (r["fit"]["participants"] for r in federation.history.rounds)
-    assert sorted(p["client"] for p in first) == ["sim-0", "sim-1"]
-    assert sorted(p["client"] for p in second) == ["late", "sim-0", "sim-1"]
+    first, second = (r.fit.participants for r in federation.history.rounds)
+    assert sorted(p.client for p in first) == ["sim-0", "sim-1"]
+    assert sorted(p.client for p in second) == ["late", "sim-0", "sim-1"]
