@@ -22,8 +22,8 @@ import numpy as np
 from orchard.messages import Role, TaskType
 from orchard.typing import Config, Metrics, NDArrays
 from orchard_server.fanout import Fanout
-from orchard_server.history import CentralizedRecord, EvaluateRecord, format_metrics
 from orchard_server.pool import ClientPool
+from orchard_server.records import CentralizedRecord, EvaluateRecord, format_metrics
 from orchard_server.strategy import SelectionPolicy
 
 log = logging.getLogger("orchard.server")

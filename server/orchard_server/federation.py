@@ -26,9 +26,10 @@ from orchard_server.checkpoint import load_federation, save_federation
 from orchard_server.config import FederationConfig, strategy_from_config
 from orchard_server.evaluation import EvaluateFn, centralized_evaluation, federated_evaluation
 from orchard_server.fanout import Fanout, Fold, fan_out
-from orchard_server.history import FitRecord, History, RoundRecord, format_metrics
+from orchard_server.history import History
 from orchard_server.initial import initial_parameters
 from orchard_server.pool import ClientInfo, ClientPool
+from orchard_server.records import FitRecord, RoundRecord, format_metrics
 from orchard_server.strategy import (
     State,
     Strategy,

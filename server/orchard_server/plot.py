@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from orchard_server.storage import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from orchard_server.history import History, RoundRecord
+    from orchard_server.history import History
+    from orchard_server.records import RoundRecord
 
 
 def _number(value: object) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ from orchard.messages import FederationState, Role
 from orchard.typing import Config, Metrics, NDArrays
 from orchard_server.config import FederationConfig
 from orchard_server.federation import Federation
-from orchard_server.history import RoundRecord
 from orchard_server.pool import InMemoryClientPool
+from orchard_server.strategy import CoordinateMedian, Strategy, UniformSampling, sgd
+from orchard_server.records import RoundRecord
 
 SPEC = logreg_spec()
 
@@ -276,3 +278,81 @@ def test_a_late_joiner_takes_part_from_the_next_round(tmp_path: Path) -> None:
     first, second = (r.fit.participants for r in federation.history.rounds)
     assert sorted(p.client for p in first) == ["sim-0", "sim-1"]
     assert sorted(p.client for p in second) == ["late", "sim-0", "sim-1"]
+
+
+class Shift(NumPyClient):
+    """Returns the global parameters plus a fixed shift, trained on a fixed example count."""
+
+    def __init__(self, shift: float, num_examples: int) -> None:
+        self.shift, self.num_examples = shift, num_examples
+
+    def get_parameters(self, config: Config) -> NDArrays:
+        raise NotImplementedError
+
+    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
+        return [p + np.float32(self.shift) for p in parameters], self.num_examples, {}
+
+    def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:
+        return 0.0, self.num_examples, {}
+
+
+MEDIAN_MOMENTUM = Strategy(
+    select=UniformSampling(min_fit_clients=3, min_available_clients=3),
+    aggregate=CoordinateMedian,
+    optimizer=sgd(lr=1.0, momentum=0.9),
+)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "strategy"),
+    [
+        ({"strategy": "fedavgm", "aggregator": "median"}, None),
+        (
+            {
+                "aggregator": "median",
+                "server_optimizer": "sgd",
+                "strategy_options": {"momentum": 0.9},
+            },
+            None,
+        ),
+        ({}, MEDIAN_MOMENTUM),
+    ],
+    ids=["fedavgm-with-median", "pieces-by-name", "strategy-object"],
+)
+def test_fedmedian_with_server_momentum_matches_the_hand_computation(
+    tmp_path: Path, overrides: dict[str, Any], strategy: Strategy | None
+) -> None:
+    # Clients move every weight by +1, +2 and +10; the last one claims 100 times the
+    # examples, which would drag a weighted mean to (1 + 2 + 1000) / 102 = 9.83 per round.
+    # Median: +2 per round. Round 1: g1 = -2, v1 = -2, x1 = x0 + 2.
+    # Round 2: g2 = -2, v2 = 0.9 * -2 - 2 = -3.8, x2 = x1 + 3.8 = x0 + 5.8.
+    config = fed_config(
+        num_rounds=2, min_fit_clients=3, min_available_clients=3, evaluate_every=0, **overrides
+    )
+    pool = InMemoryClientPool(SPEC)
+    for i, (shift, n) in enumerate([(1.0, 1), (2.0, 1), (10.0, 100)]):
+        pool.add(lambda ctx, s=shift, n=n: Shift(s, n), partition_id=i, num_partitions=3)
+    federation = Federation(config, pool, tmp_path, strategy=strategy)
+    federation.restore_or_init()
+    start = [p.astype(np.float64) for p in federation.parameters]
+    assert run(federation) is FederationState.FINISHED
+    assert not federation.strategy.incremental
+    for got, x0 in zip(federation.parameters, start, strict=True):
+        np.testing.assert_allclose(got, x0 + 5.8, rtol=0, atol=1e-5)
+    # The optimizer state went through the checkpoint: a resumed third round keeps momentum.
+    # Round 3: v3 = 0.9 * -3.8 - 2 = -5.42, x3 = x2 + 5.42 = x0 + 11.22.
+    longer = dataclasses.replace(config, num_rounds=3)
+    resumed = Federation(longer, pool, tmp_path, strategy=strategy)
+    assert run(resumed) is FederationState.FINISHED
+    for got, x0 in zip(resumed.parameters, start, strict=True):
+        np.testing.assert_allclose(got, x0 + 11.22, rtol=0, atol=1e-5)
+    assert [r.fit.num_examples for r in resumed.history.rounds] == [102, 102, 102]
+
+
+def test_the_strategy_object_governs_selection(tmp_path: Path) -> None:
+    # The config asks for all clients, the strategy's policy for 2 of 4 (and waits for 4).
+    select = UniformSampling(fraction_fit=0.5, min_fit_clients=2, min_available_clients=4)
+    federation, _ = make(tmp_path, n=4, num_rounds=2, evaluate_every=0)
+    federation.strategy = Strategy(select=select)
+    assert run(federation) is FederationState.FINISHED
+    assert [len(r.fit.participants) for r in federation.history.rounds] == [2, 2]
