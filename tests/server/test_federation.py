@@ -18,8 +18,8 @@ from orchard.typing import Config, Metrics, NDArrays
 from orchard_server.config import FederationConfig
 from orchard_server.federation import Federation
 from orchard_server.pool import InMemoryClientPool
-from orchard_server.strategy import CoordinateMedian, Strategy, UniformSampling, sgd
 from orchard_server.records import RoundRecord
+from orchard_server.strategy import CoordinateMedian, Strategy, UniformSampling, sgd
 
 SPEC = logreg_spec()
 
