@@ -7,6 +7,11 @@ strategy's aggregator as they arrive (memory O(model) for mean-type
 strategies), apply the server optimizer, evaluate, then write the history and
 a checkpoint atomically. Restarting with the same config resumes from the last
 completed round.
+
+The loop and its retries live here; the other jobs have their own units: the
+strategy (:mod:`.strategy`) selects clients, aggregates and steps, task
+fan-out is :mod:`.fanout`, evaluation :mod:`.evaluation`, the round records
+:mod:`.records`, and checkpoint glue :mod:`.checkpoint`.
 """
 
 from __future__ import annotations
@@ -122,7 +127,11 @@ class Federation:
         )
 
     def _save(self) -> None:
+        # history.json first: whoever sees the checkpoint of round N also finds
+        # round N in the history. A kill in between only means the resumed run
+        # redoes round N and rewrites its record.
         assert self._opt_state is not None, "saved before restore_or_init"
+        self.history.save(self.directory)
         meta = {
             "partitions": self.partitions,
             "model_id": self.spec.model_id,
@@ -137,7 +146,6 @@ class Federation:
             history=self.history,
             meta=meta,
         )
-        self.history.save(self.directory)
 
     def assign_partition(self, instance_id: str, live: Sequence[ClientInfo]) -> int:
         """The partition of a joining client: its old one, else the least used one."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +287,10 @@ class Shift(NumPyClient):
     def __init__(self, shift: float, num_examples: int) -> None:
         self.shift, self.num_examples = shift, num_examples
 
+    @classmethod
+    def factory(cls, shift: float, num_examples: int) -> Callable[[ClientContext], NumPyClient]:
+        return lambda ctx: cls(shift, num_examples)
+
     def get_parameters(self, config: Config) -> NDArrays:
         raise NotImplementedError
 
@@ -331,7 +336,7 @@ def test_fedmedian_with_server_momentum_matches_the_hand_computation(
     )
     pool = InMemoryClientPool(SPEC)
     for i, (shift, n) in enumerate([(1.0, 1), (2.0, 1), (10.0, 100)]):
-        pool.add(lambda ctx, s=shift, n=n: Shift(s, n), partition_id=i, num_partitions=3)
+        pool.add(Shift.factory(shift, n), partition_id=i, num_partitions=3)
     federation = Federation(config, pool, tmp_path, strategy=strategy)
     federation.restore_or_init()
     start = [p.astype(np.float64) for p in federation.parameters]
