@@ -4,19 +4,19 @@ Every piece is a small frozen keyword-only dataclass holding its
 hyperparameters (checked on construction, errors naming the piece and the
 option) and building the thing it describes:
 
-=================  =====================  ====================================
-piece              options                builds
-=================  =====================  ====================================
-``mean``           none                   :class:`.WeightedMean` (McMahan et al. 2017)
-``median``         none                   :class:`.CoordinateMedian` (Yin et al. 2018)
-``trimmed_mean``   beta                   :class:`.TrimmedMean` (Yin et al. 2018)
-``sgd``            server_lr, momentum    :func:`.sgd` (Hsu et al. 2019 with momentum)
-``adam``           eta, beta1, beta2, tau :func:`.adam` (Reddi et al. 2020)
-``yogi``           eta, beta1, beta2, tau :func:`.yogi` (Reddi et al. 2020)
-``adagrad``        eta, beta1, tau        :func:`.adagrad` (Reddi et al. 2020)
-=================  =====================  ====================================
+================  ======================  ============================================
+piece             options                 builds
+================  ======================  ============================================
+``mean``          none                    :class:`.WeightedMean` (McMahan et al. 2017)
+``median``        none                    :class:`.CoordinateMedian` (Yin et al. 2018)
+``trimmed_mean``  beta                    :class:`.TrimmedMean` (Yin et al. 2018)
+``sgd``           server_lr, momentum     :func:`.sgd` (Hsu et al. 2019 with momentum)
+``adam``          eta, beta1, beta2, tau  :func:`.adam` (Reddi et al. 2020)
+``yogi``          eta, beta1, beta2, tau  :func:`.yogi` (Reddi et al. 2020)
+``adagrad``       eta, beta1, tau         :func:`.adagrad` (Reddi et al. 2020)
+================  ======================  ============================================
 
-The named strategies (:mod:`.strategies`) subclass the piece they tune, so
+The named strategies (:mod:`.strategies`) subclass the piece they tune, if any, so
 FedAdam's options *are* Adam's and FedAvgM's are SGD's with momentum 0.9.
 """
 
