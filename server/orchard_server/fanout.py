@@ -1,11 +1,12 @@
-"""Task fan-out: one task to many clients, under one deadline.
+"""Reaching clients: a bounded wait for enough of them, and task fan-out.
 
-Sends a task to each chosen client through the :class:`.ClientPool`, collects
-results as they arrive and names every client that gave none, with the
-reason (dropped by the pool, missed the deadline, update rejected). Fit
-results can be folded into the strategy's aggregator the moment they arrive,
-after which their arrays are dropped, so memory stays O(model) for
-mean-type aggregates.
+:func:`wait_for_clients` waits for a number of trainers, saying every 10 s
+why it waits, and gives up after a timeout. :func:`fan_out` sends a task to
+each chosen client through the :class:`.ClientPool`, collects results as
+they arrive and names every client that gave none, with the reason (dropped
+by the pool, missed the deadline, update rejected). Fit results can be folded
+into the strategy's aggregator the moment they arrive, after which their
+arrays are dropped, so memory stays O(model) for mean-type aggregates.
 """
 
 from __future__ import annotations
@@ -106,6 +107,33 @@ async def fan_out(
             )
             results.append((info, result))
     return Fanout(results=results, dropped=dropped, duration=time.monotonic() - started)
+
+
+async def wait_for_clients(
+    pool: ClientPool, count: int, *, timeout: float, why: str, name: str
+) -> int:
+    """Wait up to ``timeout`` s for ``count`` trainers; returns how many are connected.
+
+    Fewer than ``count`` means it gave up. Logs every 10 s how many of how
+    many it has, why it waits (``why``) and when it will give up, naming the
+    federation (``name``).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        have = len(pool.clients())
+        remaining = deadline - time.monotonic()
+        if have >= count or remaining <= 0:
+            return have
+        log.info(
+            "federation %r: waiting for clients: %d of %d connected (%s); giving up in %.0f s",
+            name,
+            have,
+            count,
+            why,
+            remaining,
+        )
+        if await pool.wait_for_clients(count, min(10.0, remaining)):
+            return len(pool.clients())
 
 
 def _without_parameters(result: Result) -> Result:

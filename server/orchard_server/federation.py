@@ -30,7 +30,7 @@ from orchard.typing import Config, NDArrays
 from orchard_server.checkpoint import load_federation, save_federation
 from orchard_server.config import FederationConfig, strategy_from_config
 from orchard_server.evaluation import EvaluateFn, centralized_evaluation, federated_evaluation
-from orchard_server.fanout import Fanout, Fold, fan_out
+from orchard_server.fanout import Fanout, Fold, fan_out, wait_for_clients
 from orchard_server.history import History
 from orchard_server.initial import initial_parameters
 from orchard_server.pool import ClientInfo, ClientPool
@@ -211,30 +211,6 @@ class Federation:
         )
         return self.state
 
-    async def _wait_for_clients(self, count: int, why: str) -> None:
-        """Bounded wait for ``count`` trainers, explaining every 10 s why it waits."""
-        deadline = time.monotonic() + self.config.wait_timeout
-        while True:
-            have = len(self.pool.clients())
-            if have >= count:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise FederationFailedError(
-                    f"gave up after waiting {self.config.wait_timeout:.0f} s for clients: "
-                    f"{have} of {count} connected ({why})"
-                )
-            log.info(
-                "federation %r: waiting for clients: %d of %d connected (%s); giving up in %.0f s",
-                self.config.name,
-                have,
-                count,
-                why,
-                remaining,
-            )
-            if await self.pool.wait_for_clients(count, min(10.0, remaining)):
-                return
-
     async def _round(self, rnd: int) -> None:
         """One round: fit (tried again while too few results come back), step, evaluate."""
         select = self.strategy.select
@@ -251,7 +227,15 @@ class Federation:
                     f"round {rnd} got too few results {attempts - 1} times "
                     f"(min_fit_clients={select.min_fit_clients}); dropped: {dropped or 'none'}"
                 )
-            await self._wait_for_clients(select.min_available_clients, "min_available_clients")
+            need, wait = select.min_available_clients, self.config.wait_timeout
+            have = await wait_for_clients(
+                self.pool, need, timeout=wait, why="min_available_clients", name=self.config.name
+            )
+            if have < need:
+                raise FederationFailedError(
+                    f"gave up after waiting {wait:.0f} s for clients: "
+                    f"{have} of {need} connected (min_available_clients)"
+                )
             self.state = FederationState.RUNNING
             selected = select.select_fit([c.client_id for c in self.pool.clients()], self._rng)
             config: Config = {

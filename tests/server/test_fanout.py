@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 
 from orchard.messages import Result, Role, Task, TaskType
 from orchard.typing import NDArrays
-from orchard_server.fanout import fan_out
+from orchard_server.fanout import fan_out, wait_for_clients
 from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool
 from orchard_server.strategy import AggregationError, WeightedMean
 
@@ -92,3 +93,13 @@ def test_fold_takes_each_update_and_a_refused_one_is_a_drop() -> None:
     assert out.dropped == {"name-bad (bad)": "update rejected by the aggregator: too large"}
     # Folded results keep their numbers but drop their arrays (memory O(model)).
     assert all(r.parameters == [] and r.num_examples == 2 for _, r in out.results)
+
+
+def test_wait_for_clients_returns_at_once_or_gives_up_with_the_count() -> None:
+    pool = Scripted({"a": 1.0, "b": 2.0})
+    have = asyncio.run(wait_for_clients(pool, 2, timeout=5.0, why="test", name="fed"))
+    assert have == 2
+    began = time.monotonic()
+    have = asyncio.run(wait_for_clients(pool, 3, timeout=0.2, why="test", name="fed"))
+    assert have == 2
+    assert time.monotonic() - began >= 0.2  # it waited the whole timeout
