@@ -84,8 +84,6 @@ class Federation:
         self.parameters: NDArrays = []
         self._rng = np.random.default_rng(config.seed)
         self._opt_state: Any = None
-        #: instance_id -> partition, kept across restarts.
-        self.partitions: dict[str, int] = {}
 
     # -- set-up -----------------------------------------------------------------
 
@@ -124,7 +122,8 @@ class Federation:
         )
         self._rng.bit_generator.state = checkpoint.meta["rng"]
         self.history = History.from_json(checkpoint.meta["history"])
-        self.partitions = {k: int(v) for k, v in checkpoint.meta.get("partitions", {}).items()}
+        # The pool's admission hands out partitions; the checkpoint keeps them.
+        self.pool.partitions.restore(checkpoint.meta.get("partitions", {}))
         if self.rounds_completed >= self.config.num_rounds:
             self.state = FederationState.FINISHED
             self.reason = f"all {self.config.num_rounds} rounds were already done"
@@ -140,7 +139,7 @@ class Federation:
         meta = {
             "rng": self._rng.bit_generator.state,
             "history": self.history.to_json(),
-            "partitions": self.partitions,
+            "partitions": self.pool.partitions.to_json(),
             "model_id": self.spec.model_id,
             "strategy": self.strategy.name,
         }
@@ -154,40 +153,6 @@ class Federation:
             ),
         )
         self.history.save(self.directory)
-
-    def assign_partition(self, instance_id: str, live: Sequence[ClientInfo]) -> int:
-        """The partition of a joining client: its old one, else the least used one."""
-        if instance_id in self.partitions:
-            return self.partitions[instance_id]
-        counts = dict.fromkeys(range(self.config.partitions), 0)
-        for info in live:
-            if info.role is Role.TRAINER and info.partition_id in counts:
-                counts[info.partition_id] += 1
-        partition = min(counts, key=lambda p: (counts[p], p))
-        if counts[partition] > 0:
-            log.warning(
-                "federation %r: more clients than its %d partitions; partition %d is now shared",
-                self.config.name,
-                self.config.partitions,
-                partition,
-            )
-        self.partitions[instance_id] = partition
-        return partition
-
-    def record_partition(self, instance_id: str, partition_id: int, num_partitions: int) -> int:
-        """Record a partition the client's user fixed, so history and later assignments know."""
-        if num_partitions != self.config.partitions:
-            log.warning(
-                "federation %r: %s uses partition %d of %d, but the federation splits "
-                "data into %d partitions",
-                self.config.name,
-                instance_id[:12],
-                partition_id,
-                num_partitions,
-                self.config.partitions,
-            )
-        self.partitions[instance_id] = partition_id
-        return partition_id
 
     # -- the loop ---------------------------------------------------------------
 
@@ -299,7 +264,7 @@ class Federation:
             self.strategy.step, self.parameters, aggregate, self._opt_state
         )
         train_metrics = weighted_average_metrics(
-            [(r.num_examples, {**r.metrics, "train_loss": r.loss}) for _, r in fit.results]
+            [(r.num_examples, _with_train_loss(r)) for _, r in fit.results]
         )
         record: dict[str, Any] = {
             "round": rnd,
@@ -362,15 +327,15 @@ class Federation:
                 "duration_s": round(phase.duration, 3),
             }
         total = sum(r.num_examples for _, r in phase.results)
-        loss = sum(r.loss * r.num_examples for _, r in phase.results) / max(total, 1)
+        loss = _average_loss([r for _, r in phase.results])
         metrics = weighted_average_metrics([(r.num_examples, r.metrics) for _, r in phase.results])
         log.info(
-            "round %d/%d: federated evaluation on %d clients (%d examples): loss %.4f%s",
+            "round %d/%d: federated evaluation on %d clients (%d examples): loss %s%s",
             rnd,
             cfg.num_rounds,
             len(phase.results),
             total,
-            loss,
+            _fmt_loss(loss),
             _fmt(metrics),
         )
         return {
@@ -409,12 +374,12 @@ class Federation:
             return {"loss": None, "metrics": {}, "dropped": phase.dropped}
         info, result = phase.results[0]
         log.info(
-            "round %d/%d: centralized evaluation on %s (%d examples): loss %.4f%s",
+            "round %d/%d: centralized evaluation on %s (%d examples): loss %s%s",
             rnd,
             self.config.num_rounds,
             info.display_name,
             result.num_examples,
-            result.loss,
+            _fmt_loss(result.loss),
             _fmt(result.metrics),
         )
         return {
@@ -510,6 +475,31 @@ def _without_parameters(result: Result) -> Result:
         loss=result.loss,
         metrics=result.metrics,
     )
+
+
+def _with_train_loss(result: Result) -> Metrics:
+    """A fit result's metrics with its loss as ``train_loss``, when it reported one.
+
+    A client whose framework gives no training loss sends none; it is left
+    out of the round's average instead of counting as a loss of 0.
+    """
+    metrics = {k: v for k, v in result.metrics.items() if k != "train_loss"}
+    if result.loss is not None:
+        metrics["train_loss"] = result.loss
+    return metrics
+
+
+def _average_loss(results: Sequence[Result]) -> float | None:
+    """The example-weighted mean of the losses clients reported; None when none did."""
+    reported = [(r.num_examples, r.loss) for r in results if r.loss is not None]
+    if not reported:
+        return None
+    total = sum(n for n, _ in reported)
+    return sum(n * loss for n, loss in reported) / max(total, 1)
+
+
+def _fmt_loss(loss: float | None) -> str:
+    return "not reported" if loss is None else f"{loss:.4f}"
 
 
 def _name(infos: dict[str, ClientInfo], client_id: str) -> str:
