@@ -40,6 +40,7 @@ from orchard.messages import (
     TaskType,
 )
 from orchard.spec import ModelSpec, TensorSpec
+from orchard.v1 import federation_service_pb2 as pb
 from orchard.v1 import federation_service_pb2_grpc as pb_grpc
 from orchard_server.admission import AdmissionError, AdmissionPolicy
 from orchard_server.app import OrchardServer
@@ -78,6 +79,7 @@ class ServerThread:
         *,
         heartbeat_interval: float = 30.0,
         max_poll_seconds: float = 0.3,
+        max_upload_bytes: int = 8 << 30,
         **federation: Any,
     ) -> None:
         self.config = ServerConfig(
@@ -87,6 +89,7 @@ class ServerThread:
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_interval * 2,
             max_poll_seconds=max_poll_seconds,
+            max_upload_bytes=max_upload_bytes,
             federations=(federation_config(**federation),),
         )
         self.loop = asyncio.new_event_loop()
@@ -175,7 +178,7 @@ def open_task(served: ServerThread, client_id: str) -> tuple[Task, Future[Result
         round=1,
         config={},
         timeout=30.0,
-        names=SPEC.names,
+        names=tuple(SPEC.names),
         parameters=[np.zeros(t.shape, np.float32) for t in SPEC.tensors],
     )
     return task, served.submit(served.pool.run_task(client_id, task))
@@ -263,7 +266,7 @@ def test_an_undecodable_join_of_another_major_version_is_told_its_version(
     served: ServerThread,
 ) -> None:
     request = serde.join_to_proto(join_info(api_version="2.0"))
-    request.role = 7  # a role v1 does not know
+    request.role = pb.ClientRole.ValueType(7)  # a role v1 does not know
     err = rpc_error(lambda: served.stub.Join(request, timeout=10))
     assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "'2.0' is not supported" in str(err.details())
@@ -387,6 +390,21 @@ def test_push_result_codes(served: ServerThread) -> None:
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and "other" in str(err.details())
 
 
+def test_a_result_above_the_upload_limit_is_refused_before_its_bytes(tmp_path: Path) -> None:
+    served = ServerThread(tmp_path, max_upload_bytes=8)
+    try:
+        session = serde.session_from_proto(
+            served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+        )
+        task, _ = open_task(served, session.client_id)
+        pull(served, session.client_id)
+        err = rpc_error(lambda: _push(served, _result(task, session.client_id)))
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "exceed the limit of 8" in str(err.details())
+    finally:
+        served.close()
+
+
 # --- the client runtime joins again when the server forgets its session ----------
 
 
@@ -400,12 +418,10 @@ def test_the_runtime_joins_again_after_not_found_and_keeps_its_partition(
 ) -> None:
     # The heartbeat notices within 0.2 s while the long poll waits 5 s; with
     # 30 s heartbeats, the next poll (every 0.3 s) notices.
-    timing = (
-        {"heartbeat_interval": 0.2, "max_poll_seconds": 5.0}
-        if noticed_by == "heartbeat"
-        else {"heartbeat_interval": 30.0, "max_poll_seconds": 0.3}
+    heartbeat, poll = (0.2, 5.0) if noticed_by == "heartbeat" else (30.0, 0.3)
+    served = ServerThread(
+        tmp_path, heartbeat_interval=heartbeat, max_poll_seconds=poll, max_clients=5
     )
-    served = ServerThread(tmp_path, max_clients=5, **timing)
     caplog.set_level(logging.INFO, logger="orchard.client")
     settings = ClientSettings(
         server=f"127.0.0.1:{served.port}",
