@@ -19,6 +19,7 @@ from typing import Any
 from orchard.models import get_model_spec
 from orchard.spec import ModelSpec, SpecError, TensorSpec
 from orchard.typing import Config
+from orchard_server.admission import DEFAULT_MAX_CLIENTS
 from orchard_server.strategy import (
     SelectionError,
     Strategy,
@@ -70,6 +71,9 @@ class FederationConfig:
     #: Evaluate the global model every N rounds (0: never).
     evaluate_every: int = 1
     auth_token: str = ""
+    #: Most sessions the federation holds at once; a join beyond it is refused
+    #: with RESOURCE_EXHAUSTED (a re-join of a connected instance takes no room).
+    max_clients: int = DEFAULT_MAX_CLIENTS
     fit_config: Config = field(default_factory=dict)
     evaluate_config: Config = field(default_factory=dict)
 
@@ -94,6 +98,11 @@ class FederationConfig:
         for key in ("round_timeout", "wait_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{where}: {key} must be > 0 seconds")
+        if self.max_clients < self.min_available_clients:
+            raise ConfigError(
+                f"{where}: max_clients ({self.max_clients}) is below min_available_clients "
+                f"({self.min_available_clients}); no round could ever start"
+            )
         if self.init_file is not None and not self.init_file.is_file():
             raise ConfigError(f"{where}: init_file {self.init_file} does not exist")
         try:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchard.messages import FederationState, Role, Task, TaskType
+from orchard.messages import FederationState, Task, TaskType
 from orchard.spec import ModelSpec
 from orchard.typing import Config, NDArrays
 from orchard_server.checkpoint import load_federation, save_federation
@@ -33,7 +33,7 @@ from orchard_server.evaluation import EvaluateFn, centralized_evaluation, federa
 from orchard_server.fanout import Fanout, Fold, fan_out, wait_for_clients
 from orchard_server.history import History
 from orchard_server.initial import initial_parameters
-from orchard_server.pool import ClientInfo, ClientPool
+from orchard_server.pool import ClientPool
 from orchard_server.records import FitRecord, RoundRecord, format_metrics
 from orchard_server.strategy import (
     State,
@@ -79,8 +79,6 @@ class Federation:
         self.parameters: NDArrays = []
         self._rng = np.random.default_rng(config.seed)
         self._opt_state: State | None = None
-        #: instance_id -> partition, kept across restarts.
-        self.partitions: dict[str, int] = {}
 
     # -- set-up -----------------------------------------------------------------
 
@@ -114,7 +112,8 @@ class Federation:
         self._opt_state = resumed.opt_state
         self._rng.bit_generator.state = resumed.rng_state
         self.history = resumed.history
-        self.partitions = {k: int(v) for k, v in resumed.meta.get("partitions", {}).items()}
+        # The pool's admission hands out partitions; the checkpoint keeps them.
+        self.pool.partitions.restore(resumed.meta.get("partitions", {}))
         if self.rounds_completed >= self.config.num_rounds:
             self.state = FederationState.FINISHED
             self.reason = f"all {self.config.num_rounds} rounds were already done"
@@ -133,7 +132,7 @@ class Federation:
         assert self._opt_state is not None, "saved before restore_or_init"
         self.history.save(self.directory)
         meta = {
-            "partitions": self.partitions,
+            "partitions": self.pool.partitions.to_json(),
             "model_id": self.spec.model_id,
             "strategy": self.strategy.name,
         }
@@ -146,40 +145,6 @@ class Federation:
             history=self.history,
             meta=meta,
         )
-
-    def assign_partition(self, instance_id: str, live: Sequence[ClientInfo]) -> int:
-        """The partition of a joining client: its old one, else the least used one."""
-        if instance_id in self.partitions:
-            return self.partitions[instance_id]
-        counts = dict.fromkeys(range(self.config.partitions), 0)
-        for info in live:
-            if info.role is Role.TRAINER and info.partition_id in counts:
-                counts[info.partition_id] += 1
-        partition = min(counts, key=lambda p: (counts[p], p))
-        if counts[partition] > 0:
-            log.warning(
-                "federation %r: more clients than its %d partitions; partition %d is now shared",
-                self.config.name,
-                self.config.partitions,
-                partition,
-            )
-        self.partitions[instance_id] = partition
-        return partition
-
-    def record_partition(self, instance_id: str, partition_id: int, num_partitions: int) -> int:
-        """Record a partition the client's user fixed, so history and later assignments know."""
-        if num_partitions != self.config.partitions:
-            log.warning(
-                "federation %r: %s uses partition %d of %d, but the federation splits "
-                "data into %d partitions",
-                self.config.name,
-                instance_id[:12],
-                partition_id,
-                num_partitions,
-                self.config.partitions,
-            )
-        self.partitions[instance_id] = partition_id
-        return partition_id
 
     # -- the loop ---------------------------------------------------------------
 

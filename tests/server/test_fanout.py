@@ -7,9 +7,12 @@ import time
 
 import numpy as np
 
+from orchard.examples.logreg import logreg_spec
 from orchard.messages import Result, Role, Task, TaskType
 from orchard.typing import NDArrays
+from orchard_server.admission import AdmissionPolicy
 from orchard_server.fanout import fan_out, wait_for_clients
+from orchard_server.partitions import PartitionRegistry
 from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool
 from orchard_server.strategy import AggregationError, WeightedMean
 
@@ -18,7 +21,11 @@ class Scripted(ClientPool):
     """Clients whose answers are scripted: a value to return, 'drop', or 'hang'."""
 
     def __init__(self, script: dict[str, float | str]) -> None:
-        super().__init__()
+        super().__init__(
+            AdmissionPolicy(
+                federation="scripted", spec=logreg_spec(), partitions=PartitionRegistry(len(script))
+            )
+        )
         self.script = script
         self.task_ids: list[str] = []
 

@@ -14,8 +14,9 @@ import pytest
 
 from orchard.client.numpy_client import ClientContext, NumPyClient
 from orchard.examples.logreg import LogRegClient, logreg_spec, make_blobs
-from orchard.messages import FederationState, Role
+from orchard.messages import API_VERSION, FederationState, JoinInfo, Role
 from orchard.typing import Config, Metrics, NDArrays
+from orchard_server.admission import AdmissionPolicy
 from orchard_server.config import FederationConfig
 from orchard_server.federation import Federation
 from orchard_server.pool import InMemoryClientPool
@@ -217,19 +218,46 @@ def test_evaluator_role_does_centralized_evaluation(tmp_path: Path) -> None:
     assert len(record.fit.participants) == 2  # the evaluator never trains
 
 
-def test_partition_assignment_is_stable_and_spreads(tmp_path: Path) -> None:
-    federation, pool = make(tmp_path, n=0, num_partitions=3)
-    got = []
-    for i in range(3):
-        partition = federation.assign_partition(f"inst-{i}", pool.clients())
-        pool.add(logreg, partition_id=partition, num_partitions=3)
-        got.append(partition)
-    assert got == [0, 1, 2]
-    # The same instance (re-joining after a restart) keeps its partition.
-    assert federation.assign_partition("inst-1", pool.clients()) == 1
-    # A newcomer takes the partition of a client that left.
-    pool.remove("sim-1")
-    assert federation.assign_partition("inst-new", pool.clients()) == 1
+def test_the_checkpoint_keeps_the_partitions_admission_handed_out(tmp_path: Path) -> None:
+    config = fed_config(num_rounds=1, num_partitions=3, evaluate_every=0)
+
+    def policy_pool() -> InMemoryClientPool:
+        return InMemoryClientPool(SPEC, "blobs", policy=AdmissionPolicy.from_config(config))
+
+    pool = policy_pool()
+    for name in ("x", "y"):
+        pool.add(logreg, JoinInfo(api_version=API_VERSION, federation="blobs", instance_id=name))
+    assert run(Federation(config, pool, tmp_path)) is FederationState.FINISHED
+    resumed = policy_pool()
+    Federation(config, resumed, tmp_path).restore_or_init()
+    assert resumed.partitions.to_json() == {"x": 0, "y": 1}
+    # "y" re-joins after the restart and gets its partition back, not the least used one.
+    again = resumed.add(
+        logreg, JoinInfo(api_version=API_VERSION, federation="blobs", instance_id="y")
+    )
+    assert again.partition_id == 1
+
+
+class NoLoss(LogRegClient):
+    """A framework that reports no training loss."""
+
+    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
+        params, n, metrics = super().fit(parameters, config)
+        return params, n, {k: v for k, v in metrics.items() if k != "train_loss"}
+
+
+def test_a_missing_train_loss_is_left_out_of_the_average(tmp_path: Path) -> None:
+    config = fed_config(num_rounds=1, evaluate_every=0)
+    pool = InMemoryClientPool(SPEC)
+    pool.add(logreg, partition_id=0, num_partitions=2, name="reports")
+    pool.add(lambda ctx: NoLoss.for_partition(1), partition_id=1, num_partitions=2, name="silent")
+    federation = Federation(config, pool, tmp_path)
+    assert run(federation) is FederationState.FINISHED
+    fit = federation.history.rounds[0].fit
+    losses = {p.client: p.loss for p in fit.participants}
+    assert losses["silent"] is None
+    assert losses["reports"] is not None and losses["reports"] > 0
+    assert fit.metrics["train_loss"] == pytest.approx(losses["reports"])
 
 
 class Slow(LogRegClient):
