@@ -8,7 +8,7 @@ exactly the same examples; this module turns its uint8 arrays into PyTorch
 batches.
 
 Normalization (identical in the MXNet adapter, so both frameworks see the same
-inputs; recorded in :data:`DATASETS`):
+inputs; recorded in :data:`orchard.data.client_data.DATASETS`):
 
 * CIFAR-10: ``(x/255 - 0.5) / 0.5`` per channel, as in PyTorch's tutorial;
 * MNIST and Fashion-MNIST: plain ``x/255`` (no mean/std), values in [0, 1].
@@ -33,10 +33,7 @@ from orchard.data.client_data import (
     DatasetInfo,
     DataSettings,
     OfficialSplit,
-    Split,
     check_compatible,
-    default_dataset,
-    load_split,
 )
 from orchard.data.partition import PartitionSpec
 
@@ -45,14 +42,8 @@ __all__ = [
     "ClientData",
     "DataError",
     "DataSettings",
-    "DatasetInfo",
     "ImageBatches",
     "ImageSet",
-    "OfficialSplit",
-    "Split",
-    "check_compatible",
-    "default_dataset",
-    "load_split",
     "normalize",
 ]
 
