@@ -75,7 +75,7 @@ test-main: $(BIN)/.ok
 	$(BIN)/pytest --ignore=tests/client_mxnet $(PYTEST_ARGS)
 
 test-mxnet: $(MXBIN)/.ok $(BIN)/.ok
-	ORCHARD_SERVER_PYTHON=$(abspath $(BIN)/python) $(MXBIN)/pytest tests/core tests/client_mxnet $(PYTEST_ARGS)
+	ORCHARD_SERVER_PYTHON=$(abspath $(BIN)/python) $(MXBIN)/pytest tests/core tests/client_mxnet tests/contract $(PYTEST_ARGS)
 
 ## bench: speed and memory benchmarks, JSON on stdout and in runs/bench.json
 bench: $(BIN)/.ok

@@ -1,4 +1,5 @@
-"""The NumPy-level client interface every framework adapter implements.
+"""The NumPy-level client interface the runtime calls (framework adapters reach it
+through :class:`orchard.client.adapter.AdapterClient`).
 
 Modelled on Flower's ``NumPyClient``: parameters are ordered lists of NumPy
 arrays in the model spec's order, so the runtime (and the server) never see a
