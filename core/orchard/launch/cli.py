@@ -14,7 +14,6 @@ files, a framework that is not installed, bad options).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import sys
@@ -204,10 +203,9 @@ def _fashion(args: argparse.Namespace) -> int:
         )
         print(f"{args.data_dir}: no {args.dataset} files ({hint})", file=sys.stderr)
         return 2
-    if args.mxnet_python:
-        os.environ[KINDS["mxnet"].python_variable] = args.mxnet_python
     for framework in FRAMEWORKS:
-        find_python(KINDS[framework])  # a missing framework stops here, before any start
+        # A missing framework stops here, before anything starts.
+        find_python(KINDS[framework], args.mxnet_python if framework == "mxnet" else None)
     try:
         settings = MixedFederation(
             federation=args.dataset,
@@ -248,7 +246,13 @@ def _fashion(args: argparse.Namespace) -> int:
         )
 
     with Launcher(args.run_dir) as launcher:
-        outcome = run_mixed_federation(launcher, settings, timeout=args.timeout, on_round=on_round)
+        outcome = run_mixed_federation(
+            launcher,
+            settings,
+            timeout=args.timeout,
+            mxnet_python=args.mxnet_python,
+            on_round=on_round,
+        )
     table = accuracy_table(outcome.rounds)
     (args.run_dir / "accuracy.md").write_text(table + "\n")
     print(table)

@@ -110,7 +110,9 @@ def checkout_root() -> Path | None:
 
 def _has_package(python: str, package: str) -> bool:
     """Whether ``package`` is importable with ``python`` (found, not imported: no torch load)."""
-    if Path(python).resolve() == Path(sys.executable).resolve():
+    # Paths are compared unresolved: every virtual environment's python is a
+    # link to the same base interpreter, yet each sees its own packages.
+    if os.path.abspath(python) == os.path.abspath(sys.executable):
         return importlib.util.find_spec(package) is not None
     probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)"
     try:
@@ -122,8 +124,19 @@ def _has_package(python: str, package: str) -> bool:
     return done.returncode == 0
 
 
-def find_python(kind: Kind) -> str:
-    """The interpreter that runs ``kind`` (see the module docstring for the order)."""
+def find_python(kind: Kind, python: str | None = None) -> str:
+    """The interpreter that runs ``kind`` (see the module docstring for the order).
+
+    ``python``, when given, is the caller's choice: it must be an executable
+    file, and is returned without looking for the package (it may be a
+    wrapper that sets the package up).
+    """
+    if python is not None:
+        if not (Path(python).is_file() and os.access(python, os.X_OK)):
+            raise SetupError(
+                f"{kind.name}: interpreter {python!r} is not an executable file", process=kind.name
+            )
+        return python
     configured = os.environ.get(kind.python_variable)
     if configured:
         if not (Path(configured).is_file() and os.access(configured, os.X_OK)):

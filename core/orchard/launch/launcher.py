@@ -213,10 +213,11 @@ class Launcher:
         ``config`` is a TOML file or the document itself (written to
         ``RUN_DIR/<name>.toml``). Without ``server.address`` the server gets a
         free loopback port (and, for a document naming neither TLS files nor
-        ``insecure``, plain text: it is reachable from this machine only), without ``server.state_dir`` it keeps its state
-        in ``RUN_DIR/state``. A TLS server is checked over TLS with
-        ``ca_cert``. ``linger`` is how long it serves after its last
-        federation ended; ``python`` overrides the interpreter.
+        ``insecure``, plain text: it is reachable from this machine only);
+        without ``server.state_dir`` it keeps its state in ``RUN_DIR/state``.
+        A TLS server is checked over TLS with ``ca_cert``. ``linger`` is how
+        long it serves after its last federation ended; ``python`` overrides
+        the interpreter.
         """
         if isinstance(config, Path):
             path = config.resolve()
@@ -248,7 +249,7 @@ class Launcher:
                 "so the launcher can check its health",
                 process=name,
             )
-        interpreter = python or find_python(get_kind("server"))
+        interpreter = find_python(get_kind("server"), python)
         argv = [interpreter, "-m", "orchard_server", "--config", str(path)]
         argv += ["--linger", f"{linger:g}", *overrides, *args]
         proc = self.start_process(name, argv)
@@ -324,7 +325,7 @@ class Launcher:
                 f"{', '.join(sorted(framework_only))} option",
                 process=options.name,
             )
-        interpreter = python or find_python(spec)
+        interpreter = find_python(spec, python)
         head = list(module) if module is not None else [spec.module]
         argv = [interpreter, "-m", *head, *spec.command, *self._client_args(options)]
         proc = self.start_process(options.name, argv, env=options.env)

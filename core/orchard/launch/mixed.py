@@ -174,13 +174,14 @@ def run_mixed_federation(
     settings: MixedFederation,
     *,
     timeout: float = 3600.0,
+    mxnet_python: str | None = None,
     on_round: Callable[[RoundSummary], None] | None = None,
 ) -> MixedOutcome:
     """Start the server and one client per framework with ``launcher``; wait; summarise.
 
     ``on_round`` is called once per round as soon as the server recorded it
-    (progress). The MXNet client runs in the interpreter
-    :func:`~orchard.launch.kinds.find_python` finds for it. The caller
+    (progress). The MXNet client runs with ``mxnet_python``, else the
+    interpreter :func:`~orchard.launch.kinds.find_python` finds. The caller
     owns ``launcher``: leaving its ``with`` block stops anything still running.
     """
     started = time.monotonic()
@@ -203,6 +204,7 @@ def run_mixed_federation(
                 no_verify=settings.no_verify,
                 env={"OMP_NUM_THREADS": str(settings.threads), "ORCHARD_LOG_LEVEL": "INFO"},
             ),
+            python=mxnet_python if framework == "mxnet" else None,
         )
     reported = 0
 
