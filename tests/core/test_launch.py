@@ -221,7 +221,8 @@ def test_a_wait_past_its_bound_is_an_error_and_stop_leaves_no_process_behind(
         stopped_in = time.monotonic() - started
     pids = [server.process.pid, client.pid, stubborn.pid, grandchild]
     assert all(_gone(pid) for pid in pids), [p for p in pids if not _gone(p)]
-    # One bound for all (SIGTERM to every process, then SIGKILL to the stubborn one).
+    # One bound for the clients' phase (SIGTERM to all, then SIGKILL to the
+    # stubborn one); the server stops at once.
     assert stopped_in < 5.0 + 3.0
     assert stubborn.returncode == -signal.SIGKILL
     assert client.returncode is not None
@@ -295,3 +296,43 @@ def test_the_run_command_refuses_an_unknown_kind(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "unknown client kind 'jax'" in done.stderr
+
+
+def test_sigterm_to_the_command_stops_everything_it_started(tmp_path: Path) -> None:
+    # Two clients needed, one started: the federation waits until stopped.
+    config = write_config(tmp_path / "server.toml", _config(clients=2, insecure=True))
+    command = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchard.launch",
+            "run",
+            "--config",
+            str(config),
+            "--client",
+            "numpy",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert command.stdout is not None
+        assert command.stdout.readline().startswith("server on 127.0.0.1:")
+        client_log = tmp_path / "run" / "numpy-0.log"
+        deadline = time.monotonic() + 30
+        while "joined federation" not in client_log.read_text():
+            assert time.monotonic() < deadline, client_log.read_text()
+            time.sleep(0.1)
+        command.send_signal(signal.SIGTERM)
+        _, err = command.communicate(timeout=30)
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+    assert command.returncode == 130, err
+    assert "stopped every process it started" in err
+    # The client left on the launcher's SIGTERM, as on any SIGTERM.
+    assert "left federation 'blobs' (SIGTERM)" in client_log.read_text()

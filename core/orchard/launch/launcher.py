@@ -164,6 +164,7 @@ class Launcher:
         self.processes: list[Process] = []
         self.clients: list[Process] = []
         self.server: Server | None = None
+        self._servers: list[Process] = []
 
     def __enter__(self) -> Launcher:
         return self
@@ -253,6 +254,7 @@ class Launcher:
         argv = [interpreter, "-m", "orchard_server", "--config", str(path)]
         argv += ["--linger", f"{linger:g}", *overrides, *args]
         proc = self.start_process(name, argv)
+        self._servers.append(proc)
         host, _, port = address.rpartition(":")
         connect = f"127.0.0.1:{port}" if host in ("", "0.0.0.0", "[::]", "::") else address
         server = Server(
@@ -435,17 +437,22 @@ class Launcher:
         return {name: self.server.history(name) for name in self.server.federations}
 
     def stop(self) -> None:
-        """Stop every process started here, newest first: SIGTERM, then SIGKILL after the bound.
+        """Stop every process started here: clients and other processes first, then servers.
 
-        All are signalled before any is waited for, so stopping N processes
-        takes one bound, not N.
+        Each phase sends SIGTERM to every process group in it (so their
+        children too), then SIGKILL to those still running after
+        ``stop_timeout``: stopping N processes takes at most two bounds, not N.
+        Clients go first so they can still tell the server they leave.
         """
-        running = [p for p in reversed(self.processes) if p.running]
-        for proc in running:
-            proc.terminate()
-        deadline = time.monotonic() + self.stop_timeout
-        for proc in running:
-            try:
-                proc.popen.wait(timeout=max(deadline - time.monotonic(), 0.01))
-            except subprocess.TimeoutExpired:
-                proc.kill(timeout=self.stop_timeout)
+        servers = [p for p in self.processes if p in self._servers]
+        others = [p for p in self.processes if p not in self._servers]
+        for phase in (others, servers):
+            running = [p for p in reversed(phase) if p.running]
+            for proc in running:
+                proc.terminate()
+            deadline = time.monotonic() + self.stop_timeout
+            for proc in running:
+                try:
+                    proc.popen.wait(timeout=max(deadline - time.monotonic(), 0.01))
+                except subprocess.TimeoutExpired:
+                    proc.kill(timeout=self.stop_timeout)
