@@ -28,6 +28,8 @@ from orchard.launch import (
     Launcher,
     LaunchError,
     SetupError,
+    config_document,
+    free_port,
     write_config,
 )
 
@@ -84,6 +86,7 @@ def test_the_public_names_are_the_documented_ones() -> None:
             "Process",
             "Server",
             "SetupError",
+            "config_document",
             "find_python",
             "free_port",
             "read_history",
@@ -336,3 +339,38 @@ def test_sigterm_to_the_command_stops_everything_it_started(tmp_path: Path) -> N
     assert "stopped every process it started" in err
     # The client left on the launcher's SIGTERM, as on any SIGTERM.
     assert "left federation 'blobs' (SIGTERM)" in client_log.read_text()
+
+
+def test_a_server_config_object_round_trips_and_starts_a_server(tmp_path: Path) -> None:
+    server_config = pytest.importorskip("orchard_server.config")
+    config = server_config.ServerConfig(
+        address=f"127.0.0.1:{free_port()}",
+        state_dir=tmp_path / "objects",
+        insecure=True,
+        heartbeat_interval=0.5,
+        heartbeat_timeout=3.0,
+        federations=(
+            server_config.FederationConfig(
+                name="blobs",
+                model="logreg",
+                tensors=logreg_spec().tensors,
+                num_rounds=1,
+                min_fit_clients=1,
+                min_evaluate_clients=1,
+                min_available_clients=1,
+                fit_config={"epochs": 2, "learning_rate": 0.05},
+            ),
+        ),
+    )
+    document = config_document(config)
+    assert "tls_cert" not in document["server"]  # None: left to the server's default
+    path = write_config(tmp_path / "object.toml", document)
+    assert server_config.load_config(path, environ={}) == config
+    with Launcher(tmp_path / "run") as launcher:
+        server = launcher.start_server(config)
+        launcher.start_client("numpy", ClientOptions(federation="blobs", name="solo"))
+        histories = launcher.wait(timeout=60)
+    assert server.state_dir == tmp_path / "objects"
+    assert len(histories["blobs"]["rounds"]) == 1
+    with pytest.raises(SetupError, match="not a server config object"):
+        config_document(3)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ process at fault and showing the log tails.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -23,11 +24,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import tomli_w
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+if TYPE_CHECKING:
+    # Any dataclass instance: core cannot import orchard_server.ServerConfig.
+    from _typeshed import DataclassInstance
 
 from orchard.launch.kinds import CLIENT_KINDS, find_python, get_kind
 from orchard.launch.process import LaunchError, Process, SetupError, tails
@@ -36,6 +41,7 @@ __all__ = [
     "ClientOptions",
     "Launcher",
     "Server",
+    "config_document",
     "free_port",
     "read_history",
     "write_config",
@@ -61,6 +67,41 @@ def _toml_ready(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_toml_ready(v) for v in value]
     return value
+
+
+def _plain(value: Any) -> Any:
+    """A config value as TOML data: dataclasses as tables, tuples as lists, paths as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if getattr(value, f.name) is not None
+        }
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def config_document(config: DataclassInstance) -> dict[str, Any]:
+    """The TOML document of a server config object (``orchard_server.ServerConfig``).
+
+    The file format is ``[server]`` (every field but ``federations``) and one
+    ``[federations.NAME]`` table per federation (every field but ``name``);
+    unset (``None``) fields are left out, so the server applies its defaults.
+    Works from the dataclass's fields, so the launcher needs no server import.
+    """
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise SetupError(f"not a server config object: {config!r}")
+    table = _plain(config)
+    federations = table.pop("federations", [])
+    return {
+        "server": table,
+        "federations": {fed.pop("name"): fed for fed in federations},
+    }
 
 
 def write_config(path: Path, document: Mapping[str, Any]) -> Path:
@@ -199,7 +240,7 @@ class Launcher:
 
     def start_server(
         self,
-        config: Path | Mapping[str, Any],
+        config: Path | Mapping[str, Any] | DataclassInstance,
         *,
         name: str = "server",
         linger: float = 1.0,
@@ -211,15 +252,17 @@ class Launcher:
         """Start ``python -m orchard_server`` and wait (at most ``health_timeout`` s) until
         its gRPC health service says SERVING.
 
-        ``config`` is a TOML file or the document itself (written to
-        ``RUN_DIR/<name>.toml``). Without ``server.address`` the server gets a
-        free loopback port (and, for a document naming neither TLS files nor
+        ``config`` is a TOML file, the document itself or an
+        ``orchard_server.ServerConfig`` (:func:`config_document`); the last
+        two are written to ``RUN_DIR/<name>.toml``. Without ``server.address``
+        the server gets a free loopback port (and, for a document naming neither TLS files nor
         ``insecure``, plain text: it is reachable from this machine only);
         without ``server.state_dir`` it keeps its state in ``RUN_DIR/state``.
         A TLS server is checked over TLS with ``ca_cert``. ``linger`` is how
         long it serves after its last federation ended; ``python`` overrides
         the interpreter.
         """
+        from_file = isinstance(config, Path)
         if isinstance(config, Path):
             path = config.resolve()
             try:
@@ -228,14 +271,17 @@ class Launcher:
                 raise SetupError(
                     f"cannot read server config {config}: {exc}", process=name
                 ) from None
-        else:
+        elif isinstance(config, Mapping):
             document = dict(config)
+            path = self.run_dir / f"{name}.toml"
+        else:
+            document = config_document(config)
             path = self.run_dir / f"{name}.toml"
         table: Mapping[str, Any] = document.get("server", {})
         address = str(table.get("address") or f"127.0.0.1:{free_port()}")
         state_dir = Path(table.get("state_dir") or self.run_dir / "state").resolve()
         insecure = bool(table.get("insecure", False))
-        if isinstance(config, Path):
+        if from_file:
             overrides = ["--address", address, "--state-dir", str(state_dir)]
         else:
             server_table = {**table, "address": address, "state_dir": state_dir}
