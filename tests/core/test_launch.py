@@ -132,8 +132,10 @@ def test_a_client_kind_that_is_not_installed_is_a_setup_error_saying_what_to_do(
             )
         # An interpreter that lacks the package is refused naming it and the fix.
         monkeypatch.setenv("ORCHARD_MXNET_PYTHON", sys.executable)
-        if importlib.util.find_spec("orchard_mxnet") is None:  # the main environment
-            with pytest.raises(SetupError, match=r"cannot import orchard_mxnet: .*make setup"):
+        if importlib.util.find_spec("mxnet") is None:  # the main environment
+            with pytest.raises(
+                SetupError, match=r"cannot import orchard_mxnet and mxnet: .*make setup"
+            ):
                 launcher.start_client(
                     "mxnet", ClientOptions(federation="x", name="mx", server="127.0.0.1:1")
                 )

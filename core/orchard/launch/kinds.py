@@ -8,13 +8,14 @@ itself. For each kind the interpreter is, in order:
 
 1. ``ORCHARD_<KIND>_PYTHON`` (``ORCHARD_SERVER_PYTHON``, ``ORCHARD_PYTORCH_PYTHON``,
    ``ORCHARD_MXNET_PYTHON``), for images and other layouts;
-2. this interpreter, when the kind's package is importable here;
+2. this interpreter, when the kind's packages are importable here;
 3. in a source checkout, the environment ``make setup`` creates for it
    (``.venv`` or ``.venv-mxnet`` at the repository root).
 
-An interpreter counts only if the kind's package is importable with it, so a
-missing framework is a :class:`~orchard.launch.process.SetupError` that says
-how to get it, before anything starts.
+An interpreter counts only if the kind's packages (Orchard's adapter and the
+framework itself) are importable with it, so a missing framework is a
+:class:`~orchard.launch.process.SetupError` that says how to get it, before
+anything starts.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ class Kind:
     """One kind of process: what it runs and where its interpreter comes from."""
 
     name: str
-    #: The package that must be importable (proof the kind is installed).
-    package: str
+    #: The packages that must be importable (proof the kind is installed):
+    #: Orchard's adapter and the framework itself, which may live apart.
+    packages: tuple[str, ...]
     #: ``python -m`` module and the arguments before the common client options.
     module: str
     command: tuple[str, ...] = ()
@@ -59,14 +61,14 @@ KINDS: dict[str, Kind] = {
     for kind in (
         Kind(
             name="server",
-            package="orchard_server",
+            packages=("orchard_server",),
             module="orchard_server",
             venv=".venv",
             install_hint="pip install ./server (or `make setup` in a checkout)",
         ),
         Kind(
             name="pytorch",
-            package="orchard_pytorch",
+            packages=("orchard_pytorch", "torch"),
             module="orchard_pytorch",
             command=("client",),
             venv=".venv",
@@ -75,7 +77,7 @@ KINDS: dict[str, Kind] = {
         ),
         Kind(
             name="mxnet",
-            package="orchard_mxnet",
+            packages=("orchard_mxnet", "mxnet"),
             module="orchard_mxnet",
             command=("client",),
             venv=".venv-mxnet",
@@ -83,8 +85,8 @@ KINDS: dict[str, Kind] = {
             install_hint="create .venv-mxnet (`make setup`) or pip install ./client_mxnet "
             "in an environment with numpy<1.24",
         ),
-        Kind(name="numpy", package="orchard", module="orchard.examples.logreg"),
-        Kind(name="echo", package="orchard", module="orchard.examples.echo"),
+        Kind(name="numpy", packages=("orchard",), module="orchard.examples.logreg"),
+        Kind(name="echo", packages=("orchard",), module="orchard.examples.echo"),
     )
 }
 
@@ -108,16 +110,19 @@ def checkout_root() -> Path | None:
     return root if (root / "core" / "orchard").is_dir() else None
 
 
-def _has_package(python: str, package: str) -> bool:
-    """Whether ``package`` is importable with ``python`` (found, not imported: no torch load)."""
+def _has_packages(python: str, packages: tuple[str, ...]) -> bool:
+    """Whether ``packages`` are importable with ``python`` (found, not imported: no torch load)."""
     # Paths are compared unresolved: every virtual environment's python is a
     # link to the same base interpreter, yet each sees its own packages.
     if os.path.abspath(python) == os.path.abspath(sys.executable):
-        return importlib.util.find_spec(package) is not None
-    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)"
+        return all(importlib.util.find_spec(p) is not None for p in packages)
+    probe = (
+        "import importlib.util, sys; "
+        "sys.exit(any(importlib.util.find_spec(p) is None for p in sys.argv[1:]))"
+    )
     try:
         done = subprocess.run(
-            [python, "-c", probe, package], capture_output=True, timeout=60, check=False
+            [python, "-c", probe, *packages], capture_output=True, timeout=60, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -144,23 +149,24 @@ def find_python(kind: Kind, python: str | None = None) -> str:
                 f"{kind.python_variable}={configured!r} is not an executable file",
                 process=kind.name,
             )
-        if not _has_package(configured, kind.package):
+        if not _has_packages(configured, kind.packages):
             raise SetupError(
-                f"{kind.python_variable}={configured} cannot import {kind.package}: "
+                f"{kind.python_variable}={configured} cannot import {' and '.join(kind.packages)}: "
                 f"{kind.install_hint}",
                 process=kind.name,
             )
         return configured
-    if _has_package(sys.executable, kind.package):
+    if _has_packages(sys.executable, kind.packages):
         return sys.executable
     root = checkout_root()
     if kind.venv is not None and root is not None:
         candidate = root / kind.venv / "bin" / "python"
-        if candidate.is_file() and _has_package(str(candidate), kind.package):
+        if candidate.is_file() and _has_packages(str(candidate), kind.packages):
             return str(candidate)
     where = f" nor in {root / kind.venv}" if kind.venv and root else ""
     raise SetupError(
-        f"no {kind.name} here: {kind.package} is not importable with {sys.executable}{where}, "
+        f"no {kind.name} here: {' and '.join(kind.packages)} not importable with "
+        f"{sys.executable}{where}, "
         f"and {kind.python_variable} is not set; {kind.install_hint}",
         process=kind.name,
     )
