@@ -14,8 +14,8 @@ PYTEST_ARGS ?=
 
 .PHONY: setup proto check check-proto-stale lint typecheck buf-lint buf-breaking test test-main test-mxnet bench clean
 
-## setup: create both Python environments and install buf
-setup: $(BIN)/.ok $(MXBIN)/.ok $(BUF)
+## setup: create both Python environments, install buf and (as root) Debian's Fashion-MNIST
+setup: $(BIN)/.ok $(MXBIN)/.ok $(BUF) fashion-data
 
 $(BIN)/.ok: requirements/dev.txt core/pyproject.toml server/pyproject.toml client_pytorch/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -3,7 +3,8 @@
 * ``serde``: streaming a parameter set through chunks and back (MB/s).
 * ``aggregation``: peak memory of incremental FedAvg over many clients, relative to one model
   (should stay near 2x: a float64 accumulator) against the naive list-of-updates approach.
-* ``grpc_round``: a real server process and real client processes on loopback exchanging a model
+* ``grpc_round``: a real server process and echo client processes (started by
+  :mod:`orchard.launch`) on loopback exchanging a model
   far above gRPC's 4 MiB message limit; round time and the server's peak RSS.
 
 Numbers depend on the machine; the JSON records its CPU count.
@@ -15,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from orchard import serde
+from orchard.launch import ClientOptions, Launcher
 from orchard_server.strategy import WeightedMean
 
 
@@ -85,15 +86,12 @@ def bench_aggregation(mb: int, clients: int) -> dict[str, Any]:
 def bench_grpc_round(
     mb: int, clients: int, rounds: int, tensors: int, workdir: Path
 ) -> dict[str, Any]:
-    """A real server and clients on loopback exchanging a large model of ``tensors`` tensors.
+    """A real server and echo clients on loopback exchanging a large model of ``tensors`` tensors.
 
     Real models have many tensors, and the server's temporaries are per tensor:
     one giant tensor is the worst case for its peak memory.
     """
-    from tests.helpers.processes import Proc, start_loopback_server
-
     n = mb * (1 << 20) // 4 // tensors * tensors
-    procs: list[Proc] = []
     federation = {
         "model": "big",
         "tensors": [{"name": f"w{i}", "shape": [n // tensors]} for i in range(tensors)],
@@ -104,51 +102,43 @@ def bench_grpc_round(
         "evaluate_every": 0,
         "round_timeout": 300.0,
     }
-    try:
-        loopback = start_loopback_server(
-            workdir, {"big": federation}, procs=procs, heartbeat_timeout=30.0
+    server_table = {"heartbeat_interval": 0.5, "heartbeat_timeout": 30.0, "max_poll_seconds": 5.0}
+    with Launcher(workdir) as launcher:
+        server = launcher.start_server(
+            {"server": server_table, "federations": {"big": federation}}, linger=0.5
         )
-        server, state = loopback.proc, loopback.state_dir
         for i in range(clients):
-            args = [sys.executable, "-m", "benchmarks.echo_client", "--insecure",
-                    "--server", f"127.0.0.1:{loopback.port}", "--federation", "big",
-                    "--name", f"echo-{i}"]  # fmt: skip
-            procs.append(Proc(f"echo-{i}", args, workdir / f"echo-{i}.log"))
+            launcher.start_client("echo", ClientOptions(federation="big", name=f"echo-{i}"))
         peak_kb = 0
-        start = time.perf_counter()
-        while server.popen.poll() is None:
-            status = Path(f"/proc/{server.popen.pid}/status")
+        status = Path(f"/proc/{server.process.pid}/status")
+
+        def sample_peak() -> None:
+            nonlocal peak_kb
             try:
                 for line in status.read_text().splitlines():
                     if line.startswith("VmHWM:"):
                         peak_kb = max(peak_kb, int(line.split()[1]))
-            except FileNotFoundError:
-                break
-            time.sleep(0.2)
-            if time.perf_counter() - start > 600:
-                raise RuntimeError("grpc benchmark took over 600 s\n" + server.tail())
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+
+        start = time.perf_counter()
+        history = launcher.wait(600.0, progress=sample_peak)["big"]
         total = time.perf_counter() - start
-        if server.popen.returncode != 0:
-            raise RuntimeError("server failed\n" + "\n".join(p.tail() for p in procs))
-        history = json.loads((state / "big" / "history.json").read_text())
-        fit_times = [r["fit"]["duration_s"] for r in history["rounds"]]
-        model_mb = n * 4 / 1e6
-        return {
-            "model_mb": round(model_mb, 1),
-            "tensors": tensors,
-            "clients": clients,
-            "rounds": rounds,
-            "grpc_message_limit_mb": 4.19,
-            "fit_phase_s": fit_times,
-            "mb_moved_per_round": round(2 * clients * model_mb, 1),
-            "throughput_mb_per_s": round(2 * clients * model_mb / (sum(fit_times) / rounds), 1),
-            "server_peak_rss_mb": round(peak_kb / 1024, 1),
-            "server_peak_rss_in_models": round(peak_kb * 1024 / (n * 4), 2),
-            "wall_s": round(total, 1),
-        }
-    finally:
-        for p in procs:
-            p.close()
+    fit_times = [r["fit"]["duration_s"] for r in history["rounds"]]
+    model_mb = n * 4 / 1e6
+    return {
+        "model_mb": round(model_mb, 1),
+        "tensors": tensors,
+        "clients": clients,
+        "rounds": rounds,
+        "grpc_message_limit_mb": 4.19,
+        "fit_phase_s": fit_times,
+        "mb_moved_per_round": round(2 * clients * model_mb, 1),
+        "throughput_mb_per_s": round(2 * clients * model_mb / (sum(fit_times) / rounds), 1),
+        "server_peak_rss_mb": round(peak_kb / 1024, 1),
+        "server_peak_rss_in_models": round(peak_kb * 1024 / (n * 4), 2),
+        "wall_s": round(total, 1),
+    }
 
 
 def main() -> None:

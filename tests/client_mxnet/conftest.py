@@ -1,8 +1,5 @@
 """Generated MNIST files for the MXNet client's tests, with their checksums injected.
 
-(``processes``, child processes killed at the end of a test, is
-:func:`tests.helpers.processes.processes`.)
-
 The shared reader verifies every file against the official checksums, which
 generated files cannot match; the fixtures register a variant named "mnist"
 (or "fashion-mnist") whose checksums are those of the generated files, which
@@ -25,9 +22,8 @@ from tests.helpers.datasets import (
     generated_mnist_variant,
     write_mnist_files,
 )
-from tests.helpers.processes import processes
 
-__all__ = ["GeneratedMnist", "generated_mnist", "install_generated_mnist", "processes"]
+__all__ = ["GeneratedMnist", "generated_mnist", "install_generated_mnist"]
 
 
 @dataclass(frozen=True)

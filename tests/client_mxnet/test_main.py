@@ -17,20 +17,14 @@ from orchard.client.adapter import AdapterClient  # noqa: E402
 from orchard.client.cli import make_client_factory  # noqa: E402
 from orchard.client.numpy_client import ClientContext  # noqa: E402
 from orchard.data.partition import PartitionSpec, train_val_split  # noqa: E402
+from orchard.launch import ClientOptions, Launcher  # noqa: E402
 from orchard.messages import Role  # noqa: E402
 from orchard.models import get_model_spec  # noqa: E402
 from orchard_mxnet import cli, device  # noqa: E402
 from orchard_mxnet.client import MXNetAdapter  # noqa: E402
 from tests.client_mxnet.conftest import GeneratedMnist, install_generated_mnist  # noqa: E402
-from tests.helpers.crossframework import ClientDataSource, start_framework_client  # noqa: E402
 from tests.helpers.datasets import MNIST_FILENAMES  # noqa: E402
-from tests.helpers.processes import (  # noqa: E402
-    REPO,
-    Proc,
-    fedavg_federation,
-    start_loopback_server,
-    tails,
-)
+from tests.helpers.processes import REPO, fedavg_federation, loopback_server  # noqa: E402
 
 pytestmark = pytest.mark.mxnet
 
@@ -193,7 +187,7 @@ def test_a_dataset_that_cannot_be_fetched_exits_2_naming_the_mirror(
     reason="the server (server/orchard_server) is not in this checkout",
 )
 def test_a_server_and_two_mxnet_clients_complete_two_rounds_of_mnist_mlp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: list[Proc]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launcher: Launcher
 ) -> None:
     generated = install_generated_mnist(tmp_path, monkeypatch, n_train=600, n_test=200)
     for filename in MNIST_FILENAMES.values():
@@ -205,28 +199,30 @@ def test_a_server_and_two_mxnet_clients_complete_two_rounds_of_mnist_mlp(
         fit_config={"epochs": 3, "batch_size": 16, "learning_rate": 0.1},
         evaluate_config={"batch_size": 64},
     )
-    server = start_loopback_server(tmp_path, {"digits": federation}, procs=processes)
-    # The generated files' checksums are registered in each client process
-    # (the subprocess twin of the conftest's checksum injection).
-    data = ClientDataSource(data_dir=generated.data_dir, generated=generated.source_dir)
-    for i in range(2):
-        processes.append(
-            start_framework_client(
-                "mxnet",
-                tmp_path,
-                port=server.port,
+    # The server runs in the main environment (ORCHARD_SERVER_PYTHON or .venv).
+    server = launcher.start_server(loopback_server({"digits": federation}))
+    clients = [
+        launcher.start_client(
+            "mxnet",
+            ClientOptions(
                 federation="digits",
                 name=f"mxnet-{i}",
                 model="mnist-mlp",
-                data=data,
-                mxnet=sys.executable,
-            )
+                data_dir=generated.data_dir,
+                device="cpu",
+                # Generated files cannot match the official checksums.
+                no_verify=True,
+                env={"OMP_NUM_THREADS": "1"},
+            ),
+            python=sys.executable,
         )
-    assert server.proc.wait(240) == 0, tails(processes)
-    for proc in processes[1:]:
-        assert proc.wait(60) == 0, tails(processes)
+        for i in range(2)
+    ]
+    assert server.process.wait(240) == 0, launcher.tails()
+    for proc in clients:
+        assert proc.wait(60) == 0, launcher.tails()
     rounds = server.history("digits")["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2], tails(processes)
+    assert [r["round"] for r in rounds] == [1, 2], launcher.tails()
     for record in rounds:
         participants = record["fit"]["participants"]
         assert len(participants) == 2, record
@@ -237,6 +233,6 @@ def test_a_server_and_two_mxnet_clients_complete_two_rounds_of_mnist_mlp(
         assert record["evaluate"]["loss"] is not None, record
     assert rounds[1]["evaluate"]["loss"] < rounds[0]["evaluate"]["loss"], rounds
     assert rounds[1]["evaluate"]["metrics"]["accuracy"] > 0.8, rounds
-    client_log = processes[1].log.read_text()
+    client_log = clients[0].read_log()
     assert "epoch 3/3: loss " in client_log
     assert "examples/s" in client_log

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from orchard.launch import ClientOptions, Launcher, Process
 from tests.helpers.client_data import CIFAR_TARBALL
-from tests.helpers.crossframework import ClientDataSource, start_framework_client
 from tests.helpers.datasets import write_cifar10_tarball
-from tests.helpers.processes import Proc, fedavg_federation, start_loopback_server, tails
+from tests.helpers.processes import fedavg_federation, loopback_server
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ N_PER_BATCH = 20  # 100 training and 20 test records
 
 
 def test_two_pytorch_clients_complete_two_rounds_of_cifar10_cnn(
-    tmp_path: Path, processes: list[Proc]
+    tmp_path: Path, launcher: Launcher
 ) -> None:
     tarball = tmp_path / "source" / CIFAR_TARBALL
     write_cifar10_tarball(tarball, N_PER_BATCH, seed=0)
@@ -30,30 +30,32 @@ def test_two_pytorch_clients_complete_two_rounds_of_cifar10_cnn(
         fit_config={"epochs": 1, "batch_size": 10, "learning_rate": 0.01},
         evaluate_config={"batch_size": 32},
     )
-    server = start_loopback_server(tmp_path, {"cifar": federation}, procs=processes)
-    clients: list[Proc] = []
+    server = launcher.start_server(loopback_server({"cifar": federation}))
+    clients: list[Process] = []
     for i in range(2):
         data_dir = tmp_path / f"data-{i}"
         data_dir.mkdir()
         shutil.copy(tarball, data_dir / CIFAR_TARBALL)
-        client = start_framework_client(
+        client = launcher.start_client(
             "pytorch",
-            tmp_path,
-            port=server.port,
-            federation="cifar",
-            name=f"pytorch-{i}",
-            model="cifar10-cnn",
-            data=ClientDataSource(data_dir=data_dir, dataset="cifar10"),
-            # The generated tarball cannot match the official checksum.
-            extra=["--no-verify"],
+            ClientOptions(
+                federation="cifar",
+                name=f"pytorch-{i}",
+                model="cifar10-cnn",
+                dataset="cifar10",
+                data_dir=data_dir,
+                device="cpu",
+                # The generated tarball cannot match the official checksum.
+                no_verify=True,
+                env={"OMP_NUM_THREADS": "1"},
+            ),
         )
-        processes.append(client)
         clients.append(client)
-    assert server.proc.wait(240) == 0, tails(processes)
+    assert server.process.wait(240) == 0, launcher.tails()
     for client in clients:
-        assert client.wait(60) == 0, tails(processes)
+        assert client.wait(60) == 0, launcher.tails()
     rounds = server.history("cifar")["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2], tails(processes)
+    assert [r["round"] for r in rounds] == [1, 2], launcher.tails()
     for record in rounds:
         fit = record["fit"]
         assert len(fit["participants"]) == 2 and not fit["dropped"], record
@@ -62,6 +64,6 @@ def test_two_pytorch_clients_complete_two_rounds_of_cifar10_cnn(
         assert math.isfinite(record["evaluate"]["loss"]), record
     partitions = sorted(p["partition"] for p in rounds[0]["fit"]["participants"])
     assert partitions == [0, 1]
-    client_log = clients[0].log.read_text()
+    client_log = clients[0].read_log()
     assert "epoch 1/1: loss " in client_log
     assert "using device cpu" in client_log

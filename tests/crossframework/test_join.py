@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.crossframework import ClientDataSource, start_framework_client
+from orchard.launch import ClientOptions, Launcher
 from tests.helpers.datasets import write_mnist_files
-from tests.helpers.processes import Proc, start_loopback_server
+from tests.helpers.processes import loopback_server
 
 pytestmark = pytest.mark.slow
 
@@ -31,42 +31,39 @@ def _federation(model: str) -> dict[str, object]:
 
 
 def test_clients_with_the_wrong_model_are_refused_naming_the_first_differing_tensor(
-    tmp_path: Path, mxnet_interpreter: Path, processes: list[Proc]
+    tmp_path: Path, mxnet_interpreter: Path, launcher: Launcher
 ) -> None:
     source = tmp_path / "mnist"
     write_mnist_files(source, 40, 10, seed=0)
-    data = ClientDataSource(data_dir=source, generated=source)
-    server = start_loopback_server(
-        tmp_path,
-        {"cnn": _federation("mnist-cnn"), "mlp": _federation("mnist-mlp")},
-        procs=processes,
+    server = launcher.start_server(
+        loopback_server({"cnn": _federation("mnist-cnn"), "mlp": _federation("mnist-mlp")})
     )
-    port = server.port
-    pytorch = start_framework_client(
-        "pytorch", tmp_path, port=port, federation="cnn", name="pt", model="mnist-mlp", data=data
+
+    def options(federation: str, name: str, model: str) -> ClientOptions:
+        # Generated files cannot match the official checksums.
+        return ClientOptions(
+            federation=federation,
+            name=name,
+            model=model,
+            data_dir=source,
+            device="cpu",
+            no_verify=True,
+        )
+
+    pytorch = launcher.start_client("pytorch", options("cnn", "pt", "mnist-mlp"))
+    mxnet = launcher.start_client(
+        "mxnet", options("mlp", "mx", "mnist-cnn"), python=str(mxnet_interpreter)
     )
-    processes.append(pytorch)
-    mxnet = start_framework_client(
-        "mxnet",
-        tmp_path,
-        port=port,
-        federation="mlp",
-        name="mx",
-        model="mnist-cnn",
-        data=data,
-        mxnet=mxnet_interpreter,
-    )
-    processes.append(mxnet)
 
     assert pytorch.wait(60) == 2, pytorch.tail()
     assert mxnet.wait(60) == 2, mxnet.tail()
-    pytorch_log = pytorch.log.read_text()
+    pytorch_log = pytorch.read_log()
     assert (
         "model spec mismatch with federation 'cnn' (model 'mnist-cnn'): tensor #0: "
         "federation expects conv1.weight: float32[32, 1, 5, 5], "
         "client has fc1.weight: float32[128, 784]"
     ) in pytorch_log, pytorch.tail()
-    mxnet_log = mxnet.log.read_text()
+    mxnet_log = mxnet.read_log()
     assert (
         "model spec mismatch with federation 'mlp' (model 'mnist-mlp'): tensor #0: "
         "federation expects fc1.weight: float32[128, 784], "
@@ -74,4 +71,4 @@ def test_clients_with_the_wrong_model_are_refused_naming_the_first_differing_ten
     ) in mxnet_log, mxnet.tail()
     # Refused before any work: neither client trained.
     assert "epoch 1/" not in pytorch_log + mxnet_log
-    assert server.proc.popen.poll() is None, server.proc.tail()
+    assert server.process.running, server.process.tail()

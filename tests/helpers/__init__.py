@@ -1,1 +1,1 @@
-"""Test helpers shared by Orchard's test suites (generated datasets, a local HTTP server)."""
+"""Test helpers shared by the test suites: generated datasets, an HTTP server, process fixtures."""

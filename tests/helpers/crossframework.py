@@ -1,12 +1,12 @@
-"""Helpers for tests (and the ``fashion-federation`` make target) that drive both frameworks.
+"""The cross-framework equivalence machinery: one case, both frameworks, compared.
 
 PyTorch and MXNet need different NumPy versions, so they never share a
-process: the PyTorch side runs in the main environment, the MXNet side in
-``.venv-mxnet`` (``ORCHARD_MXNET_PYTHON`` overrides the interpreter). The two
-talk either through ``.npz`` files (:class:`EquivalenceCase` in,
-:class:`EquivalenceResult` out, written by the workers in
-``tests/crossframework/worker_*.py``) or through a real Orchard server
-(:func:`run_mixed_federation`).
+process: each framework's worker (``tests/crossframework/worker_*.py``) runs
+in that framework's environment, started by the product launcher
+(:mod:`orchard.launch`), which finds the interpreter (``ORCHARD_MXNET_PYTHON``
+or ``.venv-mxnet``). The two talk through ``.npz`` files:
+:class:`EquivalenceCase` in, :class:`EquivalenceResult` out. The mixed
+federation itself is product code (:mod:`orchard.launch.mixed`).
 
 This module imports neither torch nor mxnet, and works on NumPy 1.23 and 2.x,
 because the MXNet-side workers import it too.
@@ -16,72 +16,33 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from orchard.launch import KINDS, Launcher, LaunchError, find_python
 from orchard.models import get_model_spec
 from orchard.spec import ModelSpec, TensorSpec
-from orchard.typing import NDArrays, Scalar
-from tests.helpers.datasets import UNREACHABLE
-from tests.helpers.processes import REPO, Proc, fedavg_federation, start_loopback_server, tails
+from orchard.typing import NDArrays
+from tests.helpers.processes import REPO
 
 __all__ = [
     "FRAMEWORKS",
-    "UNREACHABLE",
-    "ClientDataSource",
     "EquivalenceCase",
     "EquivalenceResult",
-    "FederationRunError",
-    "MixedFederation",
-    "MixedOutcome",
-    "RoundSummary",
     "WorkerError",
-    "accuracy_table",
     "make_case",
-    "mxnet_python",
     "reference_cross_entropy",
     "reference_logits",
-    "run_mixed_federation",
     "run_worker",
     "run_workers",
-    "start_framework_client",
 ]
 
 #: The frameworks with an Orchard client, as they announce themselves at join.
 FRAMEWORKS: tuple[str, ...] = ("pytorch", "mxnet")
-
-
-def mxnet_python() -> Path | None:
-    """The MXNet environment's interpreter, or None when there is none.
-
-    ``ORCHARD_MXNET_PYTHON`` names it explicitly (CI images, other layouts);
-    otherwise it is the repository's ``.venv-mxnet/bin/python``.
-    """
-    configured = os.environ.get("ORCHARD_MXNET_PYTHON")
-    candidate = Path(configured) if configured else REPO / ".venv-mxnet" / "bin" / "python"
-    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
-
-
-def _python_of(framework: str, mxnet: Path | str | None) -> str:
-    """The interpreter that runs ``framework``'s code."""
-    if framework == "pytorch":
-        return sys.executable
-    if framework == "mxnet":
-        python = mxnet if mxnet is not None else mxnet_python()
-        if python is None:
-            raise FileNotFoundError(
-                "no MXNet interpreter: create .venv-mxnet (make setup) or set ORCHARD_MXNET_PYTHON"
-            )
-        return str(python)
-    raise ValueError(f"unknown framework {framework!r} (known: {', '.join(FRAMEWORKS)})")
 
 
 # --- numerical equivalence: the .npz protocol --------------------------------------
@@ -286,52 +247,41 @@ def run_workers(
 ) -> dict[str, EquivalenceResult]:
     """Run both frameworks' workers on ``case``, each in its own process and environment.
 
-    Both run at once (one thread each); the result maps framework name to
-    what its worker wrote.
+    Both run at once, within one ``timeout``; the result maps framework name to what its worker
+    wrote. ``mxnet`` overrides the MXNet interpreter the launcher would find.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     request = workdir / f"case-{case.model_id}.npz"
     case.save(request)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    running: dict[str, tuple[subprocess.Popen[bytes], Path, Path]] = {}
-    for framework in FRAMEWORKS:
-        out = workdir / f"result-{case.model_id}-{framework}.npz"
-        log = workdir / f"worker-{case.model_id}-{framework}.log"
-        with log.open("wb") as fh:
-            running[framework] = (
-                subprocess.Popen(
-                    [
-                        _python_of(framework, mxnet),
-                        "-m",
-                        f"tests.crossframework.worker_{framework}",
-                        str(request),
-                        str(out),
-                    ],
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    cwd=REPO,
-                    env=env,
-                ),
-                out,
-                log,
-            )
     results: dict[str, EquivalenceResult] = {}
     failures: list[str] = []
-    deadline = time.monotonic() + timeout
-    for framework, (proc, out, log) in running.items():
-        try:
-            code = proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            code = None
-        if code == 0 and out.is_file():
-            results[framework] = EquivalenceResult.load(out)
-        else:
-            status = "timed out" if code is None else f"exited with {code}"
-            failures.append(
-                f"--- {framework} worker {status} ---\n{log.read_text(errors='replace')}"
+    with Launcher(workdir) as launcher:
+        running = {}
+        for framework in FRAMEWORKS:
+            override = mxnet if framework == "mxnet" else None
+            python = str(override) if override is not None else find_python(KINDS[framework])
+            out = workdir / f"result-{case.model_id}-{framework}.npz"
+            module = f"tests.crossframework.worker_{framework}"
+            running[framework] = (
+                launcher.start_process(
+                    f"worker-{case.model_id}-{framework}",
+                    [python, "-m", module, str(request), str(out)],
+                    env={"OMP_NUM_THREADS": "1"},
+                    cwd=REPO,
+                ),
+                out,
             )
+        deadline = time.monotonic() + timeout
+        for framework, (proc, out) in running.items():
+            try:
+                code = proc.wait(max(deadline - time.monotonic(), 1.0))
+            except LaunchError as exc:
+                failures.append(str(exc))
+                continue
+            if code == 0 and out.is_file():
+                results[framework] = EquivalenceResult.load(out)
+            else:
+                failures.append(proc.tail(lines=200))
     if failures:
         raise WorkerError("\n".join(failures))
     return results
@@ -406,255 +356,3 @@ def reference_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     z = z - z.max(axis=1, keepdims=True)
     log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     return float(-log_probs[np.arange(len(labels)), labels].mean())
-
-
-# --- client processes and a mixed federation ------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClientDataSource:
-    """Where a client reads its dataset files.
-
-    ``generated`` names a directory of generated MNIST-format files whose
-    checksums are registered in the client process before it starts (real
-    files, like Debian's Fashion-MNIST, verify against the official digests
-    instead; a generated CIFAR-10 tarball is passed with ``--no-verify``).
-    """
-
-    data_dir: Path
-    dataset: str = "mnist"
-    generated: Path | None = None
-
-
-def start_framework_client(
-    framework: str,
-    workdir: Path,
-    *,
-    port: int,
-    federation: str,
-    name: str,
-    model: str,
-    data: ClientDataSource,
-    mxnet: Path | str | None = None,
-    extra: Sequence[str] = (),
-) -> Proc:
-    """Start ``python -m orchard_<framework> client`` in that framework's environment.
-
-    With ``data.generated`` the process goes through
-    ``tests.crossframework.launch``, which registers the generated files'
-    checksums first (the subprocess twin of the client tests' checksum
-    injection) and then runs the client's real command line; otherwise it is
-    the client's own entry point.
-    """
-    python = _python_of(framework, mxnet)
-    if data.generated is None:
-        command = [python, "-m", f"orchard_{framework}"]
-    else:
-        command = [python, "-m", "tests.crossframework.launch", framework]
-        command += ["--generated", str(data.generated), "--variant", data.dataset, "--"]
-    args = [
-        "client",
-        "--server",
-        f"127.0.0.1:{port}",
-        "--federation",
-        federation,
-        "--insecure",
-        "--name",
-        name,
-        "--connect-timeout",
-        "60",
-        "--model",
-        model,
-        "--dataset",
-        data.dataset,
-        "--data-dir",
-        str(data.data_dir),
-        "--device",
-        "cpu",
-        *extra,
-    ]
-    return Proc(
-        name,
-        [*command, *args],
-        workdir / f"{name}.log",
-        # Server and clients share the cores: one compute thread per client.
-        env={"OMP_NUM_THREADS": "1", "ORCHARD_LOG_LEVEL": "INFO"},
-    )
-
-
-def _default_fit() -> dict[str, Scalar]:
-    return {"epochs": 1, "batch_size": 32, "learning_rate": 0.05}
-
-
-@dataclass(frozen=True, kw_only=True)
-class MixedFederation:
-    """One federation of a PyTorch client and an MXNet client (FedAvg).
-
-    Both clients evaluate every round's global model on the whole official
-    test split (``split = "test"``), so their accuracies are comparable.
-    """
-
-    federation: str = "mixed"
-    model: str = "mnist-mlp"
-    num_rounds: int = 5
-    seed: int = 0
-    fit_config: Mapping[str, Scalar] = field(default_factory=_default_fit)
-    evaluate_batch_size: int = 256
-    round_timeout: float = 300.0
-    heartbeat_timeout: float = 30.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class RoundSummary:
-    """One round of a mixed federation, read from the server's history."""
-
-    round: int
-    #: The weighted federated evaluation of the round's global model.
-    accuracy: float
-    loss: float
-    #: framework -> (accuracy, loss) of that framework's client on the same model.
-    by_framework: Mapping[str, tuple[float, float]]
-    train_loss: float | None
-    num_examples: int
-    duration_s: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class MixedOutcome:
-    """Rounds of a finished mixed federation and how long it took."""
-
-    settings: MixedFederation
-    rounds: tuple[RoundSummary, ...]
-    wall_s: float
-    history: Mapping[str, Any]
-
-
-class FederationRunError(RuntimeError):
-    """A mixed federation did not finish; the message holds every process's log tail."""
-
-
-def _summaries(history: Mapping[str, Any]) -> tuple[RoundSummary, ...]:
-    out: list[RoundSummary] = []
-    for record in history["rounds"]:
-        evaluate = record.get("evaluate") or {}
-        participants = evaluate.get("participants") or []
-        by_framework = {
-            p["framework"]: (float(p["metrics"]["accuracy"]), float(p["loss"]))
-            for p in participants
-        }
-        if evaluate.get("loss") is None or len(by_framework) != len(participants):
-            raise FederationRunError(
-                f"round {record['round']} has no complete evaluation: {record}"
-            )
-        train_loss = record["fit"]["metrics"].get("train_loss")
-        out.append(
-            RoundSummary(
-                round=int(record["round"]),
-                accuracy=float(evaluate["metrics"]["accuracy"]),
-                loss=float(evaluate["loss"]),
-                by_framework=by_framework,
-                train_loss=None if train_loss is None else float(train_loss),
-                num_examples=int(record["fit"]["num_examples"]),
-                duration_s=float(record["duration_s"]),
-            )
-        )
-    return tuple(out)
-
-
-def run_mixed_federation(
-    workdir: Path,
-    settings: MixedFederation,
-    data: ClientDataSource,
-    *,
-    mxnet: Path | str | None = None,
-    timeout: float = 600.0,
-) -> MixedOutcome:
-    """Run a server, one PyTorch and one MXNet client to the end; summarise the rounds.
-
-    Every process is a real command (``python -m orchard_server``,
-    ``python -m orchard_pytorch client``, ``python -m orchard_mxnet client``)
-    in its own environment; logs and the server's state go under ``workdir``.
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    procs: list[Proc] = []
-
-    def failure(what: str) -> FederationRunError:
-        return FederationRunError(what + "\n" + tails(procs))
-
-    try:
-        server = start_loopback_server(
-            workdir,
-            {
-                settings.federation: fedavg_federation(
-                    settings.model,
-                    clients=len(FRAMEWORKS),
-                    num_rounds=settings.num_rounds,
-                    fit_config=settings.fit_config,
-                    evaluate_config={"batch_size": settings.evaluate_batch_size, "split": "test"},
-                    seed=settings.seed,
-                    round_timeout=settings.round_timeout,
-                )
-            },
-            procs=procs,
-            heartbeat_timeout=settings.heartbeat_timeout,
-            max_poll_seconds=2.0,
-            extra=["--linger", "1"],
-        )
-        for partition, framework in enumerate(FRAMEWORKS):
-            procs.append(
-                start_framework_client(
-                    framework,
-                    workdir,
-                    port=server.port,
-                    federation=settings.federation,
-                    name=framework,
-                    model=settings.model,
-                    data=data,
-                    mxnet=mxnet,
-                    # Fixed partitions (not first come, first served) keep runs reproducible.
-                    extra=[
-                        "--partition-id",
-                        str(partition),
-                        "--num-partitions",
-                        str(len(FRAMEWORKS)),
-                        "--seed",
-                        str(settings.seed),
-                    ],
-                )
-            )
-        deadline = started + timeout
-        for proc in (*procs[1:], server.proc):
-            try:
-                code = proc.popen.wait(timeout=max(deadline - time.monotonic(), 1.0))
-            except subprocess.TimeoutExpired:
-                raise failure(f"{proc.name} still running after {timeout:.0f} s") from None
-            if code != 0:
-                raise failure(f"{proc.name} exited with {code}")
-        wall = time.monotonic() - started
-        history = server.history(settings.federation)
-        rounds = _summaries(history)
-        if len(rounds) != settings.num_rounds:
-            raise failure(f"{len(rounds)} of {settings.num_rounds} rounds in the history")
-        return MixedOutcome(settings=settings, rounds=rounds, wall_s=wall, history=history)
-    finally:
-        for proc in procs:
-            proc.close()
-
-
-def accuracy_table(outcome: MixedOutcome) -> str:
-    """The rounds as a Markdown table: global accuracy, each client's, losses, time."""
-    header = (
-        "| round | global accuracy | PyTorch client | MXNet client | test loss "
-        "| train loss | round time |"
-    )
-    lines = [header, "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in outcome.rounds:
-        torch_acc = r.by_framework.get("pytorch", (math.nan, math.nan))[0]
-        mx_acc = r.by_framework.get("mxnet", (math.nan, math.nan))[0]
-        train = "-" if r.train_loss is None else f"{r.train_loss:.4f}"
-        lines.append(
-            f"| {r.round} | {r.accuracy:.4f} | {torch_acc:.4f} | {mx_acc:.4f} | {r.loss:.4f} "
-            f"| {train} | {r.duration_s:.1f} s |"
-        )
-    return "\n".join(lines)

@@ -14,18 +14,18 @@ import pytest
 
 from orchard import serde
 from orchard.examples.logreg import logreg_spec
+from orchard.launch import (
+    ClientOptions,
+    Launcher,
+    LaunchError,
+    Process,
+    free_port,
+    read_history,
+    write_config,
+)
 from orchard.messages import API_VERSION, JoinInfo, Result, Task
 from orchard.v1 import federation_service_pb2 as pb
 from orchard.v1 import federation_service_pb2_grpc as pb_grpc
-from tests.helpers.processes import (
-    Proc,
-    free_port,
-    read_history,
-    start_logreg_client,
-    start_server,
-    wait_healthy,
-    write_config,
-)
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,11 @@ def federation(**overrides: Any) -> dict[str, Any]:
 
 
 class Cluster:
-    """A server and its clients, all killed at the end of the test."""
+    """A server config with a fixed port, and a launcher that stops everything at the end.
+
+    The port and state directory are fixed so a test can restart the server
+    (``start_server("server-2")``) and have it resume.
+    """
 
     def __init__(self, tmp: Path, federations: dict[str, dict[str, Any]]) -> None:
         self.tmp = tmp
@@ -60,36 +64,34 @@ class Cluster:
         self.state_dir = tmp / "state"
         self.config = write_config(
             tmp / "server.toml",
-            server={
-                "address": f"127.0.0.1:{self.port}",
-                "state_dir": str(self.state_dir),
-                "insecure": True,
-                "heartbeat_interval": 0.5,
-                "heartbeat_timeout": 3.0,
-                "max_poll_seconds": 5.0,
+            {
+                "server": {
+                    "address": f"127.0.0.1:{self.port}",
+                    "state_dir": self.state_dir,
+                    "insecure": True,
+                    "heartbeat_interval": 0.5,
+                    "heartbeat_timeout": 3.0,
+                    "max_poll_seconds": 5.0,
+                },
+                "federations": federations,
             },
-            federations=federations,
         )
-        self.procs: list[Proc] = []
-        self.server: Proc | None = None
+        self.launcher = Launcher(tmp)
+        self.server: Process | None = None
 
-    def start_server(self, name: str = "server") -> Proc:
-        self.server = start_server(self.tmp, self.config, name=name)
-        self.procs.append(self.server)
-        wait_healthy(self.port, self.server)
+    def start_server(self, name: str = "server") -> Process:
+        self.server = self.launcher.start_server(self.config, name=name, linger=5.0).process
         return self.server
 
-    def client(self, federation: str, name: str, *extra: str) -> Proc:
-        proc = start_logreg_client(self.tmp, self.port, federation, name, *extra)
-        self.procs.append(proc)
-        return proc
+    def client(self, federation: str, name: str, *extra: str) -> Process:
+        options = ClientOptions(federation=federation, name=name, args=extra)
+        return self.launcher.start_client("numpy", options)
 
     def logs(self) -> str:
-        return "\n".join(p.tail() for p in self.procs)
+        return self.launcher.tails()
 
     def close(self) -> None:
-        for proc in self.procs:
-            proc.close()
+        self.launcher.stop()
 
 
 @pytest.fixture
@@ -108,10 +110,11 @@ def cluster_factory(tmp_path: Path) -> Iterator[Any]:
         cluster.close()
 
 
-def wait_exit(proc: Proc, cluster: Cluster, timeout: float = 120.0) -> int:
+def wait_exit(proc: Process | None, cluster: Cluster, timeout: float = 120.0) -> int:
+    assert proc is not None
     try:
         return proc.wait(timeout)
-    except AssertionError:
+    except LaunchError:
         raise AssertionError(f"{proc.name} did not exit\n{cluster.logs()}") from None
 
 
@@ -191,14 +194,16 @@ def test_server_sigkill_mid_run_resumes_to_the_same_model(cluster_factory: Any) 
         time.sleep(0.05)
     else:
         raise AssertionError(f"no checkpoint after round 2\n{run.logs()}")
-    run.server.kill(signal.SIGKILL)
+    assert run.server is not None
+    run.server.send_signal(signal.SIGKILL)
+    run.server.wait(10)
     done_before = len(read_history(run.state_dir, "blobs")["rounds"])
     assert done_before < 5
     run.start_server("server-2")
     assert wait_exit(run.server, run) == 0, run.logs()
     for c in clients:
         assert wait_exit(c, run, 30) == 0, run.logs()
-    assert "resumed from" in run.server.log.read_text()
+    assert "resumed from" in run.server.read_log()
     rounds = read_history(run.state_dir, "blobs")["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
     for a, b in zip(
@@ -227,7 +232,7 @@ def test_client_killed_mid_round_does_not_stall_it(cluster_factory: Any) -> None
         assert time.monotonic() < deadline, cluster.logs()
         time.sleep(0.1)
     killed_at = time.monotonic()
-    victim.kill(signal.SIGKILL)
+    victim.send_signal(signal.SIGKILL)
     assert wait_exit(cluster.server, cluster) == 0, cluster.logs()
     for proc in steady:
         assert wait_exit(proc, cluster, 30) == 0, cluster.logs()
@@ -415,4 +420,5 @@ def test_a_result_after_the_deadline_is_told_the_task_is_closed(cluster_factory:
         assert "is closed" in str(err.value.details())
     # The round got no result, and round_retries=0: the federation fails, saying why.
     assert wait_exit(cluster.server, cluster) == 1
-    assert "got too few results" in cluster.server.log.read_text()
+    assert cluster.server is not None
+    assert "got too few results" in cluster.server.read_log()

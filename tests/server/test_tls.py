@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchard.examples.logreg import logreg_spec
-from tests.helpers.processes import (
-    REPO,
-    free_port,
-    read_history,
-    start_logreg_client,
-    start_server,
-    write_config,
-)
+from orchard.launch import ClientOptions, Launcher, read_history
+from tests.helpers.processes import REPO
 
 pytestmark = [
     pytest.mark.slow,
@@ -24,55 +18,50 @@ pytestmark = [
 ]
 
 
-def test_tls_federation_and_untrusted_client(tmp_path: Path) -> None:
+def test_tls_federation_and_untrusted_client(tmp_path: Path, launcher: Launcher) -> None:
     certs = tmp_path / "certs"
     subprocess.run(
         [str(REPO / "docker" / "dev-certs.sh"), str(certs), "localhost,127.0.0.1"],
         check=True,
         capture_output=True,
     )
-    port = free_port()
-    config = write_config(
-        tmp_path / "server.toml",
-        server={
-            "address": f"127.0.0.1:{port}",
-            "state_dir": str(tmp_path / "state"),
-            "tls_cert": str(certs / "server.pem"),
-            "tls_key": str(certs / "server.key"),
-            "heartbeat_interval": 0.5,
-            "heartbeat_timeout": 3.0,
+    server = launcher.start_server(
+        {
+            "server": {
+                "state_dir": tmp_path / "state",
+                "tls_cert": certs / "server.pem",
+                "tls_key": certs / "server.key",
+                "heartbeat_interval": 0.5,
+                "heartbeat_timeout": 3.0,
+            },
+            "federations": {
+                "blobs": {
+                    "model": "logreg",
+                    "tensors": [
+                        {"name": t.name, "shape": list(t.shape)} for t in logreg_spec().tensors
+                    ],
+                    "num_rounds": 2,
+                    "min_fit_clients": 1,
+                    "min_evaluate_clients": 1,
+                    "min_available_clients": 1,
+                    "wait_timeout": 60.0,
+                }
+            },
         },
-        federations={
-            "blobs": {
-                "model": "logreg",
-                "tensors": [
-                    {"name": t.name, "shape": list(t.shape)} for t in logreg_spec().tensors
-                ],
-                "num_rounds": 2,
-                "min_fit_clients": 1,
-                "min_evaluate_clients": 1,
-                "min_available_clients": 1,
-                "wait_timeout": 60.0,
-            }
-        },
+        # The launcher checks a TLS server's health over TLS.
+        ca_cert=certs / "ca.pem",
     )
-    server = start_server(tmp_path, config)
-    untrusted = good = None
-    try:
-        # No CA given: the system roots do not trust the development CA.
-        untrusted = start_logreg_client(
-            tmp_path, port, "blobs", "untrusted", "--connect-timeout", "3", insecure=False
-        )
-        assert untrusted.wait(30) == 1
-        assert "could not reach the server" in untrusted.log.read_text()
-        good = start_logreg_client(
-            tmp_path, port, "blobs", "trusted", "--ca-cert", str(certs / "ca.pem"), insecure=False
-        )
-        assert good.wait(60) == 0, good.tail() + server.tail()
-        assert server.wait(30) == 0, server.tail()
-        assert "WITHOUT TLS" not in server.log.read_text()
-        assert len(read_history(tmp_path / "state", "blobs")["rounds"]) == 2
-    finally:
-        for proc in (untrusted, good, server):
-            if proc is not None:
-                proc.close()
+    assert not server.insecure
+    # No CA given: the system roots do not trust the development CA.
+    untrusted = launcher.start_client(
+        "numpy", ClientOptions(federation="blobs", name="untrusted", connect_timeout=3.0)
+    )
+    assert untrusted.wait(30) == 1
+    assert "could not reach the server" in untrusted.read_log()
+    good = launcher.start_client(
+        "numpy", ClientOptions(federation="blobs", name="trusted", ca_cert=certs / "ca.pem")
+    )
+    assert good.wait(60) == 0, launcher.tails()
+    assert server.process.wait(30) == 0, launcher.tails()
+    assert "WITHOUT TLS" not in server.process.read_log()
+    assert len(read_history(tmp_path / "state", "blobs")["rounds"]) == 2

@@ -1,6 +1,9 @@
-"""A benchmark client that returns the global model slightly changed, at once.
+"""The echo client: returns the global model slightly changed, at once.
 
-It isolates transport and aggregation costs from training costs.
+It trains nothing, so a federation of echo clients measures transport and
+aggregation alone (``make bench``), for any model spec the server hosts.
+
+Run: ``python -m orchard.examples.echo --server HOST:PORT --federation NAME --insecure``.
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ class EchoClient(NumPyClient):
         return 0.0, 1000, {}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run one echo client."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_client_arguments(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     configure_logging(args.log_level)
 
     def factory(ctx: ClientContext) -> NumPyClient:

@@ -1,0 +1,7 @@
+"""``python -m orchard.launch``."""
+
+import sys
+
+from orchard.launch.cli import main
+
+sys.exit(main())
