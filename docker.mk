@@ -7,7 +7,7 @@
 #   make base-image          orchard/base:bookworm from debootstrap, no registry needed
 #   make wheelhouse          .wheelhouse/<component>/ from PyPI, on the host
 #   make certs               development CA and server certificate in deploy/certs/
-#   make gpu-image           CUDA PyTorch client (and MXNet with GPU=mxnet), from docker/Dockerfile.gpu
+#   make gpu-image           CUDA PyTorch client (and MXNet with GPU=mxnet), from Dockerfile.gpu
 #   make compose-up / compose-down / compose-logs     the stack of docker-compose.yml
 #   make swarm-up / swarm-down                         the same stack on a Docker Swarm
 #   make image-sizes         sizes of the built images
@@ -82,7 +82,7 @@ certs: $(DOCKER_CERTS)/server.pem
 $(DOCKER_CERTS)/server.pem: docker/dev-certs.sh
 	docker/dev-certs.sh $(DOCKER_CERTS) $(DOCKER_CERT_NAMES)
 
-## gpu-image: the CUDA client image(s) of docker/Dockerfile.gpu (GPU=pytorch, mxnet or "pytorch mxnet")
+## gpu-image: the CUDA client image(s) of Dockerfile.gpu (GPU=pytorch, mxnet or "pytorch mxnet")
 gpu-image:
 	@set -e; for target in $(GPU); do \
 	  case $$target in \
