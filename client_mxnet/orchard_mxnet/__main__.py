@@ -14,6 +14,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from orchard.client.cli import (
     add_client_commands,
     add_dataset_arguments,
@@ -23,7 +25,8 @@ from orchard.client.cli import (
     settings_from_args,
 )
 from orchard.client.numpy_client import ClientContext, NumPyClient
-from orchard.client.runtime import run_client
+from orchard.client.runtime import report_fatal, run_client
+from orchard.data.client_data import OfficialSplit, load_split
 from orchard.env import env_default
 from orchard.messages import Role
 from orchard.models import get_model_spec
@@ -84,11 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _client_factory(
-    args: argparse.Namespace, *, role: Role
+    args: argparse.Namespace,
+    *,
+    role: Role,
+    data_settings: DataSettings,
+    preloaded: dict[OfficialSplit, tuple[np.ndarray, np.ndarray]],
 ) -> Callable[[ClientContext], NumPyClient]:
     """Build the client when the runtime knows this client's partition (after joining)."""
     device = resolve_context(args.device)  # fails before connecting when no GPU exists
-    data_settings = data_settings_from_args(args, DataSettings)
 
     def factory(ctx: ClientContext) -> NumPyClient:
         data = ClientData(
@@ -97,10 +103,9 @@ def _client_factory(
             partition=partition_from_args(args, ctx.num_partitions),
             partition_id=ctx.partition_id,
             seed=args.seed,
+            preloaded=preloaded,
         )
-        # Read (and if needed download) the data now, so a missing dataset
-        # fails at start-up and not in the middle of the first round.
-        _ = data.test if role is Role.EVALUATOR else data.train
+        preloaded.clear()  # the data object owns the arrays now
         return MXNetClient(model_id=args.model, data=data, ctx=device, role=role, seed=args.seed)
 
     return factory
@@ -108,8 +113,21 @@ def _client_factory(
 
 def _run_client(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, framework=FRAMEWORK)
-    factory = _client_factory(args, role=settings.role)
-    return run_client(factory, settings, model_spec=get_model_spec(args.model))
+    data_settings = data_settings_from_args(args, DataSettings)
+    model_spec = get_model_spec(args.model)
+    # Read (and if needed download) the files before joining: a missing
+    # dataset fails here, and the federation is told why at once.
+    split: OfficialSplit = "test" if settings.role is Role.EVALUATOR else "train"
+    try:
+        preloaded = {split: load_split(data_settings, split)}
+    except (ValueError, OSError) as exc:
+        _log.error("%s", exc)
+        reason = f"cannot load its {data_settings.dataset} data: {exc}"
+        return report_fatal(settings, reason, model_spec=model_spec)
+    factory = _client_factory(
+        args, role=settings.role, data_settings=data_settings, preloaded=preloaded
+    )
+    return run_client(factory, settings, model_spec=model_spec)
 
 
 def _run_baseline(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from orchard.client.cli import (
     settings_from_args,
 )
 from orchard.client.numpy_client import ClientContext
-from orchard.client.runtime import run_client
+from orchard.client.runtime import report_fatal, run_client
 from orchard.data.download import DownloadError
 from orchard.data.errors import DatasetError
 from orchard.data.partition import PartitionError
@@ -106,7 +106,14 @@ def _run_client(args: argparse.Namespace) -> int:
     # Read (and if needed download) the files before joining: a missing
     # dataset fails here with one clear line instead of in round 1.
     split: OfficialSplit = "test" if evaluator else "train"
-    preloaded = {split: load_split(data_settings, split)}
+    model_spec = get_model_spec(args.model)
+    try:
+        preloaded = {split: load_split(data_settings, split)}
+    except (DataError, DatasetError, DownloadError) as exc:
+        logger.error("%s", exc)
+        # The federation learns why at once, instead of waiting for us in vain.
+        reason = f"cannot load its {data_settings.dataset} data: {exc}"
+        return report_fatal(settings, reason, model_spec=model_spec)
 
     def factory(ctx: ClientContext) -> TorchClient:
         # Called once after joining: ctx carries the partition to load (the
@@ -135,7 +142,7 @@ def _run_client(args: argparse.Namespace) -> int:
         args.model,
         data_settings.dataset,
     )
-    return run_client(factory, settings, model_spec=get_model_spec(args.model))
+    return run_client(factory, settings, model_spec=model_spec)
 
 
 def _run_baseline(args: argparse.Namespace) -> int:

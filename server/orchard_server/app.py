@@ -122,6 +122,8 @@ class OrchardServer:
         assert self.server is not None
         await self.server.stop(grace=2.0)
         states = [h.federation.state for h in self.hosted.values()]
+        if FederationState.FAILED in states:
+            return 1  # also when stopped: a failed federation must not read as success
         if stopper in done:
             return 0
         return 0 if all(s is FederationState.FINISHED for s in states) else 1

@@ -86,6 +86,8 @@ class Federation:
         self._opt_state: Any = None
         #: instance_id -> partition, kept across restarts.
         self.partitions: dict[str, int] = {}
+        #: Set by :meth:`fail`: a client reported that it can never take part.
+        self._fatal = asyncio.Event()
 
     # -- set-up -----------------------------------------------------------------
 
@@ -189,13 +191,27 @@ class Federation:
         self.partitions[instance_id] = partition_id
         return partition_id
 
+    def fail(self, reason: str) -> None:
+        """End the federation at once: a client reported a problem no wait can fix.
+
+        Called when a client leaves with ``fatal`` set (its dataset cannot be
+        loaded, say): waiting ``wait_timeout`` for clients that will never
+        come would only hide the reason. The state changes here, so anyone
+        asking (a PullTask, the process exit code) sees it before the round
+        loop wakes up and stops.
+        """
+        if self.state in (FederationState.FINISHED, FederationState.FAILED):
+            return
+        self.state, self.reason = FederationState.FAILED, reason
+        self._fatal.set()
+
     # -- the loop ---------------------------------------------------------------
 
     async def run(self) -> FederationState:
         """Run the remaining rounds; returns the final state (never raises on client trouble)."""
         if not self.parameters:
             self.restore_or_init()
-        if self.state is FederationState.FINISHED:
+        if self.state in (FederationState.FINISHED, FederationState.FAILED):
             return self.state
         try:
             while self.rounds_completed < self.config.num_rounds:
@@ -223,6 +239,8 @@ class Federation:
         """Bounded wait for ``count`` trainers, explaining every 10 s why it waits."""
         deadline = time.monotonic() + self.config.wait_timeout
         while True:
+            if self._fatal.is_set():
+                raise FederationFailedError(self.reason)
             have = len(self.pool.clients())
             if have >= count:
                 return
@@ -240,7 +258,13 @@ class Federation:
                 why,
                 remaining,
             )
-            if await self.pool.wait_for_clients(count, min(10.0, remaining)):
+            joined = asyncio.ensure_future(self.pool.wait_for_clients(count, min(10.0, remaining)))
+            fatal = asyncio.ensure_future(self._fatal.wait())
+            await asyncio.wait({joined, fatal}, return_when=asyncio.FIRST_COMPLETED)
+            fatal.cancel()
+            if not joined.done():
+                joined.cancel()
+            elif joined.result():
                 return
 
     async def _round(self, rnd: int) -> None:

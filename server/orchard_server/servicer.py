@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from orchard import serde
-from orchard.messages import API_VERSION, FederationState, Finished, Idle, Session
+from orchard.messages import API_VERSION, FederationState, Finished, Idle, Role, Session
 from orchard.spec import ModelSpec, SpecError, TensorSpec
 from orchard.v1 import federation_service_pb2 as pb
 from orchard.v1 import federation_service_pb2_grpc as pb_grpc
@@ -215,7 +215,19 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         hosted = self._find(request.client_id)
         if hosted is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {request.client_id!r}")
-        hosted.pool.drop(request.client_id, f"left ({request.reason or 'no reason given'})")
+        reason = request.reason or "no reason given"
+        name = next(
+            (
+                c.display_name
+                for r in Role
+                for c in hosted.pool.clients(r)
+                if c.client_id == request.client_id
+            ),
+            request.client_id,
+        )
+        hosted.pool.drop(request.client_id, f"left ({reason})")
+        if request.fatal:
+            hosted.federation.fail(f"client {name} cannot take part: {reason}")
         return pb.LeaveResponse()
 
 
