@@ -90,11 +90,18 @@ def _client_factory(
     args: argparse.Namespace,
     *,
     role: Role,
-    data_settings: DataSettings,
-    preloaded: dict[OfficialSplit, tuple[np.ndarray, np.ndarray]],
+    data_settings: DataSettings | None = None,
+    preloaded: dict[OfficialSplit, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Callable[[ClientContext], NumPyClient]:
-    """Build the client when the runtime knows this client's partition (after joining)."""
+    """Build the client when the runtime knows this client's partition (after joining).
+
+    ``preloaded`` holds splits already read (``_run_client`` reads them before
+    joining); others are read when first used.
+    """
     device = resolve_context(args.device)  # fails before connecting when no GPU exists
+    if data_settings is None:
+        data_settings = data_settings_from_args(args, DataSettings)
+    arrays = preloaded if preloaded is not None else {}
 
     def factory(ctx: ClientContext) -> NumPyClient:
         data = ClientData(
@@ -103,9 +110,9 @@ def _client_factory(
             partition=partition_from_args(args, ctx.num_partitions),
             partition_id=ctx.partition_id,
             seed=args.seed,
-            preloaded=preloaded,
+            preloaded=arrays,
         )
-        preloaded.clear()  # the data object owns the arrays now
+        arrays.clear()  # the data object owns the arrays now
         return MXNetClient(model_id=args.model, data=data, ctx=device, role=role, seed=args.seed)
 
     return factory

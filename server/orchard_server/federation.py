@@ -6,7 +6,8 @@ same code runs deployments and in-process simulations. Each round: wait
 strategy's aggregator as they arrive (memory O(model) for mean-type
 strategies), apply the server optimizer, evaluate, then write the history and
 a checkpoint atomically. Restarting with the same config resumes from the last
-completed round.
+completed round; a run that had finished is archived and a new one starts
+(:mod:`orchard_server.runs`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from orchard_server.config import FederationConfig
 from orchard_server.history import History
 from orchard_server.initial import parameters_from_file, seeded_parameters
 from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool
+from orchard_server.runs import archive_finished_run
 from orchard_server.strategy import (
     AggregationError,
     Strategy,
@@ -99,6 +101,16 @@ class Federation:
     def restore_or_init(self) -> None:
         """Resume from the checkpoint if there is one, else build initial parameters."""
         checkpoint = load_checkpoint(self.checkpoint_path, self.spec)
+        if checkpoint is not None and checkpoint.round >= self.config.num_rounds:
+            archived = archive_finished_run(self.directory, self.checkpoint_path)
+            log.info(
+                "federation %r: the previous run finished all %d rounds; its results are in "
+                "%s; starting a new run",
+                self.config.name,
+                checkpoint.round,
+                archived,
+            )
+            checkpoint = None
         if checkpoint is None:
             if self.config.init_file is not None:
                 self.parameters = parameters_from_file(self.spec, self.config.init_file)
@@ -127,9 +139,6 @@ class Federation:
         self._rng.bit_generator.state = checkpoint.meta["rng"]
         self.history = History.from_json(checkpoint.meta["history"])
         self.partitions = {k: int(v) for k, v in checkpoint.meta.get("partitions", {}).items()}
-        if self.rounds_completed >= self.config.num_rounds:
-            self.state = FederationState.FINISHED
-            self.reason = f"all {self.config.num_rounds} rounds were already done"
         log.info(
             "federation %r: resumed from %s after round %d of %d",
             self.config.name,

@@ -268,3 +268,38 @@ def test_a_late_joiner_takes_part_from_the_next_round(tmp_path: Path) -> None:
     first, second = (r["fit"]["participants"] for r in federation.history.rounds)
     assert sorted(p["client"] for p in first) == ["sim-0", "sim-1"]
     assert sorted(p["client"] for p in second) == ["late", "sim-0", "sim-1"]
+
+
+def test_a_finished_run_is_archived_and_the_next_start_trains_anew(tmp_path: Path) -> None:
+    first, _ = make(tmp_path, num_rounds=2)
+    assert run(first) is FederationState.FINISHED
+    finished = json.loads((tmp_path / "blobs" / "history.json").read_text())
+    again, _ = make(tmp_path, num_rounds=2)
+    again.restore_or_init()
+    assert again.rounds_completed == 0 and again.state is FederationState.WAITING
+    archived = list((tmp_path / "blobs" / "runs").iterdir())
+    assert len(archived) == 1
+    assert {p.name for p in archived[0].iterdir()} == {
+        "checkpoint.npz",
+        "history.json",
+        "history.png",
+    }
+    assert json.loads((archived[0] / "history.json").read_text()) == finished
+    assert run(again) is FederationState.FINISHED
+    assert [r["round"] for r in again.history.rounds] == [1, 2]
+    # A third start archives the second run beside the first.
+    third, _ = make(tmp_path, num_rounds=2)
+    third.restore_or_init()
+    assert len(list((tmp_path / "blobs" / "runs").iterdir())) == 2
+
+
+def test_fail_ends_a_waiting_federation_at_once_with_the_reason(tmp_path: Path) -> None:
+    federation, _ = make(tmp_path, n=1, wait_timeout=60.0)
+
+    async def scenario() -> FederationState:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, federation.fail, "client x cannot take part: no data")
+        return await asyncio.wait_for(federation.run(), timeout=10)
+
+    assert asyncio.run(scenario()) is FederationState.FAILED
+    assert federation.reason == "client x cannot take part: no data"
