@@ -2,8 +2,9 @@
 
 All federations run side by side in one event loop; the process exits when
 every federation has ended (0 if all finished, 1 if any failed) or on
-SIGTERM/SIGINT. Checkpoints are written after every round, so stopping at any
-moment loses at most the round in progress.
+SIGTERM/SIGINT (0, or 1 if a federation had failed by then). Checkpoints
+are written after every round, so stopping at any moment loses at most the
+round in progress.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class OrchardServer:
         self.config = config
         self.hosted: dict[str, Hosted] = {}
         for fed_config in config.federations:
+            if not fed_config.enabled:
+                log.info("federation %r is switched off", fed_config.name)
+                continue
             spec = fed_config.model_spec()
             pool = GrpcClientPool(fed_config.name, spec, heartbeat_timeout=config.heartbeat_timeout)
             federation = Federation(fed_config, pool, config.state_dir)
@@ -79,6 +83,11 @@ class OrchardServer:
                 [(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())]
             )
             self.port = server.add_secure_port(self.config.address, credentials)
+            log.info(
+                "TLS is on: clients must verify certificate %s (key %s)",
+                self.config.tls_cert,
+                self.config.tls_key,
+            )
         await server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -94,6 +94,12 @@ class Federation:
     # -- set-up -----------------------------------------------------------------
 
     @property
+    def title(self) -> str:
+        """The federation with its model and dataset, e.g. ``cifar10: cifar10-cnn on cifar10``."""
+        dataset = self.config.dataset_label
+        return f"{self.config.name}: {self.spec.model_id}" + (f" on {dataset}" if dataset else "")
+
+    @property
     def checkpoint_path(self) -> Path:
         """Where the checkpoint of this federation lives."""
         return self.directory / "checkpoint.npz"
@@ -164,7 +170,7 @@ class Federation:
                 meta=meta,
             ),
         )
-        self.history.save(self.directory)
+        self.history.save(self.directory, title=self.title)
 
     def assign_partition(self, instance_id: str, live: Sequence[ClientInfo]) -> int:
         """The partition of a joining client: its old one, else the least used one."""
@@ -288,7 +294,8 @@ class Federation:
             if attempts > cfg.round_retries + 1:
                 raise FederationFailedError(
                     f"round {rnd} got too few results {attempts - 1} times "
-                    f"(min_fit_clients={cfg.min_fit_clients}); dropped: {dropped or 'none'}"
+                    f"(min_fit_clients={cfg.min_fit_clients}); dropped: "
+                    f"{', '.join(dropped) or 'none'} (reasons logged above)"
                 )
             await self._wait_for_clients(cfg.min_available_clients, "min_available_clients")
             self.state = FederationState.RUNNING
@@ -322,7 +329,7 @@ class Federation:
                     cfg.num_rounds,
                     len(fit.results),
                     cfg.min_fit_clients,
-                    fit.dropped or "none",
+                    ", ".join(fit.dropped) or "none",  # each one's reason was logged once
                     "retrying" if attempts <= cfg.round_retries else "giving up",
                 )
         assert fit is not None
@@ -500,6 +507,13 @@ class Federation:
                     dropped[_name(infos, cid)] = (
                         f"missed the round deadline of {self.config.round_timeout:g} s"
                     )
+                    log.warning(
+                        "round %d: %s dropped from %s: %s",
+                        rnd,
+                        _name(infos, cid),
+                        kind.value,
+                        dropped[_name(infos, cid)],
+                    )
                 break
             for fut in done:
                 cid = pending.pop(fut)
@@ -520,6 +534,8 @@ class Federation:
                         await asyncio.to_thread(fold, result.parameters, result.num_examples)
                     except AggregationError as exc:  # the aggregator is left unchanged
                         dropped[_name(infos, cid)] = f"update rejected by the aggregator: {exc}"
+                        log.warning("round %d: %s dropped from %s: %s", rnd, _name(infos, cid),
+                                    kind.value, dropped[_name(infos, cid)])  # fmt: skip
                         continue
                     result = _without_parameters(result)
                 info = infos.get(cid) or ClientInfo(

@@ -225,7 +225,10 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             ),
             request.client_id,
         )
-        hosted.pool.drop(request.client_id, f"left ({reason})")
+        # A fatal reason is logged once, in the federation's failure line.
+        hosted.pool.drop(
+            request.client_id, "it cannot take part" if request.fatal else f"left ({reason})"
+        )
         if request.fatal:
             hosted.federation.fail(f"client {name} cannot take part: {reason}")
         return pb.LeaveResponse()

@@ -279,3 +279,25 @@ def test_client_and_baseline_commands_share_the_frameworks_options(tmp_path: Pat
     assert not hasattr(args, "federation")
     with pytest.raises(SystemExit):
         parser.parse_args([])  # a command is required
+
+
+def test_display_name_is_service_and_replica_in_a_compose_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    from orchard.client.cli import default_display_name
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "3f2a9c1b7d0e")
+    monkeypatch.setattr(socket, "gethostbyname", lambda host: "172.18.0.5")
+    monkeypatch.setattr(
+        socket,
+        "gethostbyaddr",
+        lambda ip: ("my-proj-client_pytorch-2.my-proj_federation", [], [ip]),
+    )
+    monkeypatch.delenv("ORCHARD_SERVICE", raising=False)
+    assert default_display_name() == "3f2a9c1b7d0e"
+    monkeypatch.setenv("ORCHARD_SERVICE", "client_pytorch")
+    assert default_display_name() == "client_pytorch-2"
+    monkeypatch.setenv("ORCHARD_SERVICE", "client_mxnet")  # not this container's service
+    assert default_display_name() == "3f2a9c1b7d0e"

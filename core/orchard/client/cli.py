@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -30,6 +33,7 @@ __all__ = [
     "add_dataset_arguments",
     "configure_logging",
     "data_settings_from_args",
+    "default_display_name",
     "env_default",
     "env_flag",
     "env_float",
@@ -64,7 +68,8 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--name",
         default=env_default("CLIENT_NAME", ""),
-        help="display name in the server's logs (ORCHARD_CLIENT_NAME; default host name)",
+        help="display name in the server's logs (ORCHARD_CLIENT_NAME; default: SERVICE-N in a "
+        "compose stack that sets ORCHARD_SERVICE, else the host name)",
     )
     g.add_argument(
         "--connect-timeout",
@@ -148,6 +153,31 @@ def configure_logging(level: str) -> None:
     )
 
 
+#: Set by the compose files to the client's service name (``client_pytorch``).
+SERVICE_ENV_VAR = "ORCHARD_SERVICE"
+
+
+def default_display_name() -> str:
+    """``<service>-<replica>`` (``client_pytorch-2``) in a compose stack, else the host name.
+
+    A container's host name is its id, which says nothing in the server's
+    log. Compose names replicas ``<project>-<service>-<n>``, and Docker's DNS
+    answers a container's own address with that name, so a client whose
+    compose file sets ``ORCHARD_SERVICE`` finds its replica number there
+    (falling back to the host name when the lookup fails).
+    """
+    host = socket.gethostname()
+    service = os.environ.get(SERVICE_ENV_VAR, "").strip()
+    if not service:
+        return host
+    try:
+        name = socket.gethostbyaddr(socket.gethostbyname(host))[0]
+    except OSError:
+        return host
+    found = re.search(rf"(?:^|[-_]){re.escape(service)}[-_](\d+)(?:\.|$)", name)
+    return f"{service}-{found.group(1)}" if found else host
+
+
 def settings_from_args(args: argparse.Namespace, *, framework: str) -> ClientSettings:
     """Runtime settings from parsed options; refuses contradictions up front."""
     if args.partition_id is not None and args.num_partitions is None:
@@ -162,7 +192,7 @@ def settings_from_args(args: argparse.Namespace, *, framework: str) -> ClientSet
         server=args.server,
         federation=args.federation,
         framework=framework,
-        display_name=args.name,
+        display_name=args.name or default_display_name(),
         role=Role(args.role),
         auth_token=args.auth_token,
         tls=TlsSettings(ca_cert=args.ca_cert, insecure=args.insecure, server_name=args.server_name),
