@@ -288,14 +288,22 @@ def test_display_name_is_service_and_replica_in_a_compose_stack(
 
     from orchard.client.cli import default_display_name
 
+    names = {
+        "3f2a9c1b7d0e": "172.18.0.5",
+        "proj-client_pytorch-1": "172.18.0.4",
+        "proj-client_pytorch-2": "172.18.0.5",
+    }
+
+    def resolve(name: str) -> str:
+        try:
+            return names[name]
+        except KeyError:
+            raise socket.gaierror(-2, "Name or service not known") from None
+
     monkeypatch.setattr(socket, "gethostname", lambda: "3f2a9c1b7d0e")
-    monkeypatch.setattr(socket, "gethostbyname", lambda host: "172.18.0.5")
-    monkeypatch.setattr(
-        socket,
-        "gethostbyaddr",
-        lambda ip: ("my-proj-client_pytorch-2.my-proj_federation", [], [ip]),
-    )
+    monkeypatch.setattr(socket, "gethostbyname", resolve)
     monkeypatch.delenv("ORCHARD_SERVICE", raising=False)
+    monkeypatch.setenv("ORCHARD_COMPOSE_PROJECT", "proj")
     assert default_display_name() == "3f2a9c1b7d0e"
     monkeypatch.setenv("ORCHARD_SERVICE", "client_pytorch")
     assert default_display_name() == "client_pytorch-2"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,7 +68,7 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         "--name",
         default=env_default("CLIENT_NAME", ""),
         help="display name in the server's logs (ORCHARD_CLIENT_NAME; default: SERVICE-N in a "
-        "compose stack that sets ORCHARD_SERVICE, else the host name)",
+        "compose stack that sets ORCHARD_SERVICE and ORCHARD_COMPOSE_PROJECT, else the host name)",
     )
     g.add_argument(
         "--connect-timeout",
@@ -153,29 +152,47 @@ def configure_logging(level: str) -> None:
     )
 
 
-#: Set by the compose files to the client's service name (``client_pytorch``).
+#: Set by the compose files: the client's service (``client_pytorch``) and the
+#: compose project (``${COMPOSE_PROJECT_NAME}``).
 SERVICE_ENV_VAR = "ORCHARD_SERVICE"
+PROJECT_ENV_VAR = "ORCHARD_COMPOSE_PROJECT"
+
+#: Replica numbers tried after the last one that exists, before giving up.
+_REPLICA_GAP = 4
 
 
 def default_display_name() -> str:
     """``<service>-<replica>`` (``client_pytorch-2``) in a compose stack, else the host name.
 
     A container's host name is its id, which says nothing in the server's
-    log. Compose names replicas ``<project>-<service>-<n>``, and Docker's DNS
-    answers a container's own address with that name, so a client whose
-    compose file sets ``ORCHARD_SERVICE`` finds its replica number there
-    (falling back to the host name when the lookup fails).
+    log. Compose names replicas ``<project>-<service>-<n>`` and Docker's DNS
+    resolves those names on the stack's network, so a client whose compose
+    file sets ``ORCHARD_SERVICE`` and ``ORCHARD_COMPOSE_PROJECT`` finds its
+    own number by resolving them until one has its address (a reverse lookup
+    would answer from ``/etc/hosts``, with the id). Anything unexpected falls
+    back to the host name.
     """
     host = socket.gethostname()
     service = os.environ.get(SERVICE_ENV_VAR, "").strip()
-    if not service:
+    project = os.environ.get(PROJECT_ENV_VAR, "").strip()
+    if not service or not project:
         return host
     try:
-        name = socket.gethostbyaddr(socket.gethostbyname(host))[0]
+        mine = socket.gethostbyname(host)
     except OSError:
         return host
-    found = re.search(rf"(?:^|[-_]){re.escape(service)}[-_](\d+)(?:\.|$)", name)
-    return f"{service}-{found.group(1)}" if found else host
+    number, misses = 0, 0
+    while misses < _REPLICA_GAP:
+        number += 1
+        try:
+            address = socket.gethostbyname(f"{project}-{service}-{number}")
+        except OSError:
+            misses += 1
+            continue
+        if address == mine:
+            return f"{service}-{number}"
+        misses = 0
+    return host
 
 
 def settings_from_args(args: argparse.Namespace, *, framework: str) -> ClientSettings:
