@@ -123,6 +123,9 @@ class OrchardServer:
             log.info("stopping on signal; federations resume from their last checkpoint")
             for task in loops:
                 task.cancel()
+            # Collect the cancellations, so asyncio does not report them as lost errors.
+            with contextlib.suppress(asyncio.CancelledError):
+                await everything
         else:
             await self._linger(linger)
         stopper.cancel()

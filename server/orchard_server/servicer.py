@@ -230,7 +230,7 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             request.client_id, "it cannot take part" if request.fatal else f"left ({reason})"
         )
         if request.fatal:
-            hosted.federation.fail(f"client {name} cannot take part: {reason}")
+            hosted.federation.fail(f"{name} cannot take part: {reason}")
         return pb.LeaveResponse()
 
 

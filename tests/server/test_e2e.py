@@ -435,5 +435,5 @@ def test_a_fatal_leave_fails_the_federation_at_once_with_the_reason(cluster_fact
     assert wait_exit(cluster.server, cluster, 30) == 1, cluster.logs()
     assert time.monotonic() - started < 20
     log = cluster.server.tail()
-    assert "federation 'blobs' failed: client no-data-client cannot take part: " in log
+    assert "federation 'blobs' failed: no-data-client cannot take part: " in log
     assert "cannot load its mnist data: no files" in log

@@ -298,8 +298,8 @@ def test_fail_ends_a_waiting_federation_at_once_with_the_reason(tmp_path: Path) 
 
     async def scenario() -> FederationState:
         loop = asyncio.get_running_loop()
-        loop.call_later(0.2, federation.fail, "client x cannot take part: no data")
+        loop.call_later(0.2, federation.fail, "client-x cannot take part: no data")
         return await asyncio.wait_for(federation.run(), timeout=10)
 
     assert asyncio.run(scenario()) is FederationState.FAILED
-    assert federation.reason == "client x cannot take part: no data"
+    assert federation.reason == "client-x cannot take part: no data"
