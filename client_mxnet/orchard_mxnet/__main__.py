@@ -21,6 +21,7 @@ from orchard.client.cli import (
     add_dataset_arguments,
     configure_logging,
     data_settings_from_args,
+    label_synthetic,
     partition_from_args,
     settings_from_args,
 )
@@ -119,8 +120,8 @@ def _client_factory(
 
 
 def _run_client(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, framework=FRAMEWORK)
     data_settings = data_settings_from_args(args, DataSettings)
+    settings = label_synthetic(settings_from_args(args, framework=FRAMEWORK), data_settings)
     model_spec = get_model_spec(args.model)
     # Read (and if needed download) the files before joining: a missing
     # dataset fails here, and the federation is told why at once.

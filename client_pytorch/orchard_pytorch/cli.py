@@ -20,6 +20,7 @@ from orchard.client.cli import (
     add_dataset_arguments,
     configure_logging,
     data_settings_from_args,
+    label_synthetic,
     partition_from_args,
     settings_from_args,
 )
@@ -99,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_client(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, framework="pytorch")
     data_settings = data_settings_from_args(args, DataSettings)
+    settings = label_synthetic(settings_from_args(args, framework="pytorch"), data_settings)
     device = resolve_device(args.device)
     evaluator = settings.role is Role.EVALUATOR
     # Read (and if needed download) the files before joining: a missing

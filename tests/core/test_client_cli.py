@@ -309,3 +309,16 @@ def test_display_name_is_service_and_replica_in_a_compose_stack(
     assert default_display_name() == "client_pytorch-2"
     monkeypatch.setenv("ORCHARD_SERVICE", "client_mxnet")  # not this container's service
     assert default_display_name() == "3f2a9c1b7d0e"
+
+
+def test_a_client_on_synthetic_data_says_so_in_its_name(tmp_path: Path) -> None:
+    from orchard.client.cli import label_synthetic
+    from orchard.client.runtime import ClientSettings
+    from orchard.data.client_data import DataSettings
+    from orchard.data.synth import write_synthetic
+
+    settings = ClientSettings(federation="f", display_name="client_mxnet-1")
+    data = DataSettings(dataset="mnist", data_dir=tmp_path)
+    assert label_synthetic(settings, data).display_name == "client_mxnet-1"
+    write_synthetic(tmp_path, "mnist", n_train=20, n_test=10)
+    assert label_synthetic(settings, data).display_name == "client_mxnet-1 (SYNTHETIC data)"

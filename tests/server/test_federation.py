@@ -303,3 +303,15 @@ def test_fail_ends_a_waiting_federation_at_once_with_the_reason(tmp_path: Path) 
 
     assert asyncio.run(scenario()) is FederationState.FAILED
     assert federation.reason == "client-x cannot take part: no data"
+
+
+def test_plot_title_names_the_model_and_the_dataset(tmp_path: Path) -> None:
+    federation, _ = make(tmp_path, n=0)
+    assert federation.title == "blobs: logreg"  # inline tensors: no dataset is known
+    config = FederationConfig(name="fashion", model="mnist-mlp", dataset="fashion-mnist")
+    fashion = Federation(config, InMemoryClientPool(config.model_spec()), tmp_path)
+    assert fashion.title == "fashion: mnist-mlp on fashion-mnist"
+    mnist = FederationConfig(name="digits", model="mnist-mlp")
+    assert Federation(mnist, InMemoryClientPool(mnist.model_spec()), tmp_path).title == (
+        "digits: mnist-mlp on mnist"
+    )

@@ -10,6 +10,7 @@ environment variables and defaults the same in every client.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from orchard.client.training import OPTIMIZERS, TrainConfig
 from orchard.data.client_data import DataSettings, check_compatible
 from orchard.data.client_data import default_dataset as default_dataset_of
 from orchard.data.partition import SCHEMES, PartitionSpec
+from orchard.data.synth import is_synthetic
 from orchard.env import env_default, env_flag, env_float, env_int
 from orchard.messages import Role
 
@@ -37,6 +39,7 @@ __all__ = [
     "env_flag",
     "env_float",
     "env_int",
+    "label_synthetic",
     "partition_from_args",
     "settings_from_args",
 ]
@@ -217,6 +220,18 @@ def settings_from_args(args: argparse.Namespace, *, framework: str) -> ClientSet
         num_partitions=args.num_partitions,
         connect_timeout=args.connect_timeout,
     )
+
+
+def label_synthetic(settings: ClientSettings, data: DataSettings) -> ClientSettings:
+    """``settings`` with ``(SYNTHETIC data)`` after the display name when the data are synthetic.
+
+    Results trained or scored on ``orchard-data synth`` files must not pass
+    for real ones: the name carries the label into the server's log and into
+    every line of the history that names this client.
+    """
+    if not is_synthetic(data.data_dir, data.dataset):
+        return settings
+    return dataclasses.replace(settings, display_name=f"{settings.display_name} (SYNTHETIC data)")
 
 
 def add_dataset_arguments(
