@@ -1,58 +1,35 @@
-"""Orchard's Apache MXNet client: MNIST models with Gluon, federated over ``orchard.v1``.
+"""Orchard's Apache MXNet client: MNIST models with Gluon, federated or centralized.
 
-The public API: the Gluon models mapped onto Orchard's model specs, the data
-pipeline, the training loops (with FedProx), the federated client and the
-centralized baseline. Run it with ``python -m orchard_mxnet client ...`` or
-``python -m orchard_mxnet baseline ...``.
-
-The loops themselves are ``orchard_mxnet.train.train`` and
-``orchard_mxnet.train.test``; they are not re-exported here, where their names
-would shadow the ``train`` module.
+An implementation of the adapter contract (:mod:`orchard.client.adapter`):
+``python -m orchard_mxnet client`` joins a federation and ``python -m
+orchard_mxnet baseline`` trains centrally with the same model, data and
+training code. The training loops are :func:`orchard_mxnet.train.train` and
+:func:`orchard_mxnet.train.evaluate` (not re-exported here, so that the
+names keep meaning their module).
 """
 
-from __future__ import annotations
-
-from orchard_mxnet.baseline import BaselineConfig, BaselineResult, run_baseline
-from orchard_mxnet.client import MXNetClient
-from orchard_mxnet.data import ClientData, DataError, DataSettings, ImageSet, preprocess
-from orchard_mxnet.device import DeviceError, resolve_context
-from orchard_mxnet.models import (
-    MODEL_IDS,
-    build_model,
-    get_parameters,
-    parameter_map,
-    set_parameters,
-)
-from orchard_mxnet.train import (
-    ConfigError,
-    EvalResult,
-    TrainConfig,
-    TrainingError,
-    TrainResult,
-    proximal_term,
-)
+from orchard.client.adapter import AdapterClient, DeviceError, TrainResult
+from orchard.client.training import EvalResult, TrainConfig
+from orchard_mxnet.baseline import BaselineSettings, run_baseline
+from orchard_mxnet.client import MXNetAdapter
+from orchard_mxnet.data import ClientData, DataSettings
+from orchard_mxnet.device import resolve_device
+from orchard_mxnet.models import MODEL_IDS, build_model, get_parameters, set_parameters
 
 __all__ = [
     "MODEL_IDS",
-    "BaselineConfig",
-    "BaselineResult",
+    "AdapterClient",
+    "BaselineSettings",
     "ClientData",
-    "ConfigError",
-    "DataError",
     "DataSettings",
     "DeviceError",
     "EvalResult",
-    "ImageSet",
-    "MXNetClient",
+    "MXNetAdapter",
     "TrainConfig",
     "TrainResult",
-    "TrainingError",
     "build_model",
     "get_parameters",
-    "parameter_map",
-    "preprocess",
-    "proximal_term",
-    "resolve_context",
+    "resolve_device",
     "run_baseline",
     "set_parameters",
 ]

@@ -1,98 +1,103 @@
-"""The federated client: a thin adapter from Orchard's NumPyClient to MXNet Gluon.
+"""MXNet's half of the adapter contract (:class:`orchard.client.adapter.FrameworkAdapter`).
 
-Everything it does is ``set_parameters -> train/test -> get_parameters`` with
-the same model, data and loops as the centralized baseline
-(:mod:`orchard_mxnet.baseline`); the network, retries and partition assignment
-live in :mod:`orchard.client.runtime`.
+:class:`MXNetAdapter` binds this package's Gluon models, data and loops to one
+context; :class:`orchard.client.adapter.AdapterClient` turns it into Orchard's
+NumPy client (``set_parameters -> train/evaluate -> get_parameters``), the
+same generic client every framework uses, and the network, retries and
+partition assignment live in :mod:`orchard.client.runtime`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
 
-from orchard.client.numpy_client import NumPyClient
-from orchard.client.training import (
-    DEFAULT_EVAL_BATCH_SIZE,
-    ConfigError,
-    EvalSplit,
-    TrainConfig,
-    eval_batch_size,
-    eval_split,
-    fit_seed,
-)
-from orchard.messages import Role
-from orchard.typing import Config, Metrics, NDArrays
-from orchard_mxnet.data import ClientData, DataError
-from orchard_mxnet.models import build_model, get_parameters, set_parameters
-from orchard_mxnet.train import test, train
+import numpy as np
 
-__all__ = ["DEFAULT_EVAL_BATCH_SIZE", "MXNetClient"]
+from orchard.client.adapter import TrainResult
+from orchard.client.training import EpochStats, EvalResult, TrainConfig
+from orchard.data.client_data import DataSettings, OfficialSplit
+from orchard.data.partition import PartitionSpec
+from orchard.spec import ModelSpec
+from orchard.typing import NDArrays
+from orchard_mxnet import models
+from orchard_mxnet import train as loops
+from orchard_mxnet.data import DATASETS, ClientData, ImageSet
+from orchard_mxnet.device import resolve_device
 
-_log = logging.getLogger(__name__)
+__all__ = ["MXNetAdapter"]
 
 
-class MXNetClient(NumPyClient):
-    """Trains and evaluates one Gluon model on one client's data.
+class MXNetAdapter:
+    """The MXNet adapter on one context (``--device``: auto, cpu, cuda/gpu, cuda:N)."""
 
-    A trainer evaluates on the split the evaluate config names (default
-    ``val``: its partition's held-out 10%; or ``test``: the whole official
-    test set). An evaluator holds no training data and always evaluates on the
-    whole test set.
-    """
+    framework: Final = "mxnet"
+    model_ids: Final = models.MODEL_IDS
+    datasets: Final = DATASETS
 
-    def __init__(
+    def __init__(self, device: str = "auto") -> None:
+        self.context = resolve_device(device)
+
+    @property
+    def device(self) -> str:
+        """The context as the common device name: ``cpu`` or ``cuda:N``."""
+        return "cpu" if self.context.device_type == "cpu" else f"cuda:{self.context.device_id}"
+
+    def build_model(self, model_id: str, *, seed: int) -> models.SpecNet:
+        """A fresh, seeded network on this adapter's context."""
+        return models.build_model(model_id, seed=seed, device=self.context)
+
+    def model_spec(self, model: models.SpecNet) -> ModelSpec:
+        """The spec ``model`` actually has; see :func:`models.model_spec_of`."""
+        return models.model_spec_of(model)
+
+    def get_parameters(self, model: models.SpecNet) -> NDArrays:
+        """Float32 NumPy copies in spec order."""
+        return models.get_parameters(model)
+
+    def set_parameters(self, model: models.SpecNet, arrays: Sequence[np.ndarray]) -> None:
+        """Load ``arrays`` (spec order) bit-exactly; see :func:`models.set_parameters`."""
+        models.set_parameters(model, arrays)
+
+    def client_data(
         self,
+        settings: DataSettings,
         *,
         model_id: str,
-        data: ClientData,
-        ctx: Any,
-        role: Role = Role.TRAINER,
+        partition: PartitionSpec | None = None,
+        partition_id: int = 0,
         seed: int = 0,
-    ) -> None:
-        if data.model_id != model_id:
-            raise DataError(f"data prepared for {data.model_id!r}, but the model is {model_id!r}")
-        self.net = build_model(model_id, ctx=ctx, seed=seed)
-        self.data = data
-        self.ctx = ctx
-        self.role = role
-        self._fits = 0
-
-    def get_parameters(self, config: Config) -> NDArrays:
-        """The local model's tensors, float32 NumPy copies in spec order."""
-        return get_parameters(self.net)
-
-    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
-        """Train from the global ``parameters`` as the fit config says.
-
-        Returns the new parameters, the number of training examples (FedAvg's
-        weight) and ``train_loss``/``train_accuracy`` of the last epoch. With
-        ``proximal_mu > 0`` the FedProx term pulls towards ``parameters``.
-        """
-        if self.role is Role.EVALUATOR:
-            raise ConfigError("this client is an evaluator: it holds no training data to fit on")
-        cfg = TrainConfig.from_config(config)
-        set_parameters(self.net, parameters)
-        seed = fit_seed(cfg.seed, self.data.partition_id, self._fits)
-        self._fits += 1
-        train_set = self.data.train
-        _log.info("%s", cfg.describe(len(train_set)))
-        result = train(
-            self.net, train_set, config=dataclasses.replace(cfg, seed=seed), ctx=self.ctx
+        preloaded: Mapping[OfficialSplit, tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> ClientData:
+        """This client's :class:`~orchard_mxnet.data.ClientData`."""
+        return ClientData(
+            settings,
+            model_id=model_id,
+            partition=partition,
+            partition_id=partition_id,
+            seed=seed,
+            preloaded=preloaded,
         )
-        metrics: Metrics = {"train_loss": result.loss, "train_accuracy": result.accuracy}
-        return get_parameters(self.net), result.num_examples, metrics
 
-    def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:
-        """Loss, number of examples and ``accuracy`` of ``parameters`` on a split.
+    def train(
+        self,
+        model: models.SpecNet,
+        data: ImageSet,
+        config: TrainConfig,
+        *,
+        proximal_reference: Sequence[np.ndarray] | None = None,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+    ) -> TrainResult:
+        """:func:`orchard_mxnet.train.train` on this adapter's context."""
+        return loops.train(
+            model,
+            data,
+            config,
+            device=self.context,
+            proximal_reference=proximal_reference,
+            on_epoch=on_epoch,
+        )
 
-        A trainer takes the config's ``split`` (``val`` by default, or
-        ``test``); an evaluator always the whole test set.
-        """
-        batch_size = eval_batch_size(config)
-        split: EvalSplit = "test" if self.role is Role.EVALUATOR else eval_split(config, "val")
-        set_parameters(self.net, parameters)
-        result = test(self.net, self.data.split(split), batch_size=batch_size, ctx=self.ctx)
-        _log.info("%s", result.describe(split))
-        return result.loss, result.num_examples, {"accuracy": result.accuracy}
+    def evaluate(self, model: models.SpecNet, data: ImageSet, *, batch_size: int) -> EvalResult:
+        """:func:`orchard_mxnet.train.evaluate` on this adapter's context."""
+        return loops.evaluate(model, data, batch_size=batch_size, device=self.context)

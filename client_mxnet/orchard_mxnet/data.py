@@ -19,8 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchard.data import client_data
-from orchard.data.client_data import ClientDataset, DataError, OfficialSplit
+from orchard.data.client_data import (
+    ClientDataset,
+    DataError,
+    DataSettings,
+    OfficialSplit,
+    check_compatible,
+)
 from orchard.data.partition import PartitionSpec
 from orchard_mxnet.models import input_shape
 
@@ -35,22 +40,6 @@ __all__ = [
 
 #: Datasets this client reads: both are four MNIST-format IDX files.
 DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class DataSettings(client_data.DataSettings):
-    """The shared data settings, narrowed to the MNIST-format datasets this client reads."""
-
-    dataset: str = "mnist"
-
-    def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise DataError(
-                f"unknown dataset {self.dataset!r} for the MXNet client "
-                f"(choose one of: {', '.join(DATASETS)})"
-            )
-        # Explicit base: zero-argument super() fails in slotted dataclasses.
-        client_data.DataSettings.__post_init__(self)
 
 
 def preprocess(images: np.ndarray, model_id: str) -> np.ndarray:
@@ -101,7 +90,10 @@ class ImageSet:
 class ClientData(ClientDataset[ImageSet]):
     """One client's data as :class:`ImageSet` splits for ``model_id`` (see :class:`ClientDataset`).
 
-    ``partition=None`` takes the whole training set (the centralized baseline).
+    ``partition=None`` takes the whole training set (the centralized
+    baseline); ``preloaded`` hands over splits the client command read before
+    joining. A dataset this client cannot read, or whose images ``model_id``
+    cannot take, is refused here, before anything is read.
     """
 
     def __init__(
@@ -115,6 +107,12 @@ class ClientData(ClientDataset[ImageSet]):
         preloaded: Mapping[OfficialSplit, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         input_shape(model_id)  # unknown model ids fail here, before any data is read
+        if settings.dataset not in DATASETS:
+            raise DataError(
+                f"unknown dataset {settings.dataset!r} for the MXNet client "
+                f"(choose one of: {', '.join(DATASETS)})"
+            )
+        check_compatible(model_id, settings.dataset)
         super().__init__(
             settings,
             partition=partition,

@@ -1,10 +1,12 @@
-"""Choosing the MXNet context (CPU or GPU) from the ``--device`` option.
+"""Choosing the MXNet context from ``--device auto|cpu|cuda[:N]`` (``gpu[:N]`` too).
 
 ``auto`` takes the first GPU when this MXNet build sees one and the CPU
 otherwise, and says which it chose: a federation silently training on the CPU
 of a GPU machine (for example because the CPU-only ``mxnet`` wheel is
-installed instead of ``mxnet-cu*``) is a common, slow surprise. Asking for
-``gpu`` explicitly without one is an error, not a quiet fallback.
+installed instead of ``mxnet-cu*``) is a common, slow surprise. Asking for a
+GPU explicitly without one is an error, not a quiet fallback. The accepted
+values and the messages are every client's
+(:func:`orchard.client.adapter.select_gpu`); this module only asks MXNet.
 """
 
 from __future__ import annotations
@@ -14,16 +16,16 @@ from typing import Any
 
 import mxnet as mx
 
-__all__ = ["DEVICE_CHOICES", "DeviceError", "resolve_context"]
+from orchard.client.adapter import DEVICE_CHOICES, DeviceError, select_gpu
 
-#: Values accepted by ``--device`` / ``ORCHARD_DEVICE``.
-DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "gpu")
+__all__ = ["DEVICE_CHOICES", "DeviceError", "resolve_device"]
 
-_log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
-
-class DeviceError(ValueError):
-    """The requested device does not exist or the option value is unknown."""
+_NO_GPU = (
+    "MXNet sees no GPU (mxnet.context.num_gpus() == 0); a GPU needs a CUDA build of MXNet "
+    "(mxnet-cuXXX) on a machine with one"
+)
 
 
 def _gpu_count() -> int:
@@ -31,25 +33,18 @@ def _gpu_count() -> int:
     return int(mx.context.num_gpus())
 
 
-def resolve_context(device: str) -> Any:
-    """The ``mx.Context`` for ``device`` ("auto", "cpu" or "gpu")."""
-    if device not in DEVICE_CHOICES:
-        raise DeviceError(
-            f"unknown device {device!r} for --device/ORCHARD_DEVICE "
-            f"(choose one of: {', '.join(DEVICE_CHOICES)})"
+def resolve_device(request: str) -> Any:
+    """The ``mx.Context`` for ``request`` (``auto``, ``cpu``, ``cuda``/``gpu`` or ``cuda:N``).
+
+    ``auto`` means GPU 0 when MXNet sees a GPU, else the CPU; the choice is logged.
+    """
+    count = _gpu_count()
+    index = select_gpu(request, gpu_count=count, no_gpu_reason=_NO_GPU)
+    if index is None:
+        logger.info(
+            "using device cpu%s",
+            "" if count or request.strip().lower() == "cpu" else "; no GPU visible to MXNet",
         )
-    if device == "cpu":
-        _log.info("training on the CPU (--device cpu)")
         return mx.cpu()
-    gpus = _gpu_count()
-    if gpus > 0:
-        _log.info("training on GPU 0 of %d (--device %s)", gpus, device)
-        return mx.gpu(0)
-    if device == "gpu":
-        raise DeviceError(
-            "--device gpu was requested, but MXNet sees no GPU (mxnet.context.num_gpus() == 0); "
-            "install a CUDA build of MXNet (mxnet-cuXXX) on a machine with a GPU, "
-            "or use --device auto or cpu"
-        )
-    _log.info("no GPU visible to MXNet: training on the CPU (--device auto)")
-    return mx.cpu()
+    logger.info("using device cuda:%d (GPU %d of %d visible to MXNet)", index, index, count)
+    return mx.gpu(index)

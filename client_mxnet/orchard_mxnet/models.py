@@ -156,8 +156,8 @@ def model_spec_of(net: SpecNet) -> ModelSpec:
     )
 
 
-def build_model(model_id: str, *, ctx: mx.Context, seed: int = 0) -> SpecNet:
-    """A freshly initialised network for ``model_id`` on ``ctx``.
+def build_model(model_id: str, *, seed: int = 0, device: mx.Context | None = None) -> SpecNet:
+    """A freshly initialised network for ``model_id`` on ``device`` (default: the CPU).
 
     Initialisation is seeded (Glorot-uniform weights, zero biases) so that
     clients started with the same seed agree on their initial weights. The
@@ -170,9 +170,9 @@ def build_model(model_id: str, *, ctx: mx.Context, seed: int = 0) -> SpecNet:
     difference = expected.first_difference(actual)
     if difference is not None:
         raise SpecError(f"MXNet model {model_id!r} does not match its spec: {difference}")
-    # Gluon initialises on the CPU and copies to ``ctx``: seed every generator.
+    # Gluon initialises on the CPU and copies to ``device``: seed every generator.
     mx.random.seed(seed)
-    net.initialize(mx.init.Xavier(), ctx=ctx)
+    net.initialize(mx.init.Xavier(), ctx=device if device is not None else mx.cpu())
     return net
 
 
@@ -189,7 +189,8 @@ def set_parameters(net: SpecNet, arrays: Sequence[np.ndarray]) -> None:
 
     Strict: the count, every shape and every dtype must match the spec (a
     :class:`~orchard.spec.SpecError` names the first tensor at fault), and no
-    parameter is touched unless all of them match.
+    parameter is touched unless all of them match. Float32 in, float32 held:
+    the copy is bit-exact.
     """
     spec = get_model_spec(net.model_id)
     spec.validate(arrays)

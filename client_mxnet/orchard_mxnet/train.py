@@ -21,7 +21,6 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import mxnet as mx
@@ -29,6 +28,7 @@ import numpy as np
 from mxnet import autograd, gluon
 from tqdm import tqdm
 
+from orchard.client.adapter import TrainResult
 from orchard.client.training import (
     OPTIMIZERS,
     ConfigError,
@@ -37,6 +37,7 @@ from orchard.client.training import (
     TrainConfig,
     TrainingError,
 )
+from orchard.models import get_model_spec
 from orchard_mxnet.data import ImageSet
 from orchard_mxnet.models import SpecNet, parameter_map
 
@@ -48,24 +49,13 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingError",
+    "evaluate",
     "proximal_term",
-    "test",
     "train",
 ]
 
 _log = logging.getLogger(__name__)
 _loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainResult:
-    """Outcome of :func:`train`: the last epoch's statistics and the example count."""
-
-    loss: float
-    accuracy: float
-    #: Training examples (not batches, not examples x epochs): FedAvg's weight.
-    num_examples: int
-    history: tuple[EpochStats, ...]
 
 
 def proximal_term(params: Sequence[Any], global_params: Sequence[Any], mu: float) -> Any:
@@ -93,18 +83,20 @@ def _progress_bar(total: int, description: str) -> tqdm[Any]:
 def train(
     net: SpecNet,
     data: ImageSet,
-    *,
     config: TrainConfig,
-    ctx: Any,
-    global_parameters: Sequence[np.ndarray] | None = None,
+    *,
+    device: Any,
+    proximal_reference: Sequence[np.ndarray] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainResult:
     """Train ``net`` in place on ``data`` for ``config.epochs`` epochs.
 
-    The minibatch loss is the mean softmax cross-entropy plus, when
+    Batches of ``config.batch_size`` in an order drawn from ``config.seed``
+    (a new permutation each epoch, the same run for the same seed). The
+    minibatch loss is the mean softmax cross-entropy plus, when
     ``config.proximal_mu > 0``, FedProx's proximal term towards
-    ``global_parameters`` (spec order; default: the parameters ``net`` has on
-    entry, i.e. the global model the round started from). Each epoch is logged
+    ``proximal_reference`` (spec order; default: the parameters ``net`` has
+    on entry, i.e. the global model the round started from). Each epoch is logged
     as a progress line (``epoch 1/2: loss 0.412, accuracy 0.871, 5300
     examples/s``) and handed to ``on_epoch``; a tqdm bar shows only when
     stderr is a terminal.
@@ -115,10 +107,11 @@ def train(
     params = list(parameter_map(net).values())
     anchors: list[Any] = []
     if config.proximal_mu > 0:
-        if global_parameters is None:
-            anchors = [p.data(ctx).copy() for p in params]
+        if proximal_reference is None:
+            anchors = [p.data(device).copy() for p in params]
         else:
-            anchors = [mx.nd.array(a, ctx=ctx, dtype=np.float32) for a in global_parameters]
+            get_model_spec(net.model_id).validate(proximal_reference)
+            anchors = [mx.nd.array(a, ctx=device, dtype=np.float32) for a in proximal_reference]
     optimizer_params: dict[str, float] = {"learning_rate": config.learning_rate}
     if config.optimizer == "sgd":
         optimizer_params["momentum"] = config.momentum
@@ -133,14 +126,14 @@ def train(
         total = data.num_batches(config.batch_size)
         with _progress_bar(total, f"epoch {epoch}/{config.epochs}") as bar:
             for x, y in data.batches(config.batch_size, rng.permutation(n)):
-                inputs = mx.nd.array(x, ctx=ctx, dtype=np.float32)
-                label = mx.nd.array(y, ctx=ctx, dtype=np.float32)
+                inputs = mx.nd.array(x, ctx=device, dtype=np.float32)
+                label = mx.nd.array(y, ctx=device, dtype=np.float32)
                 with autograd.record():
                     output = net(inputs)
                     cross_entropy = _loss_fn(output, label)
                     loss = cross_entropy.mean()
                     if anchors:
-                        weights = [p.data(ctx) for p in params]
+                        weights = [p.data(device) for p in params]
                         loss = loss + proximal_term(weights, anchors, config.proximal_mu)
                 loss.backward()
                 # The loss is already a mean over the batch: no further rescaling.
@@ -170,7 +163,7 @@ def train(
     )
 
 
-def test(net: SpecNet, data: ImageSet, *, batch_size: int, ctx: Any) -> EvalResult:
+def evaluate(net: SpecNet, data: ImageSet, *, batch_size: int, device: Any) -> EvalResult:
     """Mean cross-entropy, accuracy and example count of ``net`` on ``data``.
 
     An empty set gives ``EvalResult(0.0, 0.0, 0)``: zero examples carry zero
@@ -185,8 +178,8 @@ def test(net: SpecNet, data: ImageSet, *, batch_size: int, ctx: Any) -> EvalResu
     total_loss = 0.0
     correct = 0.0
     for x, y in data.batches(batch_size):
-        inputs = mx.nd.array(x, ctx=ctx, dtype=np.float32)
-        label = mx.nd.array(y, ctx=ctx, dtype=np.float32)
+        inputs = mx.nd.array(x, ctx=device, dtype=np.float32)
+        label = mx.nd.array(y, ctx=device, dtype=np.float32)
         output = net(inputs)
         total_loss += float(_loss_fn(output, label).sum().asscalar())
         correct += float((output.argmax(axis=1) == label).sum().asscalar())

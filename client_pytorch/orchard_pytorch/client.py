@@ -1,95 +1,103 @@
-"""The federated client: a thin adapter from Orchard's NumPyClient to PyTorch.
+"""PyTorch's half of the adapter contract (:class:`orchard.client.adapter.FrameworkAdapter`).
 
-Everything it does is ``set_parameters -> train/test -> get_parameters`` with
-the same model, data and loops as the centralized baseline
-(:mod:`orchard_pytorch.baseline`); the network, retries and partition
-assignment live in :mod:`orchard.client.runtime`.
+:class:`PyTorchAdapter` binds this package's models, data and loops to one
+device; :class:`orchard.client.adapter.AdapterClient` turns it into Orchard's
+NumPy client (``set_parameters -> train/evaluate -> get_parameters``), the
+same generic client every framework uses, and the network, retries and
+partition assignment live in :mod:`orchard.client.runtime`.
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
 
-import torch
+import numpy as np
 
-from orchard.client.numpy_client import NumPyClient
-from orchard.client.training import (
-    EVAL_SPLITS,
-    EvalSplit,
-    TrainConfig,
-    eval_batch_size,
-    eval_split,
-    fit_seed,
-)
-from orchard.models import get_model_spec
-from orchard.typing import Config, Metrics, NDArrays
-from orchard_pytorch.data import DataBundle, DataError
-from orchard_pytorch.models import build_model, get_parameters, set_parameters
-from orchard_pytorch.train import test, train
+from orchard.client.adapter import TrainResult
+from orchard.client.training import EpochStats, EvalResult, TrainConfig
+from orchard.data.client_data import DataSettings, OfficialSplit
+from orchard.data.partition import PartitionSpec
+from orchard.spec import ModelSpec
+from orchard.typing import NDArrays
+from orchard_pytorch import models
+from orchard_pytorch import train as loops
+from orchard_pytorch.data import DATASETS, ClientData, ImageSet
+from orchard_pytorch.device import resolve_device
 
-__all__ = ["TorchClient"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["PyTorchAdapter"]
 
 
-class TorchClient(NumPyClient):
-    """Trains and evaluates one PyTorch model on one client's data.
+class PyTorchAdapter:
+    """The PyTorch adapter on one device (``--device``: auto, cpu, cuda, cuda:N)."""
 
-    ``eval_split`` is the split evaluated when the evaluate config does not
-    name one: ``val`` (this partition's held-out 10%) for trainers, ``test``
-    (the whole official test set) for evaluator clients.
-    """
+    framework: Final = "pytorch"
+    model_ids: Final = models.MODEL_IDS
+    datasets: Final = DATASETS
 
-    def __init__(
+    def __init__(self, device: str = "auto") -> None:
+        self.torch_device = resolve_device(device)
+
+    @property
+    def device(self) -> str:
+        """The torch device, e.g. ``cpu`` or ``cuda:0``."""
+        return str(self.torch_device)
+
+    def build_model(self, model_id: str, *, seed: int) -> models.SpecNet:
+        """A fresh, seeded module on this adapter's device."""
+        return models.build_model(model_id, seed=seed, device=self.torch_device)
+
+    def model_spec(self, model: models.SpecNet) -> ModelSpec:
+        """The spec ``model`` actually has; see :func:`models.model_spec_of`."""
+        return models.model_spec_of(model)
+
+    def get_parameters(self, model: models.SpecNet) -> NDArrays:
+        """CPU copies of the ``state_dict`` in spec order."""
+        return models.get_parameters(model)
+
+    def set_parameters(self, model: models.SpecNet, arrays: Sequence[np.ndarray]) -> None:
+        """Load ``arrays`` (spec order) bit-exactly; see :func:`models.set_parameters`."""
+        models.set_parameters(model, arrays)
+
+    def client_data(
         self,
+        settings: DataSettings,
         *,
         model_id: str,
-        data: DataBundle,
-        device: torch.device,
-        eval_split: EvalSplit = "val",
+        partition: PartitionSpec | None = None,
+        partition_id: int = 0,
         seed: int = 0,
-        progress: bool | None = None,
-    ) -> None:
-        if eval_split not in EVAL_SPLITS:
-            raise DataError(f"eval_split must be 'val' or 'test', got {eval_split!r}")
-        self.spec = get_model_spec(model_id)
-        self.model = build_model(model_id, seed=seed).to(device)
-        self.data = data
-        self.device = device
-        self.eval_split = eval_split
-        self.seed = seed
-        self.progress = progress
-        self._fits = 0
+        preloaded: Mapping[OfficialSplit, tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> ClientData:
+        """This client's :class:`~orchard_pytorch.data.ClientData`."""
+        return ClientData(
+            settings,
+            model_id=model_id,
+            partition=partition,
+            partition_id=partition_id,
+            seed=seed,
+            preloaded=preloaded,
+        )
 
-    def get_parameters(self, config: Config) -> NDArrays:
-        """The local model's tensors, float32 CPU copies in spec order."""
-        return get_parameters(self.model)
+    def train(
+        self,
+        model: models.SpecNet,
+        data: ImageSet,
+        config: TrainConfig,
+        *,
+        proximal_reference: Sequence[np.ndarray] | None = None,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+    ) -> TrainResult:
+        """:func:`orchard_pytorch.train.train` on this adapter's device."""
+        return loops.train(
+            model,
+            data,
+            config,
+            device=self.torch_device,
+            proximal_reference=proximal_reference,
+            on_epoch=on_epoch,
+        )
 
-    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
-        """Train from the global ``parameters`` as the fit config says.
-
-        Returns the new parameters, the number of training examples (FedAvg's
-        weight) and ``train_loss``/``train_accuracy`` of the last epoch.
-        """
-        cfg = TrainConfig.from_config(config)
-        set_parameters(self.model, parameters, self.spec)
-        seed = fit_seed(cfg.seed, self.data.partition_id, self._fits)
-        self._fits += 1
-        torch.manual_seed(seed)
-        batches = self.data.loader("train", cfg.batch_size, shuffle=True, seed=seed)
-        logger.info("%s", cfg.describe(len(batches.data)))
-        result = train(self.model, batches, cfg, device=self.device, progress=self.progress)
-        metrics: Metrics = {"train_loss": result.loss, "train_accuracy": result.accuracy}
-        return get_parameters(self.model), result.num_examples, metrics
-
-    def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:
-        """Loss, number of examples and ``accuracy`` of ``parameters`` on a split.
-
-        The config's ``split`` (``val`` or ``test``) overrides the default.
-        """
-        batch_size = eval_batch_size(config)
-        split = eval_split(config, self.eval_split)
-        set_parameters(self.model, parameters, self.spec)
-        result = test(self.model, self.data.loader(split, batch_size), device=self.device)
-        logger.info("%s", result.describe(split))
-        return result.loss, result.num_examples, {"accuracy": result.accuracy}
+    def evaluate(self, model: models.SpecNet, data: ImageSet, *, batch_size: int) -> EvalResult:
+        """:func:`orchard_pytorch.train.evaluate` on this adapter's device."""
+        return loops.evaluate(model, data, batch_size=batch_size, device=self.torch_device)

@@ -8,7 +8,7 @@ exactly the same examples; this module turns its uint8 arrays into PyTorch
 batches.
 
 Normalization (identical in the MXNet adapter, so both frameworks see the same
-inputs; recorded in :data:`DATASETS`):
+inputs; recorded in :data:`orchard.data.client_data.DATASETS`):
 
 * CIFAR-10: ``(x/255 - 0.5) / 0.5`` per channel, as in PyTorch's tutorial;
 * MNIST and Fashion-MNIST: plain ``x/255`` (no mean/std), values in [0, 1].
@@ -20,40 +20,36 @@ CIFAR-10 training set is 150 MB as uint8 but 600 MB as float32.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from orchard.data.client_data import DATASETS as DATASET_INFO
 from orchard.data.client_data import (
-    DATASETS,
     ClientDataset,
     DataError,
     DatasetInfo,
     DataSettings,
     OfficialSplit,
-    Split,
     check_compatible,
-    default_dataset,
-    load_split,
 )
+from orchard.data.partition import PartitionSpec
 
 __all__ = [
     "DATASETS",
-    "DataBundle",
+    "ClientData",
     "DataError",
     "DataSettings",
-    "DatasetInfo",
     "ImageBatches",
     "ImageSet",
-    "OfficialSplit",
-    "Split",
-    "check_compatible",
-    "default_dataset",
-    "load_split",
     "normalize",
 ]
+
+
+#: Datasets this client reads (every dataset the shared readers know).
+DATASETS: tuple[str, ...] = tuple(sorted(DATASET_INFO))
 
 
 def normalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
@@ -133,20 +129,40 @@ class ImageBatches:
             yield normalize(images, self.data.info), labels
 
 
-class DataBundle(ClientDataset[ImageSet]):
-    """One client's data as :class:`ImageSet` splits (see :class:`ClientDataset`).
+class ClientData(ClientDataset[ImageSet]):
+    """One client's data as :class:`ImageSet` splits for ``model_id`` (see :class:`ClientDataset`).
 
     ``partition=None`` takes the whole training set (the centralized
     baseline); ``preloaded`` hands over splits the client command read before
-    joining.
+    joining. A dataset whose images ``model_id`` cannot take is refused here,
+    before anything is read.
     """
+
+    def __init__(
+        self,
+        settings: DataSettings,
+        *,
+        model_id: str,
+        partition: PartitionSpec | None = None,
+        partition_id: int = 0,
+        seed: int = 0,
+        preloaded: Mapping[OfficialSplit, tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> None:
+        if settings.dataset not in DATASETS:
+            raise DataError(
+                f"unknown dataset {settings.dataset!r} for the PyTorch client "
+                f"(choose one of: {', '.join(DATASETS)})"
+            )
+        check_compatible(model_id, settings.dataset)
+        super().__init__(
+            settings,
+            partition=partition,
+            partition_id=partition_id,
+            seed=seed,
+            preloaded=preloaded,
+        )
+        self.model_id = model_id
 
     def wrap(self, images: np.ndarray, labels: np.ndarray) -> ImageSet:
         """A split's arrays as a tensor-backed :class:`ImageSet`."""
         return ImageSet.from_numpy(images, labels, self.info)
-
-    def loader(
-        self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0
-    ) -> ImageBatches:
-        """Batches of one split."""
-        return self.split(split).batches(batch_size, shuffle=shuffle, seed=seed)

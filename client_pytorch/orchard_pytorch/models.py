@@ -22,7 +22,8 @@ logits), as usual in PyTorch; the modules return logits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -34,10 +35,11 @@ from orchard.spec import ModelSpec, SpecError, TensorSpec
 from orchard.typing import NDArrays
 
 __all__ = [
-    "MODEL_BUILDERS",
-    "Cifar10Cnn",
-    "MnistCnn",
-    "MnistMlp",
+    "MODEL_IDS",
+    "Cifar10CNN",
+    "MnistCNN",
+    "MnistMLP",
+    "SpecNet",
     "build_model",
     "get_parameters",
     "model_spec_of",
@@ -45,12 +47,20 @@ __all__ = [
 ]
 
 
-class Cifar10Cnn(nn.Module):
+class SpecNet(nn.Module):
+    """A module whose ``state_dict`` is exactly the registered spec of ``model_id``."""
+
+    model_id: ClassVar[str]
+
+
+class Cifar10CNN(SpecNet):
     """PyTorch's CIFAR-10 tutorial network (62,006 parameters).
 
     conv 3->6 5x5, 2x2 max-pool, conv 6->16 5x5, 2x2 max-pool, then fully
     connected 400->120->84->10 with ReLU. Input: (N, 3, 32, 32).
     """
+
+    model_id = "cifar10-cnn"
 
     def __init__(self) -> None:
         super().__init__()
@@ -72,7 +82,7 @@ class Cifar10Cnn(nn.Module):
         return logits
 
 
-class MnistCnn(nn.Module):
+class MnistCNN(SpecNet):
     """The MNIST CNN of McMahan et al. 2017 (1,663,370 parameters).
 
     The paper does not state the padding; 'same' padding (2 for a 5x5 kernel)
@@ -80,6 +90,8 @@ class MnistCnn(nn.Module):
     -> pool -> 7x7, so the first dense layer sees 64*7*7 = 3136 features.
     Input: (N, 1, 28, 28).
     """
+
+    model_id = "mnist-cnn"
 
     def __init__(self) -> None:
         super().__init__()
@@ -99,13 +111,15 @@ class MnistCnn(nn.Module):
         return logits
 
 
-class MnistMlp(nn.Module):
+class MnistMLP(SpecNet):
     """784-128-64-10 with ReLU (the MXNet tutorial's MLP).
 
     Accepts (N, 1, 28, 28) or (N, 784): the image is flattened in C, H, W
     order, the layout convention of :mod:`orchard.models` that the MXNet
     adapter follows too.
     """
+
+    model_id = "mnist-mlp"
 
     def __init__(self) -> None:
         super().__init__()
@@ -122,15 +136,16 @@ class MnistMlp(nn.Module):
         return logits
 
 
-#: Model id -> module constructor.
-MODEL_BUILDERS: dict[str, Callable[[], nn.Module]] = {
-    "cifar10-cnn": Cifar10Cnn,
-    "mnist-cnn": MnistCnn,
-    "mnist-mlp": MnistMlp,
+_MODELS: dict[str, type[SpecNet]] = {
+    Cifar10CNN.model_id: Cifar10CNN,
+    MnistCNN.model_id: MnistCNN,
+    MnistMLP.model_id: MnistMLP,
 }
+#: Model ids this client can train.
+MODEL_IDS: tuple[str, ...] = tuple(sorted(_MODELS))
 
 
-def model_spec_of(model_id: str, model: nn.Module) -> ModelSpec:
+def model_spec_of(model: SpecNet) -> ModelSpec:
     """The spec a module actually has: its ``state_dict`` names, shapes and dtypes."""
     tensors = tuple(
         TensorSpec(
@@ -140,21 +155,24 @@ def model_spec_of(model_id: str, model: nn.Module) -> ModelSpec:
         )
         for name, tensor in model.state_dict().items()
     )
-    return ModelSpec(model_id, tensors)
+    return ModelSpec(model.model_id, tensors)
 
 
-def build_model(model_id: str, *, seed: int | None = None) -> nn.Module:
-    """A fresh module for ``model_id``, checked against the registered spec.
+def build_model(
+    model_id: str, *, seed: int | None = None, device: torch.device | None = None
+) -> SpecNet:
+    """A fresh module for ``model_id`` on ``device`` (default CPU), checked against its spec.
 
     With ``seed``, the initial weights depend only on the seed (the global RNG
     is left untouched), so every client and the baseline can start from the
     same weights.
     """
     try:
-        builder = MODEL_BUILDERS[model_id]
+        builder = _MODELS[model_id]
     except KeyError:
         raise SpecError(
-            f"unknown model id {model_id!r} (PyTorch models: {', '.join(sorted(MODEL_BUILDERS))})"
+            f"model id {model_id!r} has no PyTorch implementation (available: "
+            f"{', '.join(MODEL_IDS)})"
         ) from None
     if seed is None:
         model = builder()
@@ -163,13 +181,13 @@ def build_model(model_id: str, *, seed: int | None = None) -> nn.Module:
             torch.manual_seed(seed)
             model = builder()
     expected = get_model_spec(model_id)
-    difference = expected.first_difference(model_spec_of(model_id, model))
+    difference = expected.first_difference(model_spec_of(model))
     if difference is not None:
-        raise SpecError(f"PyTorch module for {model_id!r} does not match its spec: {difference}")
-    return model
+        raise SpecError(f"PyTorch model {model_id!r} does not match its spec: {difference}")
+    return model.to(device) if device is not None else model
 
 
-def get_parameters(model: nn.Module) -> NDArrays:
+def get_parameters(model: SpecNet) -> NDArrays:
     """Float32 CPU NumPy copies of the ``state_dict``, in spec order.
 
     Copies, not views: the arrays go to the wire or the server's aggregate
@@ -178,24 +196,21 @@ def get_parameters(model: nn.Module) -> NDArrays:
     return [tensor.detach().to("cpu", copy=True).numpy() for tensor in model.state_dict().values()]
 
 
-def set_parameters(model: nn.Module, arrays: Sequence[np.ndarray], spec: ModelSpec) -> None:
-    """Load ``arrays`` (in ``spec`` order) into ``model``, bit-exactly.
+def set_parameters(model: SpecNet, arrays: Sequence[np.ndarray]) -> None:
+    """Load ``arrays`` (in spec order) into ``model``, bit-exactly.
 
-    Strict: the count, every shape and every dtype must match ``spec``; a
-    mismatch raises :class:`~orchard.spec.SpecError` naming the tensor, rather
-    than PyTorch's silent broadcasting or dtype casting.
+    Strict: the count, every shape and every dtype must match the model's
+    spec; a mismatch raises :class:`~orchard.spec.SpecError` naming the
+    tensor (and nothing is loaded), rather than PyTorch's silent broadcasting
+    or dtype casting.
     """
-    spec.validate(list(arrays), require_finite=False)
+    spec = get_model_spec(model.model_id)
+    spec.validate(list(arrays))
     state = model.state_dict()
     if list(state) != spec.names:
-        difference = spec.first_difference(model_spec_of(spec.model_id, model))
+        difference = spec.first_difference(model_spec_of(model))
         raise SpecError(f"module does not match spec {spec.model_id!r}: {difference}")
     with torch.no_grad():
-        for (name, target), array in zip(state.items(), arrays, strict=True):
+        for target, array in zip(state.values(), arrays, strict=True):
             native = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
-            source = torch.from_numpy(native)
-            if target.dtype != source.dtype:
-                raise SpecError(
-                    f"tensor {name!r}: module holds {target.dtype}, array is {source.dtype}"
-                )
-            target.copy_(source)
+            target.copy_(torch.from_numpy(native))

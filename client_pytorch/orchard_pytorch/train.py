@@ -1,6 +1,6 @@
 """Training and evaluation loops shared by the federated client and the baseline.
 
-The same :func:`train` and :func:`test` run the centralized baseline and every
+The same :func:`train` and :func:`evaluate` run the centralized baseline and every
 federated round; federation adds exactly one thing, the FedProx proximal term
 of Li et al. 2020, "Federated Optimization in Heterogeneous Networks"
 (MLSys): with ``proximal_mu > 0`` each local step minimises
@@ -24,14 +24,14 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterable, Sequence, Sized
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional PyTorch alias
-from torch import nn
 from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
+from orchard.client.adapter import TrainResult
 from orchard.client.training import (
     OPTIMIZERS,
     ConfigError,
@@ -40,39 +40,24 @@ from orchard.client.training import (
     TrainConfig,
     TrainingError,
 )
+from orchard.models import get_model_spec
+from orchard_pytorch.data import ImageSet
+from orchard_pytorch.models import SpecNet
 
 __all__ = [
     "OPTIMIZERS",
-    "Batches",
     "ConfigError",
+    "EpochStats",
     "EvalResult",
     "TrainConfig",
     "TrainResult",
     "TrainingError",
+    "evaluate",
     "proximal_term",
-    "test",
     "train",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Batches of (inputs, integer labels); a ``torch.utils.data.DataLoader`` fits.
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-
-
-class TrainResult(NamedTuple):
-    """Outcome of local training.
-
-    ``num_examples`` is the number of training examples (one epoch's worth,
-    not batches and not epochs x examples): FedAvg weights each client's
-    update by its data size. ``loss`` (cross-entropy, without the proximal
-    term, so it compares with evaluation losses) and ``accuracy`` are the
-    averages over the last epoch.
-    """
-
-    num_examples: int
-    loss: float
-    accuracy: float
 
 
 def proximal_term(
@@ -91,60 +76,63 @@ def proximal_term(
     return 0.5 * mu * total
 
 
-def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def _make_optimizer(model: SpecNet, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     return torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum)
 
 
-def _show_progress(progress: bool | None) -> bool:
-    """A bar only for a person at a terminal; logs and containers get epoch lines."""
-    return sys.stderr.isatty() if progress is None else progress
-
-
 def train(
-    model: nn.Module,
-    batches: Batches,
+    model: SpecNet,
+    data: ImageSet,
     config: TrainConfig,
     *,
     device: torch.device,
-    global_parameters: Sequence[torch.Tensor] | None = None,
-    progress: bool | None = None,
+    proximal_reference: Sequence[np.ndarray] | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``config.epochs`` epochs over ``batches``.
+    """Train ``model`` in place for ``config.epochs`` epochs over ``data``.
 
-    With ``config.proximal_mu > 0`` the FedProx term is added to every step's
-    loss; ``global_parameters`` default to a copy of the model's parameters
-    at entry, i.e. the global model the round started from. ``batches`` is
-    iterated once per epoch (shuffle it there). Each epoch logs
-    ``epoch 1/2: loss 1.234, accuracy 0.567, 1234 examples/s``; ``progress``
-    shows a tqdm bar (None: only when stderr is a terminal).
+    Batches of ``config.batch_size`` in an order drawn from ``config.seed``
+    (a new permutation each epoch, the same run for the same seed). With
+    ``config.proximal_mu > 0`` the FedProx term is added to every step's
+    loss; ``proximal_reference`` (spec order) defaults to the model's
+    parameters at entry, i.e. the global model the round started from. Each
+    epoch logs ``epoch 1/2: loss 1.234, accuracy 0.567, 1234 examples/s`` and
+    goes to ``on_epoch``; a tqdm bar shows only when stderr is a terminal.
     """
+    if len(data) == 0:
+        raise TrainingError.empty()
     model.to(device)
     model.train()
     optimizer = _make_optimizer(model, config)
     mu = config.proximal_mu
     anchor: list[torch.Tensor] = []
     if mu > 0:
-        source = global_parameters if global_parameters is not None else list(model.parameters())
-        anchor = [p.detach().to(device, copy=True) for p in source]
-    bar = _show_progress(progress)
-    num_examples = 0
-    loss_sum = 0.0
-    correct = 0
+        if proximal_reference is None:
+            anchor = [p.detach().to(device, copy=True) for p in model.parameters()]
+        else:
+            # The reference is in spec (state_dict) order; match it to parameters by name.
+            get_model_spec(model.model_id).validate(proximal_reference)
+            reference = dict(zip(model.state_dict(), proximal_reference, strict=True))
+            anchor = [
+                torch.from_numpy(np.array(reference[name], copy=True)).to(device)
+                for name, _ in model.named_parameters()
+            ]
+    batches = data.batches(config.batch_size, shuffle=True, seed=config.seed)
+    history: list[EpochStats] = []
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         loss_sum_t = torch.zeros((), device=device)
         correct_t = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
-        total = len(batches) if isinstance(batches, Sized) else None
         iterator = tqdm(
             batches,
-            total=total,
+            total=len(batches),
             desc=f"epoch {epoch}/{config.epochs}",
             unit="batch",
             leave=False,
-            disable=not bar,
+            disable=not sys.stderr.isatty(),
         )
         for batch_inputs, batch_labels in iterator:
             inputs = batch_inputs.to(device, non_blocking=True)
@@ -160,41 +148,45 @@ def train(
             loss_sum_t += data_loss.detach() * labels.shape[0]
             correct_t += (logits.detach().argmax(dim=1) == labels).sum()
             seen += int(labels.shape[0])
-        if seen == 0:
-            raise TrainingError.empty()
         elapsed = time.perf_counter() - started
         loss_sum = float(loss_sum_t)
-        correct = int(correct_t)
         if not math.isfinite(loss_sum):
             raise TrainingError.diverged(epoch, config, loss_sum)
-        num_examples = seen
         stats = EpochStats(
             epoch=epoch,
             epochs=config.epochs,
             loss=loss_sum / seen,
-            accuracy=correct / seen,
+            accuracy=int(correct_t) / seen,
             examples_per_second=seen / elapsed if elapsed > 0 else float("inf"),
         )
         logger.info("%s", stats.describe())
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+    last = history[-1]
     return TrainResult(
-        num_examples=num_examples, loss=loss_sum / num_examples, accuracy=correct / num_examples
+        num_examples=len(data), loss=last.loss, accuracy=last.accuracy, history=tuple(history)
     )
 
 
-def test(model: nn.Module, batches: Batches, *, device: torch.device) -> EvalResult:
-    """Mean cross-entropy and accuracy of ``model`` over ``batches``.
+def evaluate(
+    model: SpecNet, data: ImageSet, *, batch_size: int, device: torch.device
+) -> EvalResult:
+    """Mean cross-entropy, accuracy and example count of ``model`` on ``data``.
 
     An empty set gives ``EvalResult(0.0, 0.0, 0)``: zero examples carry zero
     weight in the server's weighted average, so a client whose validation
     split happens to be empty does not fail the round.
     """
+    if batch_size < 1:
+        raise ConfigError(f"config 'batch_size' must be at least 1, got {batch_size}")
     model.to(device)
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     with torch.no_grad():
-        for batch_inputs, batch_labels in batches:
+        for batch_inputs, batch_labels in data.batches(batch_size):
             inputs = batch_inputs.to(device, non_blocking=True)
             labels = batch_labels.to(device, non_blocking=True)
             logits = model(inputs)

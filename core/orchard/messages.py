@@ -14,7 +14,7 @@ from orchard.typing import Config, Metrics, NDArrays
 
 #: The API version this code speaks, "MAJOR.MINOR". Minor versions only add
 #: optional fields and capabilities; a different major version is refused.
-API_VERSION = "1.0"
+API_VERSION = "1.1"
 
 
 class TaskType(enum.Enum):
@@ -72,6 +72,37 @@ class Session:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FederationStatus:
+    """What a heartbeat tells a client about its federation."""
+
+    state: FederationState
+    rounds_completed: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskPoll:
+    """A session's request for its next task, held open at most ``wait_seconds``."""
+
+    client_id: str
+    wait_seconds: float
+    max_chunk_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaveNotice:
+    """A session ends, and why (for logs).
+
+    ``fatal`` marks a client that can never take part (its dataset cannot be
+    loaded, say): the federation then fails at once with ``reason`` instead
+    of waiting for a client that is not coming.
+    """
+
+    client_id: str
+    reason: str = ""
+    fatal: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Task:
     """One instruction: train or evaluate these parameters with this config."""
 
@@ -100,13 +131,23 @@ class Finished:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ResultRef:
+    """Which session and task an incoming result answers (read before its bytes)."""
+
+    client_id: str
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Result:
     """A client's answer to a task. ``error`` is set when the task failed."""
 
     client_id: str
     task_id: str
     num_examples: int = 0
-    loss: float = 0.0
+    #: The local loss: required of evaluations; None for a fit whose framework
+    #: reported none (it is then left out of averages, never counted as 0).
+    loss: float | None = None
     metrics: Metrics = field(default_factory=dict)
     names: tuple[str, ...] = ()
     parameters: NDArrays = field(default_factory=list)

@@ -10,25 +10,32 @@ writes chunks straight into preallocated arrays (:class:`ParametersAssembler`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from orchard.messages import (
     FederationState,
+    FederationStatus,
     Finished,
     Idle,
     JoinInfo,
+    LeaveNotice,
     Result,
+    ResultRef,
     Role,
     Session,
     Task,
+    TaskPoll,
     TaskType,
 )
 from orchard.spec import ModelSpec, SpecError, TensorSpec
 from orchard.typing import Config, NDArrays, Scalar
 from orchard.v1 import federation_service_pb2 as pb
 from orchard.v1 import tensor_pb2 as tpb
+
+#: Full name of the gRPC service, for health checks and reflection.
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["FederationService"].full_name
 
 #: Default chunk size: 1 MiB keeps each message far below gRPC's 4 MiB limit.
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -328,24 +335,18 @@ def join_to_proto(info: JoinInfo) -> pb.JoinRequest:
 
 
 def join_from_proto(msg: pb.JoinRequest) -> JoinInfo:
-    """JoinRequest -> domain join info."""
-    if not msg.federation:
-        raise SerdeError("JoinRequest.federation is empty")
-    if not msg.instance_id:
-        raise SerdeError("JoinRequest.instance_id is empty")
+    """JoinRequest -> domain join info.
+
+    Only decoding happens here: whether the join is acceptable (version,
+    required fields, partitions, federation, token, spec) is the server's
+    admission's decision, made the same way for in-process clients.
+    """
     role = (
         Role.TRAINER if msg.role == pb.CLIENT_ROLE_UNSPECIFIED else _ROLE_FROM_PROTO.get(msg.role)
     )
     if role is None:
         raise SerdeError(f"JoinRequest.role: unknown role {msg.role}")
     spec = model_spec_from_proto(msg.model_spec) if msg.HasField("model_spec") else None
-    fixed = msg.HasField("partition_id")
-    if fixed != msg.HasField("num_partitions"):
-        raise SerdeError("JoinRequest: set partition_id and num_partitions together")
-    if fixed and msg.partition_id >= msg.num_partitions:
-        raise SerdeError(
-            f"JoinRequest.partition_id {msg.partition_id} is outside 0..{msg.num_partitions - 1}"
-        )
     return JoinInfo(
         api_version=msg.api_version,
         federation=msg.federation,
@@ -356,9 +357,18 @@ def join_from_proto(msg: pb.JoinRequest) -> JoinInfo:
         role=role,
         model_spec=spec,
         auth_token=msg.auth_token,
-        partition_id=msg.partition_id if fixed else None,
-        num_partitions=msg.num_partitions if fixed else None,
+        partition_id=msg.partition_id if msg.HasField("partition_id") else None,
+        num_partitions=msg.num_partitions if msg.HasField("num_partitions") else None,
     )
+
+
+def join_api_version(msg: pb.JoinRequest) -> str:
+    """The API version a JoinRequest states, even when the rest cannot be decoded.
+
+    A client of another major version may send fields this version cannot
+    read; the server answers its version first, which is the real problem.
+    """
+    return msg.api_version
 
 
 def session_to_proto(session: Session) -> pb.JoinResponse:
@@ -385,6 +395,69 @@ def session_from_proto(msg: pb.JoinResponse) -> Session:
         num_partitions=msg.num_partitions,
         state=state_from_proto(msg.state),
     )
+
+
+# --- heartbeat, poll, leave --------------------------------------------------------
+
+
+def heartbeat_to_proto(client_id: str) -> pb.HeartbeatRequest:
+    """A session's heartbeat."""
+    return pb.HeartbeatRequest(client_id=client_id)
+
+
+def heartbeat_from_proto(msg: pb.HeartbeatRequest) -> str:
+    """HeartbeatRequest -> the session id it keeps alive."""
+    return msg.client_id
+
+
+def status_to_proto(status: FederationStatus) -> pb.HeartbeatResponse:
+    """Domain federation status -> HeartbeatResponse."""
+    return pb.HeartbeatResponse(
+        state=state_to_proto(status.state), rounds_completed=status.rounds_completed
+    )
+
+
+def status_from_proto(msg: pb.HeartbeatResponse) -> FederationStatus:
+    """HeartbeatResponse -> domain federation status."""
+    return FederationStatus(
+        state=state_from_proto(msg.state), rounds_completed=msg.rounds_completed
+    )
+
+
+def poll_to_proto(poll: TaskPoll) -> pb.PullTaskRequest:
+    """Domain task poll -> PullTaskRequest."""
+    return pb.PullTaskRequest(
+        client_id=poll.client_id,
+        wait_seconds=poll.wait_seconds,
+        max_chunk_bytes=poll.max_chunk_bytes,
+    )
+
+
+def poll_from_proto(msg: pb.PullTaskRequest) -> TaskPoll:
+    """PullTaskRequest -> domain task poll; a chunk size of 0 means the default."""
+    chunk = msg.max_chunk_bytes or DEFAULT_CHUNK_BYTES
+    if not 0 < chunk <= MAX_CHUNK_BYTES:
+        raise SerdeError(f"max_chunk_bytes {chunk} outside 1..{MAX_CHUNK_BYTES}")
+    return TaskPoll(
+        client_id=msg.client_id,
+        wait_seconds=max(msg.wait_seconds, 0.0),
+        max_chunk_bytes=chunk,
+    )
+
+
+def leave_to_proto(notice: LeaveNotice) -> pb.LeaveRequest:
+    """Domain leave notice -> LeaveRequest."""
+    return pb.LeaveRequest(client_id=notice.client_id, reason=notice.reason, fatal=notice.fatal)
+
+
+def leave_from_proto(msg: pb.LeaveRequest) -> LeaveNotice:
+    """LeaveRequest -> domain leave notice."""
+    return LeaveNotice(client_id=msg.client_id, reason=msg.reason, fatal=msg.fatal)
+
+
+def leave_response() -> pb.LeaveResponse:
+    """The (empty) answer to a Leave."""
+    return pb.LeaveResponse()
 
 
 # --- tasks ------------------------------------------------------------------------
@@ -466,17 +539,31 @@ def result_to_stream(
 
 
 def result_header_to_proto(result: Result) -> pb.ResultHeader:
-    """The header of a result (its parameters are announced, not included)."""
-    return pb.ResultHeader(
+    """The header of a result (its parameters are announced, not included).
+
+    ``reported_loss`` is set only when there is a loss; the deprecated
+    ``loss`` field carries the same number (0 when absent) for 1.0 servers.
+    """
+    header = pb.ResultHeader(
         client_id=result.client_id,
         task_id=result.task_id,
         status=pb.RESULT_STATUS_FAILED if result.error else pb.RESULT_STATUS_OK,
         error_message=result.error,
         num_examples=result.num_examples,
-        loss=result.loss,
+        loss=0.0 if result.loss is None else result.loss,
         metrics=config_to_proto(result.metrics),
         parameters=parameters_header(result.names, result.parameters),
     )
+    if result.loss is not None:
+        header.reported_loss = result.loss
+    return header
+
+
+def _loss_from_header(header: pb.ResultHeader) -> float | None:
+    """``reported_loss`` when set; else the 1.0 field, whose 0 meant "no loss"."""
+    if header.HasField("reported_loss"):
+        return header.reported_loss
+    return header.loss or None
 
 
 def result_from_header(header: pb.ResultHeader, arrays: NDArrays, names: tuple[str, ...]) -> Result:
@@ -486,7 +573,7 @@ def result_from_header(header: pb.ResultHeader, arrays: NDArrays, names: tuple[s
         client_id=header.client_id,
         task_id=header.task_id,
         num_examples=header.num_examples,
-        loss=header.loss,
+        loss=_loss_from_header(header),
         metrics=config_from_proto(header.metrics),
         names=names,
         parameters=arrays,
@@ -494,14 +581,74 @@ def result_from_header(header: pb.ResultHeader, arrays: NDArrays, names: tuple[s
     )
 
 
+class ResultReader:
+    """Reads one PushResult stream in steps, so a server can check before it reads.
+
+    :meth:`start` takes the first message (it must be the header) and says
+    which session and task the result answers; :meth:`announced` allocates
+    the announced tensors (refusing more than ``max_bytes``) and returns their
+    specs, so they can be compared with the model spec before any byte is
+    read; :meth:`add` places each chunk; :meth:`finish` returns the
+    :class:`~orchard.messages.Result`. Every malformed step is a
+    :class:`SerdeError` naming the tensor.
+    """
+
+    def __init__(self, first: pb.PushResultRequest | None) -> None:
+        if first is None or first.WhichOneof("item") != "header":
+            raise SerdeError("PushResult must start with a ResultHeader")
+        self._header = first.header
+        self._assembler: ParametersAssembler | None = None
+        self.ref = ResultRef(client_id=first.header.client_id, task_id=first.header.task_id)
+
+    @classmethod
+    async def start(cls, stream: AsyncIterator[pb.PushResultRequest]) -> ResultReader:
+        """A reader over ``stream`` whose header has been read."""
+        return cls(await anext(aiter(stream), None))
+
+    def announced(self, *, max_bytes: int | None = None) -> tuple[TensorSpec, ...]:
+        """Allocate the announced tensors and return their specs."""
+        self._assembler = ParametersAssembler(self._header.parameters, max_bytes=max_bytes)
+        return self._assembler.specs
+
+    def add(self, message: pb.PushResultRequest) -> None:
+        """Place the chunk ``message`` carries."""
+        if self._assembler is None:
+            self.announced()
+        assert self._assembler is not None
+        if message.WhichOneof("item") != "chunk":
+            raise SerdeError("only chunks may follow the result header")
+        self._assembler.add(message.chunk)
+
+    async def read_chunks(
+        self, stream: AsyncIterator[pb.PushResultRequest], on_chunk: Callable[[], object]
+    ) -> None:
+        """Place every remaining chunk of ``stream``, calling ``on_chunk`` after each."""
+        async for message in stream:
+            self.add(message)
+            on_chunk()
+
+    def finish(self) -> Result:
+        """The result; raises if any announced byte is missing."""
+        if self._assembler is None:
+            self.announced()
+        assert self._assembler is not None
+        arrays = self._assembler.finish()
+        return result_from_header(self._header, arrays, self._assembler.names)
+
+
 def result_from_stream(stream: Iterator[pb.PushResultRequest]) -> Result:
-    """Read a whole PushResult stream (synchronous; the server has its own async loop)."""
-    first = next(stream, None)
-    if first is None or first.WhichOneof("item") != "header":
-        raise SerdeError("PushResult stream must start with a result header")
-    assembler = ParametersAssembler(first.header.parameters)
-    for msg in stream:
-        if msg.WhichOneof("item") != "chunk":
-            raise SerdeError("PushResult stream: expected chunks after the header")
-        assembler.add(msg.chunk)
-    return result_from_header(first.header, assembler.finish(), assembler.names)
+    """Read a whole PushResult stream synchronously (tools and tests; the server awaits)."""
+    reader = ResultReader(next(stream, None))
+    for message in stream:
+        reader.add(message)
+    return reader.finish()
+
+
+def push_ack_to_proto(message: str) -> pb.PushResultResponse:
+    """The server's acknowledgement of a result."""
+    return pb.PushResultResponse(message=message)
+
+
+def push_ack_from_proto(msg: pb.PushResultResponse) -> str:
+    """PushResultResponse -> its acknowledgement text."""
+    return msg.message

@@ -19,9 +19,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from orchard import serde
 from orchard.messages import FederationState
-from orchard.v1 import federation_service_pb2 as pb
 from orchard.v1 import federation_service_pb2_grpc as pb_grpc
+from orchard_server.admission import AdmissionPolicy
 from orchard_server.config import ServerConfig
 from orchard_server.federation import Federation
 from orchard_server.grpc_pool import GrpcClientPool
@@ -29,7 +30,7 @@ from orchard_server.servicer import FederationServicer, Hosted
 
 log = logging.getLogger("orchard.server")
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FederationService"].full_name
+SERVICE_NAME = serde.SERVICE_NAME
 
 
 class OrchardServer:
@@ -42,8 +43,9 @@ class OrchardServer:
             if not fed_config.enabled:
                 log.info("federation %r is switched off", fed_config.name)
                 continue
-            spec = fed_config.model_spec()
-            pool = GrpcClientPool(fed_config.name, spec, heartbeat_timeout=config.heartbeat_timeout)
+            pool = GrpcClientPool(
+                AdmissionPolicy.from_config(fed_config), heartbeat_timeout=config.heartbeat_timeout
+            )
             federation = Federation(fed_config, pool, config.state_dir)
             federation.restore_or_init()
             self.hosted[fed_config.name] = Hosted(federation=federation, pool=pool)

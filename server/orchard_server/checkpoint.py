@@ -3,7 +3,9 @@
 One ``.npz`` per federation holds the global parameters, the server
 optimizer's state, and a JSON document (round number, RNG state, history,
 partition assignments). One file, written atomically, so parameters and
-metadata can never disagree after a kill.
+metadata can never disagree after a kill. :func:`save_federation` and
+:func:`load_federation` are the glue between a federation's live state
+(optimizer state, generator, typed history) and that file.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import numpy as np
 
 from orchard.spec import ModelSpec, SpecError
 from orchard.typing import NDArrays
+from orchard_server.history import History, HistoryError
 from orchard_server.storage import atomic_write_npz
+from orchard_server.strategy import ServerOptimizer, State, state_from_arrays, state_to_arrays
 
 FORMAT_VERSION = 1
 
@@ -72,3 +76,63 @@ def load_checkpoint(path: Path, spec: ModelSpec) -> Checkpoint | None:
             "move it away to start afresh"
         ) from None
     return Checkpoint(round=int(meta["round"]), parameters=params, optimizer_state=opt, meta=meta)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resumed:
+    """A federation's state as its checkpoint holds it."""
+
+    round: int
+    parameters: NDArrays
+    opt_state: State
+    #: ``numpy`` bit-generator state of the federation's sampling generator.
+    rng_state: dict[str, Any]
+    history: History
+    #: Everything else the federation stored (``partitions``, ``model_id``, ``strategy``).
+    meta: dict[str, Any]
+
+
+def save_federation(
+    path: Path,
+    *,
+    round: int,
+    parameters: NDArrays,
+    opt_state: State,
+    rng: np.random.Generator,
+    history: History,
+    meta: dict[str, Any],
+) -> None:
+    """Write a federation's state after ``round`` atomically (``meta`` is stored as is)."""
+    save_checkpoint(
+        path,
+        Checkpoint(
+            round=round,
+            parameters=parameters,
+            optimizer_state=state_to_arrays(opt_state),
+            meta={"rng": rng.bit_generator.state, "history": history.to_json(), **meta},
+        ),
+    )
+
+
+def load_federation(path: Path, spec: ModelSpec, optimizer: ServerOptimizer) -> Resumed | None:
+    """The state saved by :func:`save_federation`, or None when there is no checkpoint."""
+    checkpoint = load_checkpoint(path, spec)
+    if checkpoint is None:
+        return None
+    meta = dict(checkpoint.meta)
+    try:
+        history = History.from_json(meta.pop("history"))
+        rng_state = meta.pop("rng")
+    except (KeyError, HistoryError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} lacks a usable history or generator state ({exc}); "
+            "move it away to start afresh"
+        ) from None
+    return Resumed(
+        round=checkpoint.round,
+        parameters=checkpoint.parameters,
+        opt_state=state_from_arrays(optimizer, checkpoint.parameters, checkpoint.optimizer_state),
+        rng_state=rng_state,
+        history=history,
+        meta=meta,
+    )

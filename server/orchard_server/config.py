@@ -21,6 +21,14 @@ from orchard.data.client_data import DataError, default_dataset
 from orchard.models import get_model_spec
 from orchard.spec import ModelSpec, SpecError, TensorSpec
 from orchard.typing import Config
+from orchard_server.admission import DEFAULT_MAX_CLIENTS
+from orchard_server.strategy import (
+    SelectionError,
+    Strategy,
+    StrategyError,
+    UniformSampling,
+    compose_strategy,
+)
 
 
 class ConfigError(ValueError):
@@ -43,7 +51,14 @@ class FederationConfig:
     #: reference NumPy client's logistic regression).
     tensors: tuple[TensorSpec, ...] = ()
     num_rounds: int = 3
+    #: A named strategy (fedavg, fedavgm, fedadam, ...); see orchard_server.strategy.
     strategy: str = "fedavg"
+    #: Replace or restate a piece of the named strategy: "mean", "median",
+    #: "trimmed_mean" ("" keeps the strategy's own).
+    aggregator: str = ""
+    #: Likewise for the server optimizer: "sgd", "adam", "yogi", "adagrad".
+    server_optimizer: str = ""
+    #: Hyperparameters of the strategy, or of the pieces in effect when composed.
     strategy_options: Config = field(default_factory=dict)
     seed: int = 0
     init_file: Path | None = None
@@ -64,6 +79,9 @@ class FederationConfig:
     #: Evaluate the global model every N rounds (0: never).
     evaluate_every: int = 1
     auth_token: str = ""
+    #: Most sessions the federation holds at once; a join beyond it is refused
+    #: with RESOURCE_EXHAUSTED (a re-join of a connected instance takes no room).
+    max_clients: int = DEFAULT_MAX_CLIENTS
     fit_config: Config = field(default_factory=dict)
     evaluate_config: Config = field(default_factory=dict)
 
@@ -88,8 +106,17 @@ class FederationConfig:
         for key in ("round_timeout", "wait_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{where}: {key} must be > 0 seconds")
+        if self.max_clients < self.min_available_clients:
+            raise ConfigError(
+                f"{where}: max_clients ({self.max_clients}) is below min_available_clients "
+                f"({self.min_available_clients}); no round could ever start"
+            )
         if self.init_file is not None and not self.init_file.is_file():
             raise ConfigError(f"{where}: init_file {self.init_file} does not exist")
+        try:
+            strategy_from_config(self)
+        except (StrategyError, SelectionError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
     @property
     def dataset_label(self) -> str:
@@ -154,6 +181,28 @@ class ServerConfig:
                 raise ConfigError(f"TLS file {path} does not exist")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigError("heartbeat_timeout must exceed heartbeat_interval")
+
+
+def strategy_from_config(config: FederationConfig) -> Strategy:
+    """The strategy a federation's config describes: named, or composed from pieces.
+
+    The selection policy takes the config's sampling keys (``fraction_fit``,
+    ``min_fit_clients``, ...); a bad name, piece or option raises
+    :class:`~orchard_server.strategy.StrategyError` naming it.
+    """
+    return compose_strategy(
+        config.strategy,
+        config.strategy_options,
+        aggregator=config.aggregator,
+        server_optimizer=config.server_optimizer,
+        select=UniformSampling(
+            fraction_fit=config.fraction_fit,
+            min_fit_clients=config.min_fit_clients,
+            fraction_evaluate=config.fraction_evaluate,
+            min_evaluate_clients=config.min_evaluate_clients,
+            min_available_clients=config.min_available_clients,
+        ),
+    )
 
 
 # --- loading ----------------------------------------------------------------------

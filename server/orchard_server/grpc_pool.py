@@ -16,8 +16,9 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
-from orchard.messages import JoinInfo, Result, Role, Task
-from orchard.spec import ModelSpec, SpecError
+from orchard.messages import JoinInfo, LeaveNotice, Result, Role, Task
+from orchard.spec import SpecError
+from orchard_server.admission import AdmissionPolicy, Admitted
 from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool, validate_result
 
 log = logging.getLogger("orchard.server")
@@ -37,25 +38,27 @@ class _Session:
 class GrpcClientPool(ClientPool):
     """Sessions of one federation; the servicer feeds it, the round loop uses it."""
 
-    def __init__(self, federation: str, spec: ModelSpec, *, heartbeat_timeout: float) -> None:
-        super().__init__()
-        self.federation = federation
-        self.spec = spec
+    def __init__(self, policy: AdmissionPolicy, *, heartbeat_timeout: float) -> None:
+        super().__init__(policy)
         self.heartbeat_timeout = heartbeat_timeout
         self._sessions: dict[str, _Session] = {}
         self.closed = asyncio.Event()
 
     # -- used by the servicer -------------------------------------------------------
 
-    def join(self, info: JoinInfo, partition_id: int) -> ClientInfo:
-        """Open a session; a previous session of the same instance is replaced."""
+    def join(self, info: JoinInfo, admitted: Admitted) -> ClientInfo:
+        """Open a session for a join :class:`~orchard_server.admission.Admission` accepted.
+
+        A previous session of the same instance is replaced.
+        """
+        partition_id = admitted.partition_id
         for old in [s for s in self._sessions.values() if s.info.instance_id == info.instance_id]:
             self.drop(old.info.client_id, "joined again with a new session")
         client = ClientInfo(
             client_id=f"c-{uuid.uuid4().hex[:10]}",
             display_name=info.display_name or info.instance_id[:12],
             framework=info.framework,
-            role=info.role,
+            role=admitted.role,
             partition_id=partition_id,
             instance_id=info.instance_id,
         )
@@ -97,6 +100,18 @@ class GrpcClientPool(ClientPool):
             reason,
             len(self._sessions),
         )
+
+    def leave(self, notice: LeaveNotice) -> str:
+        """End a session its client closed; returns the client's display name.
+
+        A fatal leave's reason is not repeated here: the federation's failure
+        line (:meth:`.Federation.fail`) names it once.
+        """
+        session = self._sessions.get(notice.client_id)
+        name = session.info.display_name if session is not None else notice.client_id
+        reason = notice.reason or "no reason given"
+        self.drop(notice.client_id, "it cannot take part" if notice.fatal else f"left ({reason})")
+        return name
 
     async def next_task(self, client_id: str, wait: float) -> Task | None:
         """The next task of a session whose round is still waiting for it, or None."""

@@ -1,4 +1,12 @@
-"""The history of a federation: what happened in every round, as JSON and a plot.
+"""The history of a federation: its round records in ``history.json``.
+
+The layout is documented field by field in ``docs/history.md``:
+``{"schema_version": 1, "federation": ..., "rounds": [...]}``, one object per
+:class:`.RoundRecord` with the dataclasses' field names as keys. It is strict
+JSON: a non-finite number (a diverged client's loss) is written as ``null``,
+because NaN and Infinity are not JSON and other tools refuse them. Files
+written before the version existed have the same keys and are read as
+version 1; a newer version is refused with a message saying so.
 
 Written atomically after every round, so a crash never leaves a half-written
 file and a resumed federation carries its history on.
@@ -6,92 +14,185 @@ file and a resumed federation carries its history on.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchard_server.plot import plot_history
+from orchard_server.records import (
+    CentralizedRecord,
+    ClientOutcome,
+    EvaluateRecord,
+    FitRecord,
+    HistoryValue,
+    RoundRecord,
+    finite,
+)
 from orchard_server.storage import atomic_write_json
+
+#: The layout version written at the top of ``history.json``.
+SCHEMA_VERSION = 1
+
+
+class HistoryError(ValueError):
+    """A history document cannot be read; the message names the field at fault."""
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (strict JSON)."""
+    if isinstance(value, float):
+        return finite(value)
+    if isinstance(value, Mapping):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
+
+
+class _Reader:
+    """Typed access to one JSON object, naming the field path in every error."""
+
+    def __init__(self, data: object, where: str) -> None:
+        if not isinstance(data, dict):
+            raise HistoryError(f"{where} must be an object, got {type(data).__name__}")
+        self.data, self.where = data, where
+
+    def get(self, key: str, kinds: type | tuple[type, ...], default: Any = ...) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise HistoryError(f"{self.where} has no {key!r}")
+            return default
+        value = self.data[key]
+        allowed = kinds if isinstance(kinds, tuple) else (kinds,)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise HistoryError(f"{self.where}.{key} has the wrong type: {value!r}")
+        return value
+
+    def number(self, key: str) -> float | None:
+        value = self.get(key, (int, float, type(None)), None)
+        return None if value is None else float(value)
+
+    def metrics(self, key: str) -> dict[str, HistoryValue]:
+        raw = self.get(key, dict, {})
+        for name, value in raw.items():
+            if not isinstance(value, bool | int | float | str | None):
+                raise HistoryError(f"{self.where}.{key}.{name} is not a scalar: {value!r}")
+        return dict(raw)
+
+    def dropped(self) -> dict[str, str]:
+        raw = self.get("dropped", dict, {})
+        return {str(k): str(v) for k, v in raw.items()}
+
+    def outcomes(self) -> tuple[ClientOutcome, ...]:
+        raw = self.get("participants", list, [])
+        out = []
+        for i, item in enumerate(raw):
+            r = _Reader(item, f"{self.where}.participants[{i}]")
+            out.append(
+                ClientOutcome(
+                    client=r.get("client", str),
+                    client_id=r.get("client_id", str, ""),
+                    framework=r.get("framework", str, ""),
+                    partition=r.get("partition", int, -1),
+                    num_examples=r.get("num_examples", int),
+                    loss=r.number("loss"),
+                    metrics=r.metrics("metrics"),
+                )
+            )
+        return tuple(out)
+
+
+def _round_from_json(data: object, index: int) -> RoundRecord:
+    r = _Reader(data, f"rounds[{index}]")
+    fit = _Reader(r.get("fit", dict), f"rounds[{index}].fit")
+    evaluate = r.get("evaluate", (dict, type(None)), None)
+    centralized = r.get("centralized", (dict, type(None)), None)
+    ev = None if evaluate is None else _Reader(evaluate, f"rounds[{index}].evaluate")
+    ce = None if centralized is None else _Reader(centralized, f"rounds[{index}].centralized")
+    return RoundRecord(
+        round=r.get("round", int),
+        fit=FitRecord(
+            selected=fit.get("selected", int),
+            participants=fit.outcomes(),
+            dropped=fit.dropped(),
+            num_examples=fit.get("num_examples", int),
+            metrics=fit.metrics("metrics"),
+            attempts=fit.get("attempts", int, 1),
+            duration_s=fit.number("duration_s") or 0.0,
+        ),
+        evaluate=None
+        if ev is None
+        else EvaluateRecord(
+            loss=ev.number("loss"),
+            metrics=ev.metrics("metrics"),
+            num_examples=ev.get("num_examples", int, 0),
+            participants=ev.outcomes(),
+            dropped=ev.dropped(),
+            duration_s=ev.number("duration_s") or 0.0,
+        ),
+        centralized=None
+        if ce is None
+        else CentralizedRecord(
+            loss=ce.number("loss"),
+            metrics=ce.metrics("metrics"),
+            num_examples=ce.get("num_examples", int, 0),
+            source=ce.get("source", str, ""),
+            dropped=ce.dropped(),
+        ),
+        duration_s=r.number("duration_s") or 0.0,
+    )
 
 
 @dataclass(slots=True)
 class History:
-    """Rounds as plain JSON-ready dicts (see :meth:`add_round` for the keys)."""
+    """The rounds of one federation, in round order."""
 
     federation: str
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[RoundRecord] = field(default_factory=list)
 
-    def add_round(self, record: dict[str, Any]) -> None:
-        """Append (or replace, after a resume) the record of one round.
-
-        Keys: ``round``, ``fit`` (selected, participants, dropped: {client: reason},
-        num_examples, metrics, attempts, duration_s), ``evaluate`` (loss, metrics,
-        participants, dropped, duration_s) or None, ``centralized`` (loss, metrics)
-        or None, and ``duration_s``.
-        """
-        self.rounds = [r for r in self.rounds if r["round"] != record["round"]]
+    def add_round(self, record: RoundRecord) -> None:
+        """Append (or replace, after a resume) the record of one round."""
+        self.rounds = [r for r in self.rounds if r.round != record.round]
         self.rounds.append(record)
-        self.rounds.sort(key=lambda r: r["round"])
-
-    def series(self, phase: str, key: str) -> list[tuple[int, float]]:
-        """(round, value) pairs of one number, e.g. ("evaluate", "loss")."""
-        out: list[tuple[int, float]] = []
-        for r in self.rounds:
-            block = r.get(phase) or {}
-            value = block.get(key, (block.get("metrics") or {}).get(key))
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                out.append((r["round"], float(value)))
-        return out
+        self.rounds.sort(key=lambda r: r.round)
 
     def to_json(self) -> dict[str, Any]:
-        """The document written to ``history.json``."""
-        return {"federation": self.federation, "rounds": self.rounds}
+        """The document written to ``history.json`` (strict JSON; see docs/history.md)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "federation": self.federation,
+            "rounds": [_strict(dataclasses.asdict(r)) for r in self.rounds],
+        }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> History:
-        """Inverse of :meth:`to_json`."""
-        return cls(federation=data["federation"], rounds=list(data.get("rounds", [])))
+    def from_json(cls, data: object) -> History:
+        """Inverse of :meth:`to_json`; a document without a version is read as version 1.
+
+        Raises :class:`HistoryError` naming the field for anything else, and
+        for a version newer than this code knows.
+        """
+        doc = _Reader(data, "history")
+        version = doc.get("schema_version", int, SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise HistoryError(
+                f"history has schema_version {version}; this Orchard reads version "
+                f"{SCHEMA_VERSION} (and unversioned files from before it)"
+            )
+        rounds = [_round_from_json(r, i) for i, r in enumerate(doc.get("rounds", list, []))]
+        return cls(federation=doc.get("federation", str), rounds=rounds)
+
+    @classmethod
+    def load(cls, path: Path) -> History:
+        """Read a ``history.json``; the error names the file."""
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise HistoryError(f"{path}: {exc}") from None
 
     def save(self, directory: Path, *, title: str = "") -> None:
         """Write ``history.json`` and ``history.png`` (plots titled ``title``) in ``directory``."""
         atomic_write_json(directory / "history.json", self.to_json())
         plot_history(self, directory / "history.png", title=title)
-
-
-def plot_history(history: History, path: Path, *, title: str = "") -> None:
-    """Loss and accuracy per round, distributed and centralized, as a PNG.
-
-    ``title`` heads both plots (say ``"fashion: mnist-mlp on fashion-mnist"``);
-    the federation's name when empty.
-    """
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from orchard_server.storage import atomic_write_bytes
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for phase, label in (
-        ("evaluate", "federated"),
-        ("centralized", "centralized"),
-        ("fit", "train"),
-    ):
-        loss = history.series(phase, "loss") or history.series(phase, "train_loss")
-        acc = history.series(phase, "accuracy") or history.series(phase, "train_accuracy")
-        if loss:
-            ax_loss.plot(*zip(*loss, strict=True), marker="o", label=label)
-        if acc:
-            ax_acc.plot(*zip(*acc, strict=True), marker="o", label=label)
-    for ax, quantity in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-        ax.set_xlabel("round")
-        ax.set_title(f"{title or history.federation}: {quantity}")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())

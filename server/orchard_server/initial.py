@@ -54,3 +54,13 @@ def parameters_from_file(spec: ModelSpec, path: Path) -> NDArrays:
     except SpecError as exc:
         raise InitError(f"{path}: {exc}") from None
     return arrays
+
+
+def initial_parameters(spec: ModelSpec, init_file: Path | None, seed: int) -> tuple[NDArrays, str]:
+    """A new federation's parameters, from ``init_file`` if given, else from ``seed``.
+
+    Also returns where they came from, in words, for the log.
+    """
+    if init_file is not None:
+        return parameters_from_file(spec, init_file), f"file {init_file}"
+    return seeded_parameters(spec, seed), f"seed {seed}"

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchard.client.numpy_client import ClientContext, NumPyClient, execute_task
-from orchard.messages import Result, Role, Task, TaskType
+from orchard.messages import API_VERSION, JoinInfo, Result, Role, Task, TaskType
 from orchard.spec import ModelSpec, SpecError
+from orchard_server.admission import Admission, AdmissionPolicy
+from orchard_server.partitions import PartitionRegistry
 
 
 class ClientDroppedError(Exception):
@@ -66,14 +68,39 @@ def validate_result(spec: ModelSpec, task: Task, result: Result) -> None:
 
 
 class ClientPool(abc.ABC):
-    """The clients of one federation.
+    """The clients of one federation, admitted by its :class:`AdmissionPolicy`.
 
     Implementations call :meth:`_membership_changed` whenever a client joins or
     leaves, which wakes :meth:`wait_for_clients`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, policy: AdmissionPolicy) -> None:
         self._changed = asyncio.Event()
+        self._policy = policy
+
+    @property
+    def policy(self) -> AdmissionPolicy:
+        """The federation's joining rules (admission reads them)."""
+        return self._policy
+
+    @property
+    def federation(self) -> str:
+        """Name of the federation these clients belong to."""
+        return self._policy.federation
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model spec every update is validated against."""
+        return self._policy.spec
+
+    @property
+    def partitions(self) -> PartitionRegistry:
+        """Partitions handed out to this federation's clients (the checkpoint keeps them)."""
+        return self._policy.partitions
+
+    def members(self) -> list[ClientInfo]:
+        """Every connected client, of every role."""
+        return [c for role in Role for c in self.clients(role)]
 
     def _membership_changed(self) -> None:
         self._changed.set()
@@ -108,41 +135,85 @@ class ClientPool(abc.ABC):
 class InMemoryClientPool(ClientPool):
     """NumPyClients in this process, each run in a worker thread.
 
+    Every client is admitted by the same :class:`Admission` as a gRPC join, so
+    a simulation refuses (and assigns partitions) exactly as a deployment.
     Parameters still go through a copy (as they would through the wire), so a
     client cannot alias the server's global model.
     """
 
-    def __init__(self, spec: ModelSpec, federation: str = "simulation") -> None:
-        super().__init__()
-        self._spec = spec
-        self._federation = federation
+    def __init__(
+        self,
+        spec: ModelSpec,
+        federation: str = "simulation",
+        *,
+        policy: AdmissionPolicy | None = None,
+    ) -> None:
+        """``policy`` defaults to an open federation whose clients fix their partitions."""
+        if policy is None:
+            policy = AdmissionPolicy(
+                federation=federation,
+                spec=spec,
+                partitions=PartitionRegistry(0, federation=federation),
+            )
+        elif policy.federation != federation or policy.spec != spec:
+            raise ValueError(
+                f"policy of federation {policy.federation!r} (model {policy.spec.model_id!r}) "
+                f"does not fit pool {federation!r} (model {spec.model_id!r})"
+            )
+        super().__init__(policy)
+        self._admission = Admission([self])
         self._clients: dict[str, tuple[ClientInfo, NumPyClient]] = {}
+        self._joins = 0
 
     def add(
         self,
         factory: Callable[[ClientContext], NumPyClient],
+        join: JoinInfo | None = None,
         *,
-        partition_id: int,
-        num_partitions: int,
+        partition_id: int | None = None,
+        num_partitions: int | None = None,
         role: Role = Role.TRAINER,
         name: str = "",
     ) -> ClientInfo:
-        """Create and connect a client (as a join would)."""
-        client_id = f"sim-{len(self._clients)}"
+        """Admit and connect a client, as a gRPC join would.
+
+        ``join`` is what the client says about itself; without it, the keyword
+        arguments build one (API version of this code, this federation, a
+        fresh instance id ``sim-N``). Raises
+        :class:`~orchard_server.admission.AdmissionError` exactly where the
+        servicer would refuse the same join.
+        """
+        client_id = f"sim-{self._joins}"
+        if join is None:
+            join = JoinInfo(
+                api_version=API_VERSION,
+                federation=self.federation,
+                instance_id=client_id,
+                display_name=name,
+                framework="in-process",
+                role=role,
+                partition_id=partition_id,
+                num_partitions=num_partitions,
+            )
+        admitted = self._admission.admit(join)
+        self._joins += 1
+        for old_id, (old, _) in list(self._clients.items()):
+            if old.instance_id == join.instance_id:
+                self.remove(old_id)
         ctx = ClientContext(
-            federation=self._federation,
+            federation=admitted.federation,
             client_id=client_id,
-            partition_id=partition_id,
-            num_partitions=num_partitions,
-            model_spec=self._spec,
+            partition_id=admitted.partition_id,
+            num_partitions=admitted.num_partitions,
+            model_spec=admitted.spec,
         )
         info = ClientInfo(
             client_id=client_id,
-            display_name=name or client_id,
-            framework="in-process",
-            role=role,
-            partition_id=partition_id,
-            instance_id=client_id,
+            display_name=join.display_name or client_id,
+            framework=join.framework or "in-process",
+            role=admitted.role,
+            partition_id=admitted.partition_id,
+            instance_id=join.instance_id,
         )
         self._clients[client_id] = (info, factory(ctx))
         self._membership_changed()
@@ -180,7 +251,7 @@ class InMemoryClientPool(ClientPool):
         if result.error:
             raise ClientDroppedError(client_id, f"task failed on the client: {result.error}")
         try:
-            validate_result(self._spec, task, result)
+            validate_result(self.spec, task, result)
         except SpecError as exc:
             raise ClientDroppedError(client_id, f"update rejected: {exc}") from None
         return result

@@ -15,17 +15,28 @@ from typing import Any
 import grpc
 
 from orchard import serde
-from orchard.messages import API_VERSION, FederationState, Finished, Idle, Role, Session
+from orchard.messages import API_VERSION, FederationState, FederationStatus, Finished, Idle, Session
 from orchard.spec import ModelSpec, SpecError, TensorSpec
 from orchard.v1 import federation_service_pb2 as pb
 from orchard.v1 import federation_service_pb2_grpc as pb_grpc
+from orchard_server.admission import Admission, AdmissionError, Refusal, check_version
 from orchard_server.federation import Federation
 from orchard_server.grpc_pool import GrpcClientPool
 
 log = logging.getLogger("orchard.server")
 
-#: API major versions this server serves.
-SUPPORTED_MAJOR = API_VERSION.split(".")[0]
+#: The status each admission refusal is answered with (see the Join comment
+#: in federation_service.proto).
+REFUSAL_STATUS: Mapping[Refusal, grpc.StatusCode] = {
+    Refusal.UNSUPPORTED_VERSION: grpc.StatusCode.FAILED_PRECONDITION,
+    Refusal.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    Refusal.UNKNOWN_FEDERATION: grpc.StatusCode.NOT_FOUND,
+    Refusal.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Refusal.SPEC_MISMATCH: grpc.StatusCode.FAILED_PRECONDITION,
+    Refusal.FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +60,7 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         max_concurrent_uploads: int,
     ) -> None:
         self._hosted = dict(hosted)
+        self._admission = Admission(h.pool for h in self._hosted.values())
         self._heartbeat_interval = heartbeat_interval
         self._max_poll = max_poll_seconds
         self._max_upload = max_upload_bytes
@@ -60,178 +72,114 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
                 return hosted
         return None
 
-    async def Join(
-        self,
-        request: pb.JoinRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> pb.JoinResponse:
-        major = request.api_version.split(".")[0]
-        if major != SUPPORTED_MAJOR:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"API version {request.api_version or '(none)'!r} is not supported; this server "
-                f"speaks {API_VERSION} (orchard.v1); upgrade or downgrade the client",
-            )
-        try:
-            info = serde.join_from_proto(request)
-        except serde.SerdeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        hosted = self._hosted.get(info.federation)
+    async def _session(self, client_id: str, context: Context) -> Hosted:
+        hosted = self._find(client_id)
         if hosted is None:
             await context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"no federation named {info.federation!r} (this server hosts: "
-                f"{', '.join(sorted(self._hosted))})",
+                grpc.StatusCode.NOT_FOUND, f"unknown session {client_id!r}; join again"
             )
-        fed = hosted.federation
-        if fed.config.auth_token and info.auth_token != fed.config.auth_token:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"federation {info.federation!r} requires a valid auth token",
-            )
-        if info.model_spec is not None:
-            difference = fed.spec.first_difference(info.model_spec)
-            if difference is not None:
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"model spec mismatch with federation {info.federation!r} "
-                    f"(model {fed.spec.model_id!r}): {difference}",
-                )
-        if info.partition_id is not None:
-            partition = fed.record_partition(
-                info.instance_id, info.partition_id, info.num_partitions or 0
-            )
-        else:
-            partition = fed.assign_partition(info.instance_id, hosted.pool.clients())
-        client = hosted.pool.join(info, partition)
+        return hosted
+
+    async def Join(self, request: pb.JoinRequest, context: Context) -> pb.JoinResponse:
+        try:
+            try:
+                info = serde.join_from_proto(request)
+            except serde.SerdeError as exc:
+                # Another major version may not decode: its version is the real problem.
+                check_version(serde.join_api_version(request))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            admitted = self._admission.admit(info)
+        except AdmissionError as refused:
+            await context.abort(REFUSAL_STATUS[refused.kind], refused.message)
+        hosted = self._hosted[admitted.federation]
+        client = hosted.pool.join(info, admitted)
         return serde.session_to_proto(
             Session(
                 client_id=client.client_id,
                 api_version=API_VERSION,
                 heartbeat_interval=self._heartbeat_interval,
-                model_spec=fed.spec,
-                partition_id=partition,
-                num_partitions=fed.config.partitions,
-                state=fed.state,
+                model_spec=admitted.spec,
+                partition_id=admitted.partition_id,
+                num_partitions=admitted.num_partitions,
+                state=hosted.federation.state,
             )
         )
 
     async def Heartbeat(
-        self,
-        request: pb.HeartbeatRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: pb.HeartbeatRequest, context: Context
     ) -> pb.HeartbeatResponse:
-        hosted = self._find(request.client_id)
-        if hosted is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"unknown session {request.client_id!r}; join again"
-            )
+        hosted = await self._session(serde.heartbeat_from_proto(request), context)
         fed = hosted.federation
-        return pb.HeartbeatResponse(
-            state=serde.state_to_proto(fed.state), rounds_completed=fed.rounds_completed
+        return serde.status_to_proto(
+            FederationStatus(state=fed.state, rounds_completed=fed.rounds_completed)
         )
 
     async def PullTask(
-        self,
-        request: pb.PullTaskRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: pb.PullTaskRequest, context: Context
     ) -> AsyncIterator[pb.PullTaskResponse]:
-        hosted = self._find(request.client_id)
-        if hosted is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"unknown session {request.client_id!r}; join again"
-            )
+        try:
+            poll = serde.poll_from_proto(request)
+        except serde.SerdeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        hosted = await self._session(poll.client_id, context)
         fed = hosted.federation
-        chunk = request.max_chunk_bytes or serde.DEFAULT_CHUNK_BYTES
-        if not 0 < chunk <= serde.MAX_CHUNK_BYTES:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"max_chunk_bytes {chunk} outside 1..{serde.MAX_CHUNK_BYTES}",
-            )
-        wait = min(max(request.wait_seconds, 0.0), self._max_poll)
+        ended = (FederationState.FINISHED, FederationState.FAILED)
         task = None
-        if fed.state not in (FederationState.FINISHED, FederationState.FAILED):
-            task = await hosted.pool.next_task(request.client_id, wait)
+        if fed.state not in ended:
+            task = await hosted.pool.next_task(
+                poll.client_id, min(poll.wait_seconds, self._max_poll)
+            )
         if task is None:
-            if fed.state in (FederationState.FINISHED, FederationState.FAILED):
+            if fed.state in ended:
                 yield serde.finished_to_proto(Finished(state=fed.state, reason=fed.reason))
             else:
                 yield serde.idle_to_proto(Idle(state=fed.state))
             return
-        for message in serde.task_to_stream(task, chunk):
+        for message in serde.task_to_stream(task, poll.max_chunk_bytes):
             yield message
 
     async def PushResult(
-        self,
-        request_iterator: AsyncIterator[pb.PushResultRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request_iterator: AsyncIterator[pb.PushResultRequest], context: Context
     ) -> pb.PushResultResponse:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("item") != "header":
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "PushResult must start with a ResultHeader"
-            )
-        header = first.header
-        hosted = self._find(header.client_id)
-        if hosted is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"unknown session {header.client_id!r}; join again"
-            )
+        try:
+            reader = await serde.ResultReader.start(request_iterator)
+        except serde.SerdeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        ref = reader.ref
+        hosted = await self._session(ref.client_id, context)
         pool = hosted.pool
         try:
-            task = pool.open_task(header.client_id, header.task_id)
+            task = pool.open_task(ref.client_id, ref.task_id)
         except KeyError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
         except LookupError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         async with self._uploads:
             try:
-                assembler = serde.ParametersAssembler(header.parameters, max_bytes=self._max_upload)
-                if header.parameters.tensors:
-                    _check_header(hosted, assembler.specs)
-                async for message in request_iterator:
-                    if message.WhichOneof("item") != "chunk":
-                        raise serde.SerdeError("only chunks may follow the result header")
-                    assembler.add(message.chunk)
-                    pool.known(header.client_id)
-                arrays = assembler.finish()
-                result = serde.result_from_header(header, arrays, assembler.names)
-                pool.deliver(header.client_id, result)
+                specs = reader.announced(max_bytes=self._max_upload)
+                if specs:
+                    _check_header(hosted, specs)
+                await reader.read_chunks(request_iterator, lambda: pool.known(ref.client_id))
+                pool.deliver(ref.client_id, reader.finish())
             except (serde.SerdeError, SpecError) as exc:
-                pool.reject(header.client_id, header.task_id, str(exc))
+                pool.reject(ref.client_id, ref.task_id, str(exc))
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"result of task {task.task_id} rejected: {exc}",
                 )
             except LookupError as exc:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        return pb.PushResultResponse(message=f"result of task {task.task_id} accepted")
+        return serde.push_ack_to_proto(f"result of task {task.task_id} accepted")
 
-    async def Leave(
-        self,
-        request: pb.LeaveRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> pb.LeaveResponse:
-        hosted = self._find(request.client_id)
+    async def Leave(self, request: pb.LeaveRequest, context: Context) -> pb.LeaveResponse:
+        notice = serde.leave_from_proto(request)
+        hosted = self._find(notice.client_id)
         if hosted is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {request.client_id!r}")
-        reason = request.reason or "no reason given"
-        name = next(
-            (
-                c.display_name
-                for r in Role
-                for c in hosted.pool.clients(r)
-                if c.client_id == request.client_id
-            ),
-            request.client_id,
-        )
-        # A fatal reason is logged once, in the federation's failure line.
-        hosted.pool.drop(
-            request.client_id, "it cannot take part" if request.fatal else f"left ({reason})"
-        )
-        if request.fatal:
-            hosted.federation.fail(f"{name} cannot take part: {reason}")
-        return pb.LeaveResponse()
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {notice.client_id!r}")
+        name = hosted.pool.leave(notice)
+        if notice.fatal:
+            hosted.federation.fail(f"{name} cannot take part: {notice.reason or 'no reason given'}")
+        return serde.leave_response()
 
 
 def _check_header(hosted: Hosted, specs: tuple[TensorSpec, ...]) -> None:

@@ -26,8 +26,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
-    """Replace ``path`` with ``value`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
+    """Replace ``path`` with ``value`` as indented, strict JSON.
+
+    NaN and infinities are refused (``ValueError``) rather than written as the
+    non-JSON ``NaN``/``Infinity`` that strict parsers reject: callers encode
+    them first (the history writes ``null``).
+    """
+    atomic_write_bytes(path, (json.dumps(value, indent=2, allow_nan=False) + "\n").encode())
 
 
 def atomic_write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -9,14 +9,13 @@ import pytest
 
 mx = pytest.importorskip("mxnet")
 
-from orchard_mxnet.baseline import BaselineConfig, run_baseline  # noqa: E402
+from orchard_mxnet.baseline import BaselineSettings, run_baseline  # noqa: E402
 from orchard_mxnet.data import DataSettings  # noqa: E402
 from orchard_mxnet.train import ConfigError, TrainConfig  # noqa: E402
 from tests.client_mxnet.conftest import GeneratedMnist  # noqa: E402
 
 pytestmark = pytest.mark.mxnet
 
-CPU = mx.cpu()
 #: Debian's dataset-fashion-mnist package installs the four official IDX files here.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -26,15 +25,18 @@ def test_baseline_reports_every_epoch_and_the_test_evaluation(
 ) -> None:
     lines: list[str] = []
     result = run_baseline(
-        DataSettings(data_dir=generated_mnist.data_dir),
-        BaselineConfig(
-            model_id="mnist-mlp", training=TrainConfig(epochs=2, batch_size=16, learning_rate=0.1)
+        BaselineSettings(
+            model_id="mnist-mlp",
+            data=DataSettings(dataset="mnist", data_dir=generated_mnist.data_dir),
+            training=TrainConfig(epochs=2, batch_size=16, learning_rate=0.1),
         ),
-        ctx=CPU,
+        device="cpu",
         report=lines.append,
     )
     assert len(lines) == 4
-    assert lines[0].startswith("centralized baseline: mnist-mlp on mnist, 270 training / 30 ")
+    assert lines[0].startswith(
+        "centralized baseline: mnist-mlp on mnist (mxnet, cpu), 270 training / 30 "
+    )
     for epoch, (line, record) in enumerate(zip(lines[1:3], result.epochs, strict=True), 1):
         assert re.fullmatch(
             rf"epoch {epoch}/2: train cross-entropy \d+\.\d{{4}}, accuracy \d\.\d{{4}}; "
@@ -54,11 +56,12 @@ def test_baseline_reports_every_epoch_and_the_test_evaluation(
 
 def test_the_cnn_baseline_runs_too(generated_mnist: GeneratedMnist) -> None:
     result = run_baseline(
-        DataSettings(data_dir=generated_mnist.data_dir, val_fraction=0.0),
-        BaselineConfig(
-            model_id="mnist-cnn", training=TrainConfig(epochs=1, batch_size=32, learning_rate=0.05)
+        BaselineSettings(
+            model_id="mnist-cnn",
+            data=DataSettings(dataset="mnist", data_dir=generated_mnist.data_dir, val_fraction=0),
+            training=TrainConfig(epochs=1, batch_size=32, learning_rate=0.05),
         ),
-        ctx=CPU,
+        device="cpu",
         report=lambda _: None,
     )
     assert result.epochs[0].val.num_examples == 0
@@ -69,9 +72,14 @@ def test_the_cnn_baseline_runs_too(generated_mnist: GeneratedMnist) -> None:
 def test_bad_hyperparameters_fail_before_any_data_is_read(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="'learning_rate' must be > 0"):
         run_baseline(
-            DataSettings(data_dir=tmp_path / "nothing-here", download=False),
-            BaselineConfig(training=TrainConfig(learning_rate=-1.0)),
-            ctx=CPU,
+            BaselineSettings(
+                model_id="mnist-mlp",
+                data=DataSettings(
+                    dataset="mnist", data_dir=tmp_path / "nothing-here", download=False
+                ),
+                training=TrainConfig(learning_rate=-1.0),
+            ),
+            device="cpu",
         )
 
 
@@ -82,11 +90,12 @@ def test_bad_hyperparameters_fail_before_any_data_is_read(tmp_path: Path) -> Non
 def test_one_epoch_on_the_real_fashion_mnist_reaches_75_percent() -> None:
     """mnist-mlp, SGD lr 0.1, batch 64, one epoch: about 82% measured here."""
     result = run_baseline(
-        DataSettings(dataset="fashion-mnist", data_dir=FASHION_MNIST_DIR, download=False),
-        BaselineConfig(
-            model_id="mnist-mlp", training=TrainConfig(epochs=1, batch_size=64, learning_rate=0.1)
+        BaselineSettings(
+            model_id="mnist-mlp",
+            data=DataSettings(dataset="fashion-mnist", data_dir=FASHION_MNIST_DIR, download=False),
+            training=TrainConfig(epochs=1, batch_size=64, learning_rate=0.1),
         ),
-        ctx=CPU,
+        device="cpu",
         report=lambda _: None,
     )
     assert result.test.num_examples == 10_000

@@ -1,4 +1,4 @@
-"""The MXNet NumPyClient: fit and evaluate as the runtime calls them."""
+"""The generic client on the MXNet adapter: fit and evaluate as the runtime calls them."""
 
 from __future__ import annotations
 
@@ -7,31 +7,32 @@ import pytest
 
 mx = pytest.importorskip("mxnet")
 
+from orchard.client.adapter import AdapterClient  # noqa: E402
 from orchard.data.partition import PartitionSpec  # noqa: E402
 from orchard.messages import Role  # noqa: E402
 from orchard.models import get_model_spec  # noqa: E402
 from orchard.spec import SpecError  # noqa: E402
 from orchard.typing import Config  # noqa: E402
-from orchard_mxnet.client import MXNetClient  # noqa: E402
-from orchard_mxnet.data import ClientData, DataError, DataSettings  # noqa: E402
-from orchard_mxnet.models import set_parameters  # noqa: E402
+from orchard_mxnet.client import MXNetAdapter  # noqa: E402
+from orchard_mxnet.data import ClientData, DataError, DataSettings, ImageSet  # noqa: E402
+from orchard_mxnet.models import SpecNet, set_parameters  # noqa: E402
 from orchard_mxnet.train import ConfigError  # noqa: E402
 from tests.client_mxnet.conftest import GeneratedMnist  # noqa: E402
 
 pytestmark = pytest.mark.mxnet
 
-CPU = mx.cpu()
+Client = AdapterClient[SpecNet, ImageSet]
 FIT_CONFIG: Config = {"epochs": 2, "batch_size": 16, "learning_rate": 0.1, "seed": 3}
 
 
-def _client(generated: GeneratedMnist, role: Role = Role.TRAINER, pid: int = 0) -> MXNetClient:
+def _client(generated: GeneratedMnist, role: Role = Role.TRAINER, pid: int = 0) -> Client:
     data = ClientData(
-        DataSettings(data_dir=generated.data_dir),
+        DataSettings(dataset="mnist", data_dir=generated.data_dir),
         model_id="mnist-mlp",
         partition=PartitionSpec(scheme="iid", num_partitions=2, seed=0),
         partition_id=pid,
     )
-    return MXNetClient(model_id="mnist-mlp", data=data, ctx=CPU, role=role, seed=1)
+    return AdapterClient(MXNetAdapter("cpu"), model_id="mnist-mlp", data=data, role=role, seed=1)
 
 
 def test_fit_trains_from_the_given_parameters_and_counts_training_examples(
@@ -65,7 +66,7 @@ def test_fit_starts_from_the_servers_parameters_not_the_local_ones(
         (np.asarray(p, np.float64) + rng.normal(0, 0.1, p.shape)).astype(np.float32)
         for p in one.get_parameters({})
     ]
-    set_parameters(one.net, drifted)  # different local weights
+    set_parameters(one.model, drifted)  # different local weights
     global_parameters = other.get_parameters({})
     a, _, _ = one.fit(global_parameters, FIT_CONFIG)
     b, _, _ = other.fit(global_parameters, FIT_CONFIG)
@@ -124,6 +125,8 @@ def test_malformed_parameters_are_refused_with_the_tensor_name(
 
 
 def test_data_for_another_model_is_refused(generated_mnist: GeneratedMnist) -> None:
-    data = ClientData(DataSettings(data_dir=generated_mnist.data_dir), model_id="mnist-cnn")
+    data = ClientData(
+        DataSettings(dataset="mnist", data_dir=generated_mnist.data_dir), model_id="mnist-cnn"
+    )
     with pytest.raises(DataError, match=r"'mnist-cnn'.*'mnist-mlp'"):
-        MXNetClient(model_id="mnist-mlp", data=data, ctx=CPU)
+        AdapterClient(MXNetAdapter("cpu"), model_id="mnist-mlp", data=data)

@@ -52,15 +52,15 @@ def test_image_sets_batch_in_the_given_order() -> None:
         ImageSet(images[:3], np.arange(2), "mnist-mlp")
 
 
-def test_settings_refuse_unknown_datasets_and_fractions(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"'cifar10'.*mnist, fashion-mnist"):
-        DataSettings(dataset="cifar10", data_dir=tmp_path)
+def test_unknown_datasets_and_fractions_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"'cifar10' for the MXNet client.*mnist, fashion-mnist"):
+        ClientData(DataSettings(dataset="cifar10", data_dir=tmp_path), model_id="mnist-mlp")
     with pytest.raises(DataError, match=r"val_fraction must be in \[0, 1\)"):
-        DataSettings(data_dir=tmp_path, val_fraction=1.0)
+        DataSettings(dataset="mnist", data_dir=tmp_path, val_fraction=1.0)
 
 
 def test_the_whole_training_set_is_read_exactly(generated_mnist: GeneratedMnist) -> None:
-    settings = DataSettings(data_dir=generated_mnist.data_dir, val_fraction=0.0)
+    settings = DataSettings(dataset="mnist", data_dir=generated_mnist.data_dir, val_fraction=0.0)
     data = ClientData(settings, model_id="mnist-cnn")
     arrays = generated_mnist.arrays
     np.testing.assert_array_equal(data.train.images, arrays.train_images)
@@ -78,7 +78,7 @@ def test_files_are_downloaded_verified_and_cached(
     mirror = tmp_path / "source"
     with serve_directory(mirror, request_log=requests) as url:
         generated = install_generated_mnist(tmp_path, monkeypatch, base_url=url, cached=False)
-        settings = DataSettings(data_dir=generated.data_dir)
+        settings = DataSettings(dataset="mnist", data_dir=generated.data_dir)
         data = ClientData(settings, model_id="mnist-mlp")
         assert len(data.train) + len(data.val) == 300
         assert sorted(requests) == ["/train-images-idx3-ubyte.gz", "/train-labels-idx1-ubyte.gz"]
@@ -121,7 +121,9 @@ def test_a_failed_download_names_the_url_the_cache_path_and_the_override(
     empty.mkdir()
     with serve_directory(empty) as url:
         generated = install_generated_mnist(tmp_path, monkeypatch, base_url=url, cached=False)
-        data = ClientData(DataSettings(data_dir=generated.data_dir), model_id="mnist-mlp")
+        data = ClientData(
+            DataSettings(dataset="mnist", data_dir=generated.data_dir), model_id="mnist-mlp"
+        )
         with pytest.raises(DownloadError) as caught:
             _ = data.train
     message = str(caught.value)
@@ -134,7 +136,7 @@ def test_a_failed_download_names_the_url_the_cache_path_and_the_override(
 def test_partitions_are_disjoint_cover_the_data_and_hold_out_ten_percent(
     generated_mnist: GeneratedMnist,
 ) -> None:
-    settings = DataSettings(data_dir=generated_mnist.data_dir)
+    settings = DataSettings(dataset="mnist", data_dir=generated_mnist.data_dir)
     spec = PartitionSpec(scheme="iid", num_partitions=3, seed=1)
     train_images = generated_mnist.arrays.train_images
     seen: list[int] = []
@@ -153,7 +155,7 @@ def test_partitions_are_disjoint_cover_the_data_and_hold_out_ten_percent(
 
 def test_partitions_follow_the_shared_partitioner(generated_mnist: GeneratedMnist) -> None:
     """The same settings give the same examples in every client (any framework)."""
-    settings = DataSettings(data_dir=generated_mnist.data_dir, val_fraction=0)
+    settings = DataSettings(dataset="mnist", data_dir=generated_mnist.data_dir, val_fraction=0)
     spec = PartitionSpec(scheme="shards", num_partitions=5, seed=3, shards_per_client=2)
     labels = generated_mnist.arrays.train_labels.astype(np.int64)
     expected = spec.select(labels, 4)
@@ -164,6 +166,8 @@ def test_partitions_follow_the_shared_partitioner(generated_mnist: GeneratedMnis
 
 
 def test_unknown_split_names_are_refused(generated_mnist: GeneratedMnist) -> None:
-    data = ClientData(DataSettings(data_dir=generated_mnist.data_dir), model_id="mnist-mlp")
+    data = ClientData(
+        DataSettings(dataset="mnist", data_dir=generated_mnist.data_dir), model_id="mnist-mlp"
+    )
     with pytest.raises(DataError, match=r"'validation'.*train, val or test"):
         data.split("validation")

@@ -13,13 +13,14 @@ import pytest
 
 mx = pytest.importorskip("mxnet")
 
+from orchard.client.adapter import AdapterClient  # noqa: E402
+from orchard.client.cli import make_client_factory  # noqa: E402
 from orchard.client.numpy_client import ClientContext  # noqa: E402
 from orchard.data.partition import PartitionSpec, train_val_split  # noqa: E402
 from orchard.messages import Role  # noqa: E402
 from orchard.models import get_model_spec  # noqa: E402
-from orchard_mxnet import __main__ as cli  # noqa: E402
-from orchard_mxnet import device  # noqa: E402
-from orchard_mxnet.client import MXNetClient  # noqa: E402
+from orchard_mxnet import cli, device  # noqa: E402
+from orchard_mxnet.client import MXNetAdapter  # noqa: E402
 from tests.client_mxnet.conftest import GeneratedMnist, install_generated_mnist  # noqa: E402
 from tests.helpers.crossframework import ClientDataSource, start_framework_client  # noqa: E402
 from tests.helpers.datasets import MNIST_FILENAMES  # noqa: E402
@@ -51,7 +52,8 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_client_options_default_to_mnist_mlp_on_mnist_with_auto_device() -> None:
     args = cli.build_parser().parse_args(["client", "--federation", "digits"])
-    assert (args.model, args.dataset, args.device) == ("mnist-mlp", "mnist", "auto")
+    # No --dataset: the model's own (mnist for both MXNet models).
+    assert (args.model, args.dataset, args.device) == ("mnist-mlp", None, "auto")
     assert args.federation == "digits"
     assert args.server == "localhost:8080"  # a shared option, from orchard.client.cli
     assert args.dataset_mirror is None
@@ -89,7 +91,7 @@ def test_the_factory_loads_the_partition_the_server_assigned(
     generated_mnist: GeneratedMnist,
 ) -> None:
     args = _client_args(generated_mnist, "--seed", "4", "--device", "cpu")
-    factory = cli._client_factory(args, role=Role.TRAINER)
+    factory = make_client_factory(args, MXNetAdapter(args.device), role=Role.TRAINER)
     ctx = ClientContext(
         federation="digits",
         client_id="c-1",
@@ -98,7 +100,7 @@ def test_the_factory_loads_the_partition_the_server_assigned(
         model_spec=get_model_spec("mnist-mlp"),
     )
     client = factory(ctx)
-    assert isinstance(client, MXNetClient)
+    assert isinstance(client.adapter, MXNetAdapter)
     labels = generated_mnist.arrays.train_labels.astype(np.int64)
     share = PartitionSpec(scheme="iid", num_partitions=3, seed=4).select(labels, 2)
     train_idx, _ = train_val_split(share, val_fraction=0.1, seed=4)
@@ -121,8 +123,8 @@ def test_the_factory_builds_dirichlet_partitions_with_alpha(
         num_partitions=2,
         model_spec=get_model_spec("mnist-mlp"),
     )
-    client = cli._client_factory(args, role=Role.TRAINER)(ctx)
-    assert isinstance(client, MXNetClient)
+    client = make_client_factory(args, MXNetAdapter("cpu"), role=Role.TRAINER)(ctx)
+    assert isinstance(client, AdapterClient)
     assert client.data.partition == PartitionSpec(
         scheme="dirichlet", num_partitions=2, seed=0, alpha=0.3
     )
@@ -144,7 +146,7 @@ def test_baseline_command_prints_epochs_and_the_evaluation(
     )
     assert code == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("centralized baseline: mnist-mlp on mnist")
+    assert out[0].startswith("centralized baseline: mnist-mlp on mnist (mxnet, cpu)")
     assert out[1].startswith("epoch 1/1: train cross-entropy ")
     assert out[2].startswith("test evaluation on 100 examples: cross-entropy ")
 
@@ -156,7 +158,8 @@ def test_asking_for_a_missing_gpu_exits_2_with_the_reason(
     with caplog.at_level(logging.ERROR):
         code = cli.main(["baseline", "--data-dir", str(tmp_path), "--device", "gpu"])
     assert code == 2
-    assert "--device gpu was requested, but MXNet sees no GPU" in caplog.text
+    assert "--device gpu (ORCHARD_DEVICE) asks for a GPU, but MXNet sees no GPU" in caplog.text
+    assert "Traceback" not in caplog.text
 
 
 def test_a_dataset_that_cannot_be_fetched_exits_2_naming_the_mirror(

@@ -47,13 +47,13 @@ def test_both_mnist_models_are_available() -> None:
 
 def test_mnist_cnn_has_exactly_the_parameters_of_mcmahan_et_al() -> None:
     assert EXPECTED_COUNTS["mnist-cnn"] == 1_663_370
-    net = build_model("mnist-cnn", ctx=CPU)
+    net = build_model("mnist-cnn", device=CPU)
     assert sum(p.data().size for p in net.collect_params().values()) == 1_663_370
 
 
 @pytest.mark.parametrize("model_id", ["mnist-mlp", "mnist-cnn"])
 def test_every_gluon_parameter_is_mapped_once_in_spec_order(model_id: str) -> None:
-    net = build_model(model_id, ctx=CPU)
+    net = build_model(model_id, device=CPU)
     spec = get_model_spec(model_id)
     # The spec the network has: names from the map, shapes and dtypes from Gluon.
     assert model_spec_of(net) == spec
@@ -71,8 +71,8 @@ def test_every_gluon_parameter_is_mapped_once_in_spec_order(model_id: str) -> No
 
 
 def test_name_map_does_not_depend_on_gluons_generated_prefixes() -> None:
-    first = build_model("mnist-mlp", ctx=CPU)
-    second = build_model("mnist-mlp", ctx=CPU)
+    first = build_model("mnist-mlp", device=CPU)
+    second = build_model("mnist-mlp", device=CPU)
     first_names = [p.name for p in first.collect_params().values()]
     second_names = [p.name for p in second.collect_params().values()]
     assert first_names != second_names  # Gluon numbered the two networks differently
@@ -92,7 +92,7 @@ def _relu(x: np.ndarray) -> np.ndarray:
 def test_mlp_forward_matches_the_spec_layout_computed_in_numpy() -> None:
     """Dense weights are (out, in): y = x @ W.T + b, as the spec says."""
     arrays = _random_parameters("mnist-mlp", seed=1)
-    net = build_model("mnist-mlp", ctx=CPU)
+    net = build_model("mnist-mlp", device=CPU)
     set_parameters(net, arrays)
     x = np.random.default_rng(2).random((3, 784), dtype=np.float32)
     w1, b1, w2, b2, w3, b3 = (a.astype(np.float64) for a in arrays)
@@ -119,7 +119,7 @@ def _max_pool2(x: np.ndarray) -> np.ndarray:
 def test_cnn_forward_matches_the_spec_layout_computed_in_numpy() -> None:
     """Kernels are OIHW and the feature map is flattened in C, H, W order."""
     arrays = _random_parameters("mnist-cnn", seed=3)
-    net = build_model("mnist-cnn", ctx=CPU)
+    net = build_model("mnist-cnn", device=CPU)
     set_parameters(net, arrays)
     x = np.random.default_rng(4).random((2, 1, 28, 28), dtype=np.float32)
     c1w, c1b, c2w, c2b, f1w, f1b, f2w, f2b = (a.astype(np.float64) for a in arrays)
@@ -134,7 +134,7 @@ def test_cnn_forward_matches_the_spec_layout_computed_in_numpy() -> None:
 
 @pytest.mark.parametrize("model_id", ["mnist-mlp", "mnist-cnn"])
 def test_parameters_round_trip_bit_exactly_through_the_wire_format(model_id: str) -> None:
-    source = build_model(model_id, ctx=CPU)
+    source = build_model(model_id, device=CPU)
     set_parameters(source, _random_parameters(model_id, seed=5))
     sent = get_parameters(source)
     names = get_model_spec(model_id).names
@@ -143,7 +143,7 @@ def test_parameters_round_trip_bit_exactly_through_the_wire_format(model_id: str
     assert len(chunks) > len(sent)  # large tensors really were split
     received_names, received = serde.arrays_from_parts(header, chunks)
     assert list(received_names) == names
-    target = build_model(model_id, ctx=CPU, seed=99)
+    target = build_model(model_id, device=CPU, seed=99)
     set_parameters(target, received)
     back = get_parameters(target)
     for name, before, after in zip(names, sent, back, strict=True):
@@ -152,9 +152,9 @@ def test_parameters_round_trip_bit_exactly_through_the_wire_format(model_id: str
 
 
 def test_seeded_initialisation_is_reproducible_and_seed_dependent() -> None:
-    a = get_parameters(build_model("mnist-mlp", ctx=CPU, seed=7))
-    b = get_parameters(build_model("mnist-mlp", ctx=CPU, seed=7))
-    c = get_parameters(build_model("mnist-mlp", ctx=CPU, seed=8))
+    a = get_parameters(build_model("mnist-mlp", device=CPU, seed=7))
+    b = get_parameters(build_model("mnist-mlp", device=CPU, seed=7))
+    c = get_parameters(build_model("mnist-mlp", device=CPU, seed=8))
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not np.array_equal(a[0], c[0])
     assert not np.any(a[1])  # biases start at zero
@@ -162,14 +162,14 @@ def test_seeded_initialisation_is_reproducible_and_seed_dependent() -> None:
 
 
 def test_get_parameters_returns_copies() -> None:
-    net = build_model("mnist-mlp", ctx=CPU)
+    net = build_model("mnist-mlp", device=CPU)
     arrays = get_parameters(net)
     arrays[0][:] = 123.0
     assert not np.any(get_parameters(net)[0] == 123.0)
 
 
 def test_set_parameters_rejects_a_transposed_weight_and_changes_nothing() -> None:
-    net = build_model("mnist-mlp", ctx=CPU)
+    net = build_model("mnist-mlp", device=CPU)
     before = get_parameters(net)
     arrays = _random_parameters("mnist-mlp", seed=6)
     arrays[2] = np.ascontiguousarray(arrays[2].T)  # fc2.weight as (in, out)
@@ -180,7 +180,7 @@ def test_set_parameters_rejects_a_transposed_weight_and_changes_nothing() -> Non
 
 
 def test_set_parameters_rejects_missing_tensors_and_wrong_dtypes() -> None:
-    net = build_model("mnist-mlp", ctx=CPU)
+    net = build_model("mnist-mlp", device=CPU)
     arrays = _random_parameters("mnist-mlp", seed=6)
     with pytest.raises(SpecError, match="6 tensors, got 5"):
         set_parameters(net, arrays[:5])
@@ -191,7 +191,7 @@ def test_set_parameters_rejects_missing_tensors_and_wrong_dtypes() -> None:
 
 def test_unknown_model_ids_are_refused_with_the_available_ones() -> None:
     with pytest.raises(SpecError, match=r"cifar10-cnn.*mnist-cnn, mnist-mlp"):
-        build_model("cifar10-cnn", ctx=CPU)
+        build_model("cifar10-cnn", device=CPU)
     with pytest.raises(SpecError, match="resnet"):
         input_shape("resnet")
 

@@ -112,9 +112,10 @@ def test_baseline_command_prints_test_metrics(
         ]
     )
     assert code == 0
-    out = capsys.readouterr().out
-    assert out.startswith("test loss ")
-    assert "on 20 examples" in out
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("centralized baseline: cifar10-cnn on cifar10 (pytorch, cpu), 100 ")
+    assert out[1].startswith("epoch 1/1: train cross-entropy ")
+    assert out[2].startswith("test evaluation on 20 examples: cross-entropy ")
 
 
 def test_module_entry_point_runs() -> None:

@@ -1,4 +1,4 @@
-"""The NumPyClient adapter: fit/evaluate contracts on generated data."""
+"""The generic client on the PyTorch adapter: fit/evaluate on generated data."""
 
 from __future__ import annotations
 
@@ -8,26 +8,29 @@ import numpy as np
 import pytest
 import torch
 
-from orchard.client.training import EvalSplit
+from orchard.client.adapter import AdapterClient
 from orchard.data.partition import PartitionSpec
+from orchard.messages import Role
 from orchard.models import get_model_spec
 from orchard.spec import SpecError
 from orchard.typing import Config, NDArrays
-from orchard_pytorch.client import TorchClient
-from orchard_pytorch.data import DataBundle
-from orchard_pytorch.models import build_model, get_parameters
+from orchard_pytorch.client import PyTorchAdapter
+from orchard_pytorch.data import ClientData, ImageSet
+from orchard_pytorch.models import SpecNet, build_model, get_parameters
 from orchard_pytorch.train import ConfigError
 from tests.helpers.client_data import GeneratedCifar, GeneratedMnist
 
-CPU = torch.device("cpu")
 FIT: Config = {"epochs": 1, "batch_size": 16, "learning_rate": 0.1, "seed": 3}
+Client = AdapterClient[SpecNet, ImageSet]
 
 
-def _client(mnist: GeneratedMnist, *, eval_split: EvalSplit = "val", seed: int = 0) -> TorchClient:
+def _client(mnist: GeneratedMnist, *, role: Role = Role.TRAINER, seed: int = 0) -> Client:
     spec = PartitionSpec(scheme="iid", num_partitions=2, seed=0)
-    data = DataBundle(mnist.settings(), partition=spec, partition_id=0, seed=0)
-    return TorchClient(
-        model_id="mnist-mlp", data=data, device=CPU, eval_split=eval_split, seed=seed
+    data = ClientData(
+        mnist.settings(), model_id="mnist-mlp", partition=spec, partition_id=0, seed=0
+    )
+    return AdapterClient(
+        PyTorchAdapter("cpu"), model_id="mnist-mlp", data=data, role=role, seed=seed
     )
 
 
@@ -83,8 +86,11 @@ def test_evaluate_uses_validation_by_default_and_test_on_request(mnist: Generate
 
 
 def test_evaluator_clients_evaluate_on_the_whole_test_set(mnist: GeneratedMnist) -> None:
-    _, n, _ = _client(mnist, eval_split="test").evaluate(_global(), {})
+    client = _client(mnist, role=Role.EVALUATOR)
+    _, n, _ = client.evaluate(_global(), {"split": "val"})
     assert n == 50
+    with pytest.raises(ConfigError, match="evaluator"):
+        client.fit(_global(), FIT)
 
 
 def test_evaluate_matches_the_model_directly(mnist: GeneratedMnist) -> None:
@@ -136,10 +142,14 @@ def test_cifar10_cnn_client_fits_on_its_partition(
     cifar: GeneratedCifar, cifar_data_dir: Path
 ) -> None:
     spec = PartitionSpec(scheme="shards", num_partitions=2, seed=0)
-    data = DataBundle(
-        cifar.settings(cifar_data_dir, download=False), partition=spec, partition_id=1, seed=0
+    data = ClientData(
+        cifar.settings(cifar_data_dir, download=False),
+        model_id="cifar10-cnn",
+        partition=spec,
+        partition_id=1,
+        seed=0,
     )
-    client = TorchClient(model_id="cifar10-cnn", data=data, device=CPU)
+    client = AdapterClient(PyTorchAdapter("cpu"), model_id="cifar10-cnn", data=data)
     params, n, _ = client.fit(_global("cifar10-cnn"), {"epochs": 1, "batch_size": 8})
     get_model_spec("cifar10-cnn").validate(params)
     assert n == 45

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from orchard.data.client_data import DATASETS
 from orchard.data.partition import PartitionSpec, train_val_split
-from orchard_pytorch.data import DATASETS, DataBundle, DataError, ImageSet, normalize
+from orchard_pytorch.data import ClientData, DataError, DataSettings, ImageSet, normalize
 from tests.helpers.client_data import GeneratedCifar, GeneratedMnist
 
 # --- CIFAR-10 ----------------------------------------------------------------------
@@ -23,8 +24,8 @@ from tests.helpers.client_data import GeneratedCifar, GeneratedMnist
 def test_cifar10_is_normalized_like_the_tutorial(
     cifar: GeneratedCifar, cifar_data_dir: Path
 ) -> None:
-    bundle = DataBundle(cifar.settings(cifar_data_dir, download=False))
-    images, labels = next(iter(bundle.loader("test", 8)))
+    bundle = ClientData(cifar.settings(cifar_data_dir, download=False), model_id="cifar10-cnn")
+    images, labels = next(iter(bundle.test.batches(8)))
     # transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) after ToTensor(), in float64.
     expected = (cifar.arrays.test_images[:8].astype(np.float64) / 255.0 - 0.5) / 0.5
     assert images.dtype == torch.float32
@@ -39,8 +40,8 @@ def test_cifar10_is_normalized_like_the_tutorial(
 
 
 def test_mnist_is_channel_first_and_scaled_to_unit_range(mnist: GeneratedMnist) -> None:
-    bundle = DataBundle(mnist.settings(), seed=0)
-    images, labels = next(iter(bundle.loader("test", 50)))
+    bundle = ClientData(mnist.settings(), model_id="mnist-cnn", seed=0)
+    images, labels = next(iter(bundle.test.batches(50)))
     assert images.shape == (50, 1, 28, 28)
     assert images.dtype == torch.float32
     # Plain x/255, no mean/std: what the MXNet client feeds its models too.
@@ -58,7 +59,9 @@ def test_the_splits_are_the_shared_client_datasets_arrays_as_tensors(
     """Partitioning and the 90/10 split are orchard.data.client_data's (tested in
     tests/core); the bundle holds exactly those examples, as uint8/int64 tensors."""
     spec = PartitionSpec(scheme="iid", num_partitions=4, seed=5)
-    bundle = DataBundle(mnist.settings(), partition=spec, partition_id=2, seed=9)
+    bundle = ClientData(
+        mnist.settings(), model_id="mnist-mlp", partition=spec, partition_id=2, seed=9
+    )
     labels = mnist.arrays.train_labels.astype(np.int64)
     train_idx, val_idx = train_val_split(spec.select(labels, 2), val_fraction=0.1, seed=9)
     for split, index in (("train", train_idx), ("val", val_idx)):
@@ -71,6 +74,12 @@ def test_the_splits_are_the_shared_client_datasets_arrays_as_tensors(
     assert len(bundle.test) == 50
     with pytest.raises(DataError, match="unknown split 'holdout'"):
         bundle.split("holdout")
+
+
+def test_a_dataset_the_model_cannot_take_is_refused_before_reading(tmp_path: Path) -> None:
+    settings = DataSettings(dataset="mnist", data_dir=tmp_path / "nothing-here")
+    with pytest.raises(DataError, match=r"model 'cifar10-cnn' takes 3x32x32 images"):
+        ClientData(settings, model_id="cifar10-cnn")
 
 
 # --- batches -----------------------------------------------------------------------

@@ -26,7 +26,7 @@ def test_auto_picks_cuda_when_available() -> None:
     assert resolve_device("auto").type == expected
 
 
-@pytest.mark.parametrize("request_text", ["cuda", "cuda:0", "CUDA"])
+@pytest.mark.parametrize("request_text", ["cuda", "cuda:0", "CUDA", "gpu"])
 def test_cuda_without_cuda_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, request_text: str
 ) -> None:
@@ -38,6 +38,14 @@ def test_cuda_without_cuda_is_a_clear_error(
     assert "ORCHARD_DEVICE" in message
     assert "CUDA" in message
     assert "--device cpu" in message
+
+
+def test_gpu_is_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"Fake GPU {index}")
+    assert resolve_device("gpu:1") == torch.device("cuda", 1)
+    assert resolve_device("CUDA") == torch.device("cuda", 0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -53,7 +61,7 @@ def test_cuda_index_beyond_the_device_count(monkeypatch: pytest.MonkeyPatch) -> 
         resolve_device("cuda:5")
 
 
-@pytest.mark.parametrize("bad", ["gpu", "tpu", "cuda:x", ""])
+@pytest.mark.parametrize("bad", ["tpu", "cuda:x", "cuda:-1", ""])
 def test_unknown_device_names_the_choices(bad: str) -> None:
     with pytest.raises(DeviceError, match="auto, cpu, cuda, cuda:N"):
         resolve_device(bad)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from orchard.client.adapter import DeviceError
 from orchard.client.cli import (
     add_baseline_arguments,
     add_client_arguments,
@@ -16,11 +18,14 @@ from orchard.client.cli import (
     add_dataset_arguments,
     data_settings_from_args,
     partition_from_args,
+    run_command,
 )
-from orchard.client.training import TrainConfig
+from orchard.client.training import ConfigError, TrainConfig
 from orchard.data.client_data import DataError, DataSettings
+from orchard.data.errors import DatasetError
 from orchard.data.partition import PartitionSpec
 from orchard.env import env_flag, env_float, env_int
+from orchard.spec import SpecError
 
 MODELS = ["cifar10-cnn", "mnist-cnn", "mnist-mlp"]
 DATASETS = ["cifar10", "fashion-mnist", "mnist"]
@@ -257,8 +262,9 @@ def test_client_and_baseline_commands_share_the_frameworks_options(tmp_path: Pat
         baseline_help="train centrally",
         baseline_description="train centrally",
         baseline_defaults=TrainConfig(epochs=4, learning_rate=0.2),
+        baseline_val_fraction=0.3,
     )
-    baseline.add_argument("--val-fraction", type=float, default=0.1)
+    baseline.add_argument("--framework-only", action="store_true")
     client = parser.parse_args(["client", "--federation", "f", "--device", "gpu"])
     assert (client.command, client.federation, client.model, client.device) == (
         "client",
@@ -276,6 +282,8 @@ def test_client_and_baseline_commands_share_the_frameworks_options(tmp_path: Pat
         tmp_path,
     )
     assert (args.epochs, args.learning_rate, args.val_fraction) == (4, 0.2, 0.0)
+    assert parser.parse_args(["baseline"]).val_fraction == 0.3  # the framework's default
+    assert parser.parse_args(["baseline", "--framework-only"]).framework_only
     assert not hasattr(args, "federation")
     with pytest.raises(SystemExit):
         parser.parse_args([])  # a command is required
@@ -322,3 +330,86 @@ def test_a_client_on_synthetic_data_says_so_in_its_name(tmp_path: Path) -> None:
     assert label_synthetic(settings, data).display_name == "client_mxnet-1"
     write_synthetic(tmp_path, "mnist", n_train=20, n_test=10)
     assert label_synthetic(settings, data).display_name == "client_mxnet-1 (SYNTHETIC data)"
+
+
+# --- error handling ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConfigError("config 'epochs' must be at least 1, got 0"),
+        DataError("model 'cifar10-cnn' takes 3x32x32 images"),
+        DatasetError("CIFAR-10 not found: place the tarball"),
+        DeviceError("--device cuda (ORCHARD_DEVICE) asks for a GPU"),
+        SpecError("tensor 'fc1.weight': expected shape [128, 784]"),
+        PermissionError("[Errno 13] Permission denied: 'data'"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_problems_the_user_can_fix_are_one_line_and_exit_2(
+    error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    def command() -> int:
+        raise error
+
+    with caplog.at_level(logging.INFO):
+        assert run_command(command, logging.getLogger("orchard_test")) == 2
+    assert [r.getMessage() for r in caplog.records] == [str(error)]
+    assert caplog.records[0].levelname == "ERROR"
+
+
+def test_a_bug_keeps_its_traceback() -> None:
+    def command() -> int:
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):
+        run_command(command, logging.getLogger("orchard_test"))
+
+
+def test_ctrl_c_exits_130() -> None:
+    def command() -> int:
+        raise KeyboardInterrupt
+
+    assert run_command(command, logging.getLogger("orchard_test")) == 130
+    assert run_command(lambda: 0, logging.getLogger("orchard_test")) == 0
+
+
+def test_a_client_that_cannot_read_its_data_tells_the_federation_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from orchard.client import cli
+    from orchard.client.adapter import FrameworkAdapter
+    from orchard.client.runtime import ClientSettings
+    from orchard.spec import ModelSpec
+
+    reported: list[tuple[str, str, str]] = []
+
+    def report(settings: ClientSettings, reason: str, *, model_spec: ModelSpec | None) -> int:
+        assert model_spec is not None
+        reported.append((settings.display_name, reason, model_spec.model_id))
+        return 2
+
+    monkeypatch.setattr(cli, "report_fatal", report)
+    commands = cli.FrameworkCommands(
+        framework="test",
+        title="Test",
+        adapter=lambda device: cast(FrameworkAdapter[Any, Any], SimpleNamespace(device=device)),
+        models=MODELS,
+        default_model="mnist-mlp",
+        datasets=DATASETS,
+        baseline_defaults=TrainConfig(),
+        baseline_val_fraction=0.1,
+        baseline_about="",
+    )
+    argv = ["client", "--federation", "demo", "--name", "site-1", "--no-download"]
+    code = cli.framework_main(commands, [*argv, "--data-dir", str(tmp_path)])
+    assert code == 2
+    assert len(reported) == 1
+    name, reason, model_id = reported[0]
+    assert (name, model_id) == ("site-1", "mnist-mlp")
+    assert reason.startswith("cannot load its mnist data: no usable train-images-idx3-ubyte")
+    assert str(tmp_path) in reason

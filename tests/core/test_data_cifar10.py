@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import shutil
@@ -154,6 +155,47 @@ def test_truncated_batch_is_reported(generated: tuple[Path, GeneratedDataset]) -
     batch.write_bytes(batch.read_bytes()[:-100])
     with pytest.raises(DatasetError, match=r"data_batch_3\.bin: size \d+ bytes .* 3073-byte"):
         load_cifar10(directory, split="train", download=False)
+
+
+@pytest.mark.parametrize(
+    ("split", "name"), [("test", "test_batch.bin"), ("train", "data_batch_3.bin")]
+)
+def test_a_batch_cut_at_a_record_boundary_is_reported(
+    generated: tuple[Path, GeneratedDataset], split: str, name: str
+) -> None:
+    directory, _ = generated
+    load_cifar10(directory, split="test", download=False, verify=False)  # extracts all batches
+    batch = directory / BATCHES_DIR / name
+    batch.write_bytes(batch.read_bytes()[: -2 * 3073])  # two whole records fewer
+    with pytest.raises(DatasetError) as caught:
+        load_cifar10(directory, split=split, download=False)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert f"{name}: {N_PER_BATCH - 2} records" in message
+    assert f"({N_PER_BATCH} in its sibling files; 10000 in the official ones)" in message
+    assert "truncated" in message
+
+
+def test_a_flipped_byte_in_the_archive_is_caught_without_checksums(tmp_path: Path) -> None:
+    # Stored (level 0) gzip blocks: the flipped byte changes a pixel and no
+    # deflate error can reveal it; only gzip's CRC-32 at the stream's end does.
+    source = tmp_path / "source"
+    write_cifar10_tarball(source / TARBALL, N_PER_BATCH, seed=0)
+    raw = gzip.decompress((source / TARBALL).read_bytes())
+    damaged = bytearray(gzip.compress(raw, compresslevel=0, mtime=0))
+    damaged[len(damaged) // 2] ^= 0x01
+    directory = tmp_path / "data"
+    directory.mkdir()
+    (directory / TARBALL).write_bytes(bytes(damaged))
+    # Reading the members alone (what extraction used to do) notices nothing.
+    with tarfile.open(directory / TARBALL, "r:*") as archive:
+        for member in archive:
+            if member.isfile():
+                extracted = archive.extractfile(member)
+                assert extracted is not None
+                extracted.read()
+    with pytest.raises(DatasetError, match=r"cannot extract the archive \(CRC check failed"):
+        load_cifar10(directory, split="test", download=False, verify=False)
+    assert sorted(p.name for p in directory.iterdir()) == [TARBALL]
 
 
 def test_bad_label_byte_is_reported(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.framework == "pytorch":
         from orchard_pytorch.cli import main as run
     else:
-        from orchard_mxnet.__main__ import main as run
+        from orchard_mxnet.cli import main as run
     return run(client_args)
 
 

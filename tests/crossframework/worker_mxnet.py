@@ -3,7 +3,7 @@
 ``python -m tests.crossframework.worker_mxnet CASE.npz RESULT.npz``: the twin of
 :mod:`tests.crossframework.worker_pytorch`, through the MXNet adapter's own
 ``build_model``/``set_parameters``, ``data.ImageSet`` preprocessing,
-``train.test``, ``train.train`` and ``train.proximal_term``.
+``train.evaluate``, ``train.train`` and ``train.proximal_term``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from orchard_mxnet.models import (
     parameter_map,
     set_parameters,
 )
-from orchard_mxnet.train import TrainConfig, proximal_term, test, train
+from orchard_mxnet.train import TrainConfig, evaluate, proximal_term, train
 from tests.helpers.crossframework import EquivalenceCase, EquivalenceResult, run_worker
 
 CPU = mx.cpu()
@@ -30,18 +30,18 @@ CPU = mx.cpu()
 
 def compute(case: EquivalenceCase) -> EquivalenceResult:
     """Everything the equivalence tests compare, computed with MXNet Gluon."""
-    net = build_model(case.model_id, ctx=CPU, seed=0)
+    net = build_model(case.model_id, seed=0, device=CPU)
     data = ImageSet(case.images, case.labels, case.model_id)
     n = len(data)
 
     set_parameters(net, case.parameters)
     inputs, _ = data.batch(np.arange(n))
     logits = net(mx.nd.array(inputs, ctx=CPU, dtype=np.float32)).asnumpy()
-    evaluation = test(net, data, batch_size=n, ctx=CPU)
+    evaluation = evaluate(net, data, batch_size=n, device=CPU)
 
     step = TrainConfig(epochs=1, batch_size=n, learning_rate=case.learning_rate)
     set_parameters(net, case.parameters)
-    train(net, data, config=step, ctx=CPU)
+    train(net, data, step, device=CPU)
     sgd_step = get_parameters(net)
 
     set_parameters(net, case.parameters)
@@ -56,7 +56,7 @@ def compute(case: EquivalenceCase) -> EquivalenceResult:
         epochs=1, batch_size=n, learning_rate=case.learning_rate, proximal_mu=case.proximal_mu
     )
     set_parameters(net, case.parameters)
-    train(net, data, config=prox, ctx=CPU, global_parameters=case.anchor)
+    train(net, data, prox, device=CPU, proximal_reference=case.anchor)
     fedprox_step = get_parameters(net)
 
     return EquivalenceResult(

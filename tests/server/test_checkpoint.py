@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 
 from orchard.models import MNIST_MLP
-from orchard_server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from orchard_server.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    load_federation,
+    save_checkpoint,
+    save_federation,
+)
+from orchard_server.history import History
 from orchard_server.initial import seeded_parameters
+from orchard_server.strategy import SgdState, sgd
 
 
 def test_round_trip_is_exact_and_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -61,3 +70,44 @@ def test_seeded_init_is_deterministic_and_pytorch_like() -> None:
     assert np.abs(a[0]).max() <= 1 / np.sqrt(784)
     assert np.abs(a[1]).max() <= 1 / np.sqrt(784)  # bias bound follows its layer's fan-in
     assert not np.array_equal(a[0], seeded_parameters(MNIST_MLP, 6)[0])
+
+
+def test_federation_state_round_trip(tmp_path: Path) -> None:
+    params = seeded_parameters(MNIST_MLP, seed=2)
+    optimizer = sgd(lr=1.0, momentum=0.9)
+    _, state = optimizer.update([p * 0.5 for p in params], optimizer.init(params), params)
+    rng = np.random.default_rng(5)
+    rng.random(3)
+    history = History(federation="digits")
+    path = tmp_path / "checkpoint.npz"
+    save_federation(
+        path,
+        round=4,
+        parameters=params,
+        opt_state=state,
+        rng=rng,
+        history=history,
+        meta={"partitions": {"inst-a": 1}},
+    )
+    resumed = load_federation(path, MNIST_MLP, optimizer)
+    assert resumed is not None
+    assert (resumed.round, resumed.history, resumed.meta["partitions"]) == (
+        4,
+        history,
+        {"inst-a": 1},
+    )
+    assert resumed.rng_state == rng.bit_generator.state
+    assert isinstance(resumed.opt_state, SgdState) and isinstance(state, SgdState)
+    assert resumed.opt_state.step == state.step == 1
+    for a, b in zip(resumed.opt_state.velocity, state.velocity, strict=True):
+        assert a is not None and b is not None and a.tobytes() == b.tobytes()
+    assert load_federation(tmp_path / "none.npz", MNIST_MLP, optimizer) is None
+
+
+def test_a_checkpoint_with_an_unreadable_history_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.npz"
+    params = seeded_parameters(MNIST_MLP, seed=1)
+    meta = {"rng": {}, "history": {"schema_version": 9, "federation": "x", "rounds": []}}
+    save_checkpoint(path, Checkpoint(round=1, parameters=params, optimizer_state={}, meta=meta))
+    with pytest.raises(CheckpointError, match=f"{path} lacks a usable history.*schema_version 9"):
+        load_federation(path, MNIST_MLP, sgd())

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchard_server.config import ConfigError, load_config
+from orchard_server.config import ConfigError, load_config, strategy_from_config
+from orchard_server.strategy import UniformSampling
 
 BASE = """
 [server]
@@ -100,3 +101,46 @@ def test_federations_are_switched_off_by_key_or_by_environment(tmp_path: Path) -
         load_config(path, environ={"ORCHARD_FEDERATIONS": "b,c"})
     with pytest.raises(ConfigError, match="every federation is switched off"):
         load_config(path, environ={}, overrides=["federations.a.enabled=false"])
+
+
+def test_a_strategy_is_composed_from_pieces_in_the_federation_table(tmp_path: Path) -> None:
+    text = BASE.replace(
+        "num_rounds = 4",
+        'num_rounds = 4\naggregator = "median"\nserver_optimizer = "sgd"\n'
+        "strategy_options = { momentum = 0.9 }\nmin_fit_clients = 3\nmin_available_clients = 4",
+    )
+    mnist = load_config(write(tmp_path, text), environ={}).federations[0]
+    strategy = strategy_from_config(mnist)
+    assert (strategy.name, strategy.hyperparameters) == (
+        "median+sgd",
+        {"server_lr": 1.0, "momentum": 0.9},
+    )
+    assert strategy.select == UniformSampling(min_fit_clients=3, min_available_clients=4)
+    # the named strategy of the other federation is untouched
+    cifar = load_config(write(tmp_path, text), environ={}).federations[1]
+    assert strategy_from_config(cifar).name == "fedadam"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('aggregator = "krum"', "federation 'mnist': unknown aggregator 'krum'; valid aggregators"),
+        (
+            'strategy = "fedadam"\nserver_optimizer = "sgd"',
+            "federation 'mnist': strategy 'fedadam' is defined by its server_optimizer 'adam'",
+        ),
+        (
+            'aggregator = "median"\nstrategy_options = { eta = 0.1 }',
+            "federation 'mnist': unknown option 'eta' for strategy 'fedavg' with aggregator "
+            "'median' and server_optimizer 'sgd'",
+        ),
+        ('strategy = "fedsgd"', "federation 'mnist': unknown strategy 'fedsgd'"),
+        ("aggregator = 3", "aggregator must be str"),
+    ],
+)
+def test_strategy_errors_name_the_federation_and_the_combination(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    text = BASE.replace("num_rounds = 4", f"num_rounds = 4\n{line}")
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), environ={})

@@ -183,10 +183,11 @@ def test_server_sigkill_mid_run_resumes_to_the_same_model(cluster_factory: Any) 
     run = cluster_factory({"blobs": fed}, "crash")
     run.start_server("server-1")
     clients = [run.client("blobs", f"client-{i}", "--fit-seconds", "0.3") for i in range(2)]
-    checkpoint = run.state_dir / "blobs" / "checkpoint.npz"
+    # The checkpoint is written before the history: wait for both.
+    history = run.state_dir / "blobs" / "history.json"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if checkpoint.exists() and len(read_history(run.state_dir, "blobs")["rounds"]) >= 2:
+        if history.exists() and len(read_history(run.state_dir, "blobs")["rounds"]) >= 2:
             break
         time.sleep(0.05)
     else:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,14 @@ import pytest
 
 from orchard.client.numpy_client import ClientContext, NumPyClient
 from orchard.examples.logreg import LogRegClient, logreg_spec, make_blobs
-from orchard.messages import FederationState, Role
+from orchard.messages import API_VERSION, FederationState, JoinInfo, Role
 from orchard.typing import Config, Metrics, NDArrays
+from orchard_server.admission import AdmissionPolicy
 from orchard_server.config import FederationConfig
 from orchard_server.federation import Federation
 from orchard_server.pool import InMemoryClientPool
+from orchard_server.records import RoundRecord
+from orchard_server.strategy import CoordinateMedian, Strategy, UniformSampling, sgd
 
 SPEC = logreg_spec()
 
@@ -60,6 +65,11 @@ class NaNClient(LogRegClient):
         params, n, metrics = super().fit(parameters, config)
         params[1][0] = np.inf
         return params, n, metrics
+
+
+def evaluate_loss(record: RoundRecord) -> float:
+    assert record.evaluate is not None and record.evaluate.loss is not None, record
+    return record.evaluate.loss
 
 
 def run(federation: Federation) -> FederationState:
@@ -158,10 +168,10 @@ def test_failing_and_nan_clients_are_dropped_and_the_round_goes_on(tmp_path: Pat
     pool.add(lambda ctx: NaNClient.for_partition(3), partition_id=3, num_partitions=4, name="nan")
     federation = Federation(config, pool, tmp_path)
     assert run(federation) is FederationState.FINISHED
-    dropped = federation.history.rounds[0]["fit"]["dropped"]
+    dropped = federation.history.rounds[0].fit.dropped
     assert "GPU fell off the bus" in dropped["exploding (sim-2)"]
     assert "linear.bias" in dropped["nan (sim-3)"] and "NaN or infinite" in dropped["nan (sim-3)"]
-    assert len(federation.history.rounds[0]["fit"]["participants"]) == 2
+    assert len(federation.history.rounds[0].fit.participants) == 2
     assert all(np.isfinite(p).all() for p in federation.parameters)
 
 
@@ -193,7 +203,7 @@ def test_every_strategy_runs_a_federation(tmp_path: Path, strategy: str) -> None
     }.get(strategy, {})
     federation, _ = make(tmp_path, n=5, num_rounds=2, strategy=strategy, strategy_options=options)
     assert run(federation) is FederationState.FINISHED
-    losses = [r["evaluate"]["loss"] for r in federation.history.rounds]
+    losses = [evaluate_loss(r) for r in federation.history.rounds]
     assert losses[1] < losses[0], losses
 
 
@@ -202,23 +212,54 @@ def test_evaluator_role_does_centralized_evaluation(tmp_path: Path) -> None:
     pool.add(logreg, partition_id=9, num_partitions=10, role=Role.EVALUATOR, name="evaluator")
     assert run(federation) is FederationState.FINISHED
     record = federation.history.rounds[0]
-    assert record["centralized"]["source"] == "evaluator"
-    assert len(record["fit"]["participants"]) == 2  # the evaluator never trains
+    assert record.centralized is not None
+    assert record.centralized.source == "evaluator"
+    assert record.centralized.num_examples > 0
+    assert len(record.fit.participants) == 2  # the evaluator never trains
 
 
-def test_partition_assignment_is_stable_and_spreads(tmp_path: Path) -> None:
-    federation, pool = make(tmp_path, n=0, num_partitions=3)
-    got = []
-    for i in range(3):
-        partition = federation.assign_partition(f"inst-{i}", pool.clients())
-        pool.add(logreg, partition_id=partition, num_partitions=3)
-        got.append(partition)
-    assert got == [0, 1, 2]
-    # The same instance (re-joining after a restart) keeps its partition.
-    assert federation.assign_partition("inst-1", pool.clients()) == 1
-    # A newcomer takes the partition of a client that left.
-    pool.remove("sim-1")
-    assert federation.assign_partition("inst-new", pool.clients()) == 1
+def test_the_checkpoint_keeps_the_partitions_admission_handed_out(tmp_path: Path) -> None:
+    config = fed_config(num_rounds=1, num_partitions=3, evaluate_every=0)
+
+    def policy_pool() -> InMemoryClientPool:
+        return InMemoryClientPool(SPEC, "blobs", policy=AdmissionPolicy.from_config(config))
+
+    pool = policy_pool()
+    for name in ("x", "y"):
+        pool.add(logreg, JoinInfo(api_version=API_VERSION, federation="blobs", instance_id=name))
+    assert run(Federation(config, pool, tmp_path)) is FederationState.FINISHED
+    # Resumed with rounds left (a finished run would be archived and start anew).
+    config = dataclasses.replace(config, num_rounds=2)
+    resumed = policy_pool()
+    Federation(config, resumed, tmp_path).restore_or_init()
+    assert resumed.partitions.to_json() == {"x": 0, "y": 1}
+    # "y" re-joins after the restart and gets its partition back, not the least used one.
+    again = resumed.add(
+        logreg, JoinInfo(api_version=API_VERSION, federation="blobs", instance_id="y")
+    )
+    assert again.partition_id == 1
+
+
+class NoLoss(LogRegClient):
+    """A framework that reports no training loss."""
+
+    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
+        params, n, metrics = super().fit(parameters, config)
+        return params, n, {k: v for k, v in metrics.items() if k != "train_loss"}
+
+
+def test_a_missing_train_loss_is_left_out_of_the_average(tmp_path: Path) -> None:
+    config = fed_config(num_rounds=1, evaluate_every=0)
+    pool = InMemoryClientPool(SPEC)
+    pool.add(logreg, partition_id=0, num_partitions=2, name="reports")
+    pool.add(lambda ctx: NoLoss.for_partition(1), partition_id=1, num_partitions=2, name="silent")
+    federation = Federation(config, pool, tmp_path)
+    assert run(federation) is FederationState.FINISHED
+    fit = federation.history.rounds[0].fit
+    losses = {p.client: p.loss for p in fit.participants}
+    assert losses["silent"] is None
+    assert losses["reports"] is not None and losses["reports"] > 0
+    assert fit.metrics["train_loss"] == pytest.approx(losses["reports"])
 
 
 class Slow(LogRegClient):
@@ -237,11 +278,11 @@ def test_a_client_missing_the_deadline_is_dropped(tmp_path: Path) -> None:
     pool.add(lambda ctx: Slow.for_partition(2), partition_id=2, num_partitions=3, name="slow")
     federation = Federation(config, pool, tmp_path)
     assert run(federation) is FederationState.FINISHED
-    fit = federation.history.rounds[0]["fit"]
-    assert list(fit["dropped"]) == ["slow (sim-2)"]
-    assert "missed the" in fit["dropped"]["slow (sim-2)"]
-    assert "deadline of 0.5 s" in fit["dropped"]["slow (sim-2)"]
-    assert len(fit["participants"]) == 2
+    fit = federation.history.rounds[0].fit
+    assert list(fit.dropped) == ["slow (sim-2)"]
+    assert "missed the" in fit.dropped["slow (sim-2)"]
+    assert "deadline of 0.5 s" in fit.dropped["slow (sim-2)"]
+    assert len(fit.participants) == 2
 
 
 class Recruiter(LogRegClient):
@@ -265,9 +306,9 @@ def test_a_late_joiner_takes_part_from_the_next_round(tmp_path: Path) -> None:
     pool.add(logreg, partition_id=1, num_partitions=3)
     federation = Federation(config, pool, tmp_path)
     assert run(federation) is FederationState.FINISHED
-    first, second = (r["fit"]["participants"] for r in federation.history.rounds)
-    assert sorted(p["client"] for p in first) == ["sim-0", "sim-1"]
-    assert sorted(p["client"] for p in second) == ["late", "sim-0", "sim-1"]
+    first, second = (r.fit.participants for r in federation.history.rounds)
+    assert sorted(p.client for p in first) == ["sim-0", "sim-1"]
+    assert sorted(p.client for p in second) == ["late", "sim-0", "sim-1"]
 
 
 def test_a_finished_run_is_archived_and_the_next_start_trains_anew(tmp_path: Path) -> None:
@@ -286,7 +327,7 @@ def test_a_finished_run_is_archived_and_the_next_start_trains_anew(tmp_path: Pat
     }
     assert json.loads((archived[0] / "history.json").read_text()) == finished
     assert run(again) is FederationState.FINISHED
-    assert [r["round"] for r in again.history.rounds] == [1, 2]
+    assert [r.round for r in again.history.rounds] == [1, 2]
     # A third start archives the second run beside the first.
     third, _ = make(tmp_path, num_rounds=2)
     third.restore_or_init()
@@ -315,3 +356,85 @@ def test_plot_title_names_the_model_and_the_dataset(tmp_path: Path) -> None:
     assert Federation(mnist, InMemoryClientPool(mnist.model_spec()), tmp_path).title == (
         "digits: mnist-mlp on mnist"
     )
+
+
+class Shift(NumPyClient):
+    """Returns the global parameters plus a fixed shift, trained on a fixed example count."""
+
+    def __init__(self, shift: float, num_examples: int) -> None:
+        self.shift, self.num_examples = shift, num_examples
+
+    @classmethod
+    def factory(cls, shift: float, num_examples: int) -> Callable[[ClientContext], NumPyClient]:
+        return lambda ctx: cls(shift, num_examples)
+
+    def get_parameters(self, config: Config) -> NDArrays:
+        raise NotImplementedError
+
+    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
+        return [p + np.float32(self.shift) for p in parameters], self.num_examples, {}
+
+    def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:
+        return 0.0, self.num_examples, {}
+
+
+MEDIAN_MOMENTUM = Strategy(
+    select=UniformSampling(min_fit_clients=3, min_available_clients=3),
+    aggregate=CoordinateMedian,
+    optimizer=sgd(lr=1.0, momentum=0.9),
+)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "strategy"),
+    [
+        ({"strategy": "fedavgm", "aggregator": "median"}, None),
+        (
+            {
+                "aggregator": "median",
+                "server_optimizer": "sgd",
+                "strategy_options": {"momentum": 0.9},
+            },
+            None,
+        ),
+        ({}, MEDIAN_MOMENTUM),
+    ],
+    ids=["fedavgm-with-median", "pieces-by-name", "strategy-object"],
+)
+def test_fedmedian_with_server_momentum_matches_the_hand_computation(
+    tmp_path: Path, overrides: dict[str, Any], strategy: Strategy | None
+) -> None:
+    # Clients move every weight by +1, +2 and +10; the last one claims 100 times the
+    # examples, which would drag a weighted mean to (1 + 2 + 1000) / 102 = 9.83 per round.
+    # Median: +2 per round. Round 1: g1 = -2, v1 = -2, x1 = x0 + 2.
+    # Round 2: g2 = -2, v2 = 0.9 * -2 - 2 = -3.8, x2 = x1 + 3.8 = x0 + 5.8.
+    config = fed_config(
+        num_rounds=2, min_fit_clients=3, min_available_clients=3, evaluate_every=0, **overrides
+    )
+    pool = InMemoryClientPool(SPEC)
+    for i, (shift, n) in enumerate([(1.0, 1), (2.0, 1), (10.0, 100)]):
+        pool.add(Shift.factory(shift, n), partition_id=i, num_partitions=3)
+    federation = Federation(config, pool, tmp_path, strategy=strategy)
+    federation.restore_or_init()
+    start = [p.astype(np.float64) for p in federation.parameters]
+    assert run(federation) is FederationState.FINISHED
+    assert not federation.strategy.incremental
+    for got, x0 in zip(federation.parameters, start, strict=True):
+        np.testing.assert_allclose(got, x0 + 5.8, rtol=0, atol=1e-5)
+    # The optimizer state went through the checkpoint: a resumed third round keeps momentum.
+    # Round 3: v3 = 0.9 * -3.8 - 2 = -5.42, x3 = x2 + 5.42 = x0 + 11.22.
+    longer = dataclasses.replace(config, num_rounds=3)
+    resumed = Federation(longer, pool, tmp_path, strategy=strategy)
+    assert run(resumed) is FederationState.FINISHED
+    for got, x0 in zip(resumed.parameters, start, strict=True):
+        np.testing.assert_allclose(got, x0 + 11.22, rtol=0, atol=1e-5)
+    assert [r.fit.num_examples for r in resumed.history.rounds] == [102, 102, 102]
+
+
+def test_the_strategy_object_governs_selection(tmp_path: Path) -> None:
+    # The config asks for all clients, the strategy's policy for 2 of 4 (and waits for 4).
+    select = UniformSampling(fraction_fit=0.5, min_fit_clients=2, min_available_clients=4)
+    federation, _ = make(tmp_path, n=4, num_rounds=2, evaluate_every=0)
+    federation.strategy = Strategy(select=select)
+    assert run(federation) is FederationState.FINISHED
+    assert [len(r.fit.participants) for r in federation.history.rounds] == [2, 2]

@@ -7,6 +7,8 @@ from orchard_server import strategy
 PUBLIC = {
     # selection
     "SelectionError",
+    "SelectionPolicy",
+    "UniformSampling",
     "sample_clients",
     "sample_size",
     # aggregate
@@ -33,7 +35,21 @@ PUBLIC = {
     "state_from_arrays",
     "state_to_arrays",
     "yogi",
+    # pieces
+    "AGGREGATORS",
+    "SERVER_OPTIMIZERS",
+    "AdagradOptions",
+    "AdamOptions",
+    "AggregatorOptions",
+    "MeanOptions",
+    "MedianOptions",
+    "OptimizerOptions",
+    "SgdOptions",
+    "TrimmedMeanOptions",
+    "YogiOptions",
     # strategies
+    "NamedStrategyOptions",
+    "compose_strategy",
     "STRATEGY_NAMES",
     "STRATEGY_OPTIONS",
     "FedAdagradOptions",

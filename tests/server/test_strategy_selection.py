@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchard_server.strategy import SelectionError, sample_clients, sample_size
+from orchard_server.strategy import SelectionError, UniformSampling, sample_clients, sample_size
 
 CLIENTS = [f"client-{i:02d}" for i in range(10)]
 
@@ -120,3 +120,36 @@ def test_bad_client_lists_are_refused() -> None:
 def test_a_seed_instead_of_a_generator_is_refused() -> None:
     with pytest.raises(SelectionError, match="default_rng"):
         sample_clients(CLIENTS, fraction=0.5, min_clients=1, rng=42)  # type: ignore[arg-type]
+
+
+def test_uniform_sampling_is_sample_clients_with_the_policy_numbers() -> None:
+    policy = UniformSampling(
+        fraction_fit=0.3, min_fit_clients=2, fraction_evaluate=0.5, min_evaluate_clients=4
+    )
+    for seed in range(5):
+        expected = sample_clients(
+            CLIENTS, fraction=0.3, min_clients=2, rng=np.random.default_rng(seed)
+        )
+        assert policy.select_fit(CLIENTS, np.random.default_rng(seed)) == expected
+    assert len(policy.select_evaluate(CLIENTS, np.random.default_rng(0))) == 5
+
+
+def test_too_few_clients_for_evaluation_draw_nothing() -> None:
+    policy = UniformSampling(min_evaluate_clients=4, min_fit_clients=1, min_available_clients=1)
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    assert policy.select_evaluate(CLIENTS[:3], rng) == []
+    assert rng.bit_generator.state == before  # the generator is not advanced
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"fraction_fit": 0.0}, r"fraction_fit must be in \(0, 1\]"),
+        ({"min_evaluate_clients": 0}, "min_evaluate_clients must be at least 1"),
+        ({"min_fit_clients": 3, "min_available_clients": 2}, "no round could ever start"),
+    ],
+)
+def test_uniform_sampling_refuses_bad_numbers(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(SelectionError, match=message):
+        UniformSampling(**kwargs)  # type: ignore[arg-type]

@@ -157,7 +157,7 @@ def test_a_strategy_can_be_composed_by_hand() -> None:
     strategy = Strategy(
         name="trimmed-momentum",
         optimizer=sgd(lr=1.0, momentum=0.5),
-        aggregator_factory=lambda: TrimmedMean(0.25),
+        aggregate=lambda: TrimmedMean(0.25),
     )
     assert not strategy.incremental
     assert strategy.fit_config == {}

@@ -1,10 +1,15 @@
-"""Command-line options shared by every framework client.
+"""The command line of every framework client: options, commands and error handling.
 
 Each option has an ``ORCHARD_*`` environment variable as its default, so a
 container is configured with environment variables and a person with flags.
-A framework client composes its commands from these groups and adds only what
-is its own (``--device`` and its choices); that keeps the option names,
-environment variables and defaults the same in every client.
+A framework's ``cli`` module describes itself in a :class:`FrameworkCommands`
+(its adapter, models, datasets and tutorial hyperparameters) and calls
+:func:`framework_main`; the commands (``client``, ``baseline``), option names,
+environment variables, defaults and error handling are then the same in every
+client by construction. :func:`run_command` is the one place that turns a
+problem the user can fix into one clear line and exit status 2. A client whose
+dataset cannot be read says so to the server too (a fatal leave), so the
+federation fails at once instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -14,24 +19,42 @@ import dataclasses
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Final, TypeVar
 
-from orchard.client.runtime import ClientSettings, TlsSettings
-from orchard.client.training import OPTIMIZERS, TrainConfig
-from orchard.data.client_data import DataSettings, check_compatible
+from orchard.client.adapter import DEVICE_CHOICES, AdapterClient, DeviceError, FrameworkAdapter
+from orchard.client.baseline import BaselineSettings, run_baseline
+from orchard.client.numpy_client import ClientContext
+from orchard.client.runtime import ClientSettings, TlsSettings, report_fatal, run_client
+from orchard.client.training import OPTIMIZERS, ConfigError, TrainConfig, TrainingError
+from orchard.data.client_data import (
+    DataError,
+    DataSettings,
+    OfficialSplit,
+    check_compatible,
+    load_split,
+)
 from orchard.data.client_data import default_dataset as default_dataset_of
-from orchard.data.partition import SCHEMES, PartitionSpec
+from orchard.data.download import DownloadError
+from orchard.data.errors import DatasetError
+from orchard.data.partition import SCHEMES, PartitionError, PartitionSpec
 from orchard.data.synth import is_synthetic
 from orchard.env import env_default, env_flag, env_float, env_int
 from orchard.messages import Role
+from orchard.models import get_model_spec
+from orchard.spec import SpecError
 
 __all__ = [
+    "DATA_LOAD_ERRORS",
+    "USER_ERRORS",
+    "FrameworkCommands",
     "add_baseline_arguments",
     "add_client_arguments",
     "add_client_commands",
     "add_dataset_arguments",
+    "build_framework_parser",
     "configure_logging",
     "data_settings_from_args",
     "default_display_name",
@@ -39,10 +62,27 @@ __all__ = [
     "env_flag",
     "env_float",
     "env_int",
+    "framework_main",
     "label_synthetic",
+    "make_client_factory",
     "partition_from_args",
+    "run_command",
     "settings_from_args",
 ]
+
+#: Errors a user can act on (a bad option, config, device, dataset or file):
+#: :func:`run_command` reports them in one line with exit status 2.
+USER_ERRORS: Final[tuple[type[Exception], ...]] = (
+    ConfigError,
+    DataError,
+    DatasetError,
+    DeviceError,
+    DownloadError,
+    PartitionError,
+    SpecError,
+    TrainingError,
+    OSError,
+)
 
 SettingsT = TypeVar("SettingsT", bound=DataSettings)
 
@@ -285,11 +325,14 @@ def add_dataset_arguments(
     return g
 
 
-def add_baseline_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+def add_baseline_arguments(
+    parser: argparse.ArgumentParser, defaults: TrainConfig, *, val_fraction: float = 0.1
+) -> None:
     """Add the options of a centralized baseline: data directory, hyperparameters, seed.
 
-    ``defaults`` are the framework's tutorial hyperparameters; each option
-    can also come from its ``ORCHARD_*`` variable.
+    ``defaults`` are the framework's tutorial hyperparameters and
+    ``val_fraction`` its validation share; each option can also come from
+    its ``ORCHARD_*`` variable.
     """
     b = parser.add_argument_group("training")
     b.add_argument(
@@ -314,6 +357,12 @@ def add_baseline_arguments(parser: argparse.ArgumentParser, defaults: TrainConfi
     numbers = (
         (("--learning-rate", "--lr"), "LEARNING_RATE", defaults.learning_rate, ""),
         (("--momentum",), "MOMENTUM", defaults.momentum, "SGD momentum "),
+        (
+            ("--val-fraction",),
+            "VAL_FRACTION",
+            val_fraction,
+            "share of the training set held out for per-epoch validation ",
+        ),
     )
     for options, name, number, what in numbers:
         b.add_argument(
@@ -343,6 +392,7 @@ def add_client_commands(
     baseline_help: str,
     baseline_description: str,
     baseline_defaults: TrainConfig,
+    baseline_val_fraction: float = 0.1,
 ) -> argparse.ArgumentParser:
     """Add a framework client's two commands to ``parser``; returns the baseline's parser.
 
@@ -363,7 +413,7 @@ def add_client_commands(
     framework_arguments(client)
     baseline = commands.add_parser("baseline", help=baseline_help, description=baseline_description)
     framework_arguments(baseline)
-    add_baseline_arguments(baseline, baseline_defaults)
+    add_baseline_arguments(baseline, baseline_defaults, val_fraction=baseline_val_fraction)
     return baseline
 
 
@@ -398,3 +448,183 @@ def partition_from_args(args: argparse.Namespace, num_partitions: int) -> Partit
         seed=args.seed,
         alpha=args.dirichlet_alpha if args.partition_scheme == "dirichlet" else None,
     )
+
+
+# --- the commands of a framework client ------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FrameworkCommands:
+    """What a framework's command line needs to know about it; everything else is shared.
+
+    ``adapter`` builds the framework's :class:`~orchard.client.adapter.FrameworkAdapter`
+    for a ``--device`` value (raising :class:`~orchard.client.adapter.DeviceError`).
+    """
+
+    #: Name announced when joining, and the package suffix (``orchard_<framework>``).
+    framework: str
+    #: The framework as people write it (``PyTorch``, ``Apache MXNet``).
+    title: str
+    adapter: Callable[[str], FrameworkAdapter[Any, Any]]
+    models: Sequence[str]
+    default_model: str
+    datasets: Sequence[str]
+    #: The framework's tutorial hyperparameters, the baseline's defaults.
+    baseline_defaults: TrainConfig
+    #: Share of the training set the baseline holds out for validation by default.
+    baseline_val_fraction: float
+    #: One sentence on what the baseline reproduces.
+    baseline_about: str
+
+
+def _framework_arguments(commands: FrameworkCommands) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        g = add_dataset_arguments(
+            parser,
+            models=commands.models,
+            default_model=commands.default_model,
+            datasets=commands.datasets,
+        )
+        g.add_argument(
+            "--device",
+            default=env_default("DEVICE") or "auto",
+            help=f"{'|'.join(DEVICE_CHOICES)}; auto picks a GPU when {commands.title} sees one "
+            "(ORCHARD_DEVICE; default auto)",
+        )
+
+    return add
+
+
+def build_framework_parser(commands: FrameworkCommands) -> argparse.ArgumentParser:
+    """The parser of ``python -m orchard_<framework>`` with its ``client`` and ``baseline``."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m orchard_{commands.framework}",
+        description=f"Orchard's {commands.title} client and its centralized baseline.",
+    )
+    add_client_commands(
+        parser,
+        framework_arguments=_framework_arguments(commands),
+        client_description=f"Join an Orchard federation as a {commands.title} client.",
+        baseline_help="train centrally on the whole training set, report test metrics",
+        baseline_description="Centralized training with the same model, data and loops as "
+        f"the client. {commands.baseline_about}",
+        baseline_defaults=commands.baseline_defaults,
+        baseline_val_fraction=commands.baseline_val_fraction,
+    )
+    return parser
+
+
+SplitT = TypeVar("SplitT", bound=Sized)
+
+
+def make_client_factory(
+    args: argparse.Namespace, adapter: FrameworkAdapter[Any, SplitT], *, role: Role
+) -> Callable[[ClientContext], AdapterClient[Any, SplitT]]:
+    """The factory the runtime calls once it knows this client's partition (after joining).
+
+    The split this client needs (``train``, or ``test`` for an evaluator) is
+    read, and if needed downloaded, now, before joining: a missing dataset
+    fails with one clear line at start-up instead of in round 1, and a
+    download does not eat into the first round's time.
+    """
+    data_settings = data_settings_from_args(args, DataSettings)
+    split: OfficialSplit = "test" if role is Role.EVALUATOR else "train"
+    preloaded = {split: load_split(data_settings, split)}
+
+    def factory(ctx: ClientContext) -> AdapterClient[Any, SplitT]:
+        # ctx carries the partition to load: the user's explicit one, else the server's.
+        data = adapter.client_data(
+            data_settings,
+            model_id=args.model,
+            partition=partition_from_args(args, ctx.num_partitions),
+            partition_id=ctx.partition_id,
+            seed=args.seed,
+            preloaded=preloaded,
+        )
+        preloaded.clear()  # the client's data owns the arrays now
+        return AdapterClient(adapter, model_id=args.model, data=data, role=role, seed=args.seed)
+
+    return factory
+
+
+#: Errors of reading this client's dataset before joining: the federation is
+#: told of them at once (:func:`~orchard.client.runtime.report_fatal`).
+DATA_LOAD_ERRORS: Final[tuple[type[Exception], ...]] = (
+    DataError,
+    DatasetError,
+    DownloadError,
+    OSError,
+)
+
+
+def _run_client(commands: FrameworkCommands, args: argparse.Namespace) -> int:
+    data_settings = data_settings_from_args(args, DataSettings)  # wrong pairs fail here
+    settings = label_synthetic(
+        settings_from_args(args, framework=commands.framework), data_settings
+    )
+    adapter = commands.adapter(args.device)  # no GPU fails here, before connecting
+    logger = logging.getLogger(f"orchard_{commands.framework}")
+    model_spec = get_model_spec(args.model)
+    try:
+        factory = make_client_factory(args, adapter, role=settings.role)
+    except DATA_LOAD_ERRORS as exc:
+        logger.error("%s", exc)
+        # The federation learns why at once, instead of waiting for us in vain.
+        reason = f"cannot load its {data_settings.dataset} data: {exc}"
+        return report_fatal(settings, reason, model_spec=model_spec)
+    logger.info(
+        "%s %s client for federation %r at %s: model %s on %s (%s)",
+        commands.title,
+        settings.role.value,
+        settings.federation,
+        settings.server,
+        args.model,
+        data_settings.dataset,
+        adapter.device,
+    )
+    return run_client(factory, settings, model_spec=model_spec)
+
+
+def _run_baseline(commands: FrameworkCommands, args: argparse.Namespace) -> int:
+    data = data_settings_from_args(args, DataSettings)  # wrong pairs fail before the device
+    data = dataclasses.replace(data, val_fraction=args.val_fraction)
+    adapter = commands.adapter(args.device)
+    training = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        optimizer=args.optimizer,
+        momentum=args.momentum,
+        seed=args.seed,
+    )
+    run_baseline(adapter, BaselineSettings(model_id=args.model, data=data, training=training))
+    return 0
+
+
+def run_command(command: Callable[[], int], logger: logging.Logger) -> int:
+    """Run ``command``; a problem the user can fix becomes one line and exit status 2.
+
+    :data:`USER_ERRORS` (no GPU, a wrong model/dataset pair, a failed
+    download, a bad config, an unreadable file) are logged as their message
+    alone (the traceback only at DEBUG level); Ctrl-C exits 130. Anything
+    else is a bug and keeps its traceback.
+    """
+    try:
+        return command()
+    except USER_ERRORS as exc:
+        logger.error("%s", exc)
+        logger.debug("details", exc_info=True)
+        return 2
+    except KeyboardInterrupt:
+        logger.info("interrupted")
+        return 130
+
+
+def framework_main(commands: FrameworkCommands, argv: Sequence[str] | None = None) -> int:
+    """``python -m orchard_<framework> client|baseline``: parse, run, return the exit status."""
+    args = build_framework_parser(commands).parse_args(argv)
+    configure_logging(args.log_level)
+    logger = logging.getLogger(f"orchard_{commands.framework}")
+    if args.command == "client":
+        return run_command(lambda: _run_client(commands, args), logger)
+    return run_command(lambda: _run_baseline(commands, args), logger)

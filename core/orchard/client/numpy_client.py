@@ -1,4 +1,5 @@
-"""The NumPy-level client interface every framework adapter implements.
+"""The NumPy-level client interface the runtime calls (framework adapters reach it
+through :class:`orchard.client.adapter.AdapterClient`).
 
 Modelled on Flower's ``NumPyClient``: parameters are ordered lists of NumPy
 arrays in the model spec's order, so the runtime (and the server) never see a
@@ -58,19 +59,22 @@ def execute_task(
     One implementation for the gRPC runtime and the in-process pool, so a
     simulated client reports exactly what a deployed one would. ``parameters``
     replaces ``task.parameters`` (the in-process pool passes copies). A fit's
-    ``train_loss`` metric becomes the result's loss. Only ``Exception`` is
+    ``train_loss`` metric becomes the result's loss (None when the framework
+    gives none, so the server leaves it out of averages). Only ``Exception`` is
     caught: a ``BaseException`` (SIGTERM handling) still ends the task.
     """
     params = task.parameters if parameters is None else parameters
     try:
         if task.type is TaskType.FIT:
             new, num_examples, metrics = client.fit(params, task.config)
-            raw_loss = metrics.get("train_loss", 0.0)
+            raw_loss = metrics.get("train_loss")
             return Result(
                 client_id=client_id,
                 task_id=task.task_id,
                 num_examples=int(num_examples),
-                loss=float(raw_loss) if isinstance(raw_loss, int | float) else 0.0,
+                loss=float(raw_loss)
+                if isinstance(raw_loss, int | float) and not isinstance(raw_loss, bool)
+                else None,
                 metrics=dict(metrics),
                 names=task.names,
                 parameters=list(new),

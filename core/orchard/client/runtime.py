@@ -8,8 +8,9 @@ this module does everything that has to do with the server and the network:
 * heartbeats from a background thread, so a client busy training is known to
   be alive and a dead one is noticed by the server;
 * long-polled tasks, streamed parameters in bounded chunks both ways;
-* reconnect and re-join after a server restart (same ``instance_id``, so the
-  server hands back the same data partition);
+* reconnect and re-join after a server restart, or whenever a heartbeat or a
+  poll learns the server no longer knows the session (``NOT_FOUND``), with the
+  same ``instance_id``, so the server hands back the same data partition;
 * a clean exit when the federation ends or on SIGTERM/SIGINT (the current
   task is abandoned, the server is told, the process exits 0).
 """
@@ -23,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -39,13 +40,14 @@ from orchard.messages import (
     Finished,
     Idle,
     JoinInfo,
+    LeaveNotice,
     Result,
     Role,
     Session,
     Task,
+    TaskPoll,
 )
 from orchard.spec import ModelSpec
-from orchard.v1 import federation_service_pb2 as pb
 from orchard.v1 import federation_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("orchard.client")
@@ -72,7 +74,7 @@ class _Terminated(BaseException):
 
 
 class _SessionLostError(Exception):
-    """The server no longer knows this session (it restarted): join again."""
+    """The server no longer knows this session (it restarted or dropped it): join again."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,6 +154,8 @@ class ClientRuntime:
         self._call: Any = None  # the long poll in flight, cancelled by stop()
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
+        #: Set by the heartbeat thread when the server answers NOT_FOUND.
+        self._session_lost = threading.Event()
 
     # -- public ---------------------------------------------------------------
 
@@ -188,6 +192,8 @@ class ClientRuntime:
         self._join_with_retries()
         while not self._stop.is_set():
             try:
+                if self._session_lost.is_set():
+                    raise _SessionLostError
                 item = self._pull()
             except _SessionLostError:
                 log.warning("the server no longer knows this session (restarted?): joining again")
@@ -243,12 +249,12 @@ class ClientRuntime:
             )
         else:
             log.info(
-                "round %d: %s done in %.1f s on %d examples (loss %.4f%s)",
+                "round %d: %s done in %.1f s on %d examples (loss %s%s)",
                 task.round,
                 kind,
                 elapsed,
                 result.num_examples,
-                result.loss,
+                "not reported" if result.loss is None else f"{result.loss:.4f}",
                 _format_metrics(result),
             )
         self._push(result)
@@ -320,7 +326,20 @@ class ClientRuntime:
                 delay = min(delay * 2, self.settings.backoff_max)
                 self._connect()
         session = serde.session_from_proto(response)
-        self._session = session
+        previous, self._session = self._session, session
+        self._session_lost.clear()
+        if (
+            self._client is not None
+            and previous is not None
+            and self.settings.partition_id is None
+            and session.partition_id != previous.partition_id
+        ):
+            log.warning(
+                "the server now assigns partition %d, but this client has loaded partition %d "
+                "and keeps training on it",
+                session.partition_id,
+                previous.partition_id,
+            )
         log.info(
             "joined federation %r as %s (partition %d of %d, state %s, API %s)",
             self.settings.federation,
@@ -337,20 +356,26 @@ class ClientRuntime:
         session = self._require_session()
         stub = self._stub
         assert stub is not None
-        request = pb.PullTaskRequest(
-            client_id=session.client_id,
-            wait_seconds=self.settings.poll_seconds,
-            max_chunk_bytes=self.settings.max_chunk_bytes,
+        request = serde.poll_to_proto(
+            TaskPoll(
+                client_id=session.client_id,
+                wait_seconds=self.settings.poll_seconds,
+                max_chunk_bytes=self.settings.max_chunk_bytes,
+            )
         )
         try:
             call = stub.PullTask(request, timeout=self.settings.poll_seconds + 30.0)
             self._call = call
-            return serde.task_from_stream(_iterate(call))
+            if self._session_lost.is_set():  # the heartbeat noticed before the call was stored
+                call.cancel()
+            return serde.task_from_stream(iter(call))
         except grpc.RpcError as exc:
             code = exc.code()
             if code is grpc.StatusCode.CANCELLED and self._stop.is_set():
                 return None
-            if code is grpc.StatusCode.NOT_FOUND:
+            if code is grpc.StatusCode.NOT_FOUND or (
+                code is grpc.StatusCode.CANCELLED and self._session_lost.is_set()
+            ):
                 raise _SessionLostError from None
             if code in _TRANSIENT or code is grpc.StatusCode.CANCELLED:
                 log.warning(
@@ -372,7 +397,7 @@ class ClientRuntime:
         stream = serde.result_to_stream(result, self.settings.max_chunk_bytes)
         try:
             response = stub.PushResult(stream, timeout=600.0)
-            log.debug("result %s accepted: %s", result.task_id, response.message)
+            log.debug("result %s accepted: %s", result.task_id, serde.push_ack_from_proto(response))
         except grpc.RpcError as exc:
             code = exc.code()
             if code is grpc.StatusCode.INVALID_ARGUMENT:
@@ -427,7 +452,9 @@ class ClientRuntime:
             return
         try:
             stub.Leave(
-                pb.LeaveRequest(client_id=session.client_id, reason=reason, fatal=fatal),
+                serde.leave_to_proto(
+                    LeaveNotice(client_id=session.client_id, reason=reason, fatal=fatal)
+                ),
                 timeout=5.0,
             )
             if fatal:
@@ -476,14 +503,26 @@ class ClientRuntime:
         stub = self._stub
         assert stub is not None
 
+        request = serde.heartbeat_to_proto(session.client_id)
+
         def beat() -> None:
             interval = max(session.heartbeat_interval, 0.1)
             while not stop.wait(interval):
                 try:
-                    stub.Heartbeat(
-                        pb.HeartbeatRequest(client_id=session.client_id), timeout=max(interval, 5.0)
-                    )
+                    stub.Heartbeat(request, timeout=max(interval, 5.0))
                 except grpc.RpcError as exc:
+                    if exc.code() is grpc.StatusCode.NOT_FOUND:
+                        # The server forgot the session: the main loop joins again
+                        # (same instance_id) as soon as its long poll is cut short.
+                        log.warning(
+                            "heartbeat: the server no longer knows session %s; joining again",
+                            session.client_id,
+                        )
+                        self._session_lost.set()
+                        call = self._call
+                        if call is not None:
+                            call.cancel()
+                        return
                     log.debug("heartbeat failed: %s", exc.code().name)
 
         self._heartbeat = threading.Thread(target=beat, name="orchard-heartbeat", daemon=True)
@@ -506,10 +545,6 @@ class ClientRuntime:
                 raise _Terminated
 
         return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-
-def _iterate(call: Any) -> Iterator[pb.PullTaskResponse]:
-    yield from call
 
 
 def _format_metrics(result: Result) -> str:

@@ -10,7 +10,9 @@ because unpickling a downloaded file can run arbitrary code.
 and ``batches.meta.txt`` (class names). Each batch is a sequence of 3073-byte
 records: one label byte, then 3072 pixel bytes -- the 1024 red, then 1024
 green, then 1024 blue values of a 32x32 image, each plane row-major -- which
-is exactly a ``(3, 32, 32)`` channel-first array.
+is exactly a ``(3, 32, 32)`` channel-first array. Every batch holds the same
+number of records (10,000 in the official files), which is how a batch cut
+short at a record boundary is told from a whole one.
 
 Where files come from, in order: batch files already extracted in
 ``data_dir/cifar-10-batches-bin`` (or in ``data_dir`` itself); else the
@@ -20,7 +22,9 @@ to a temporary directory that is renamed into place, so an interrupted
 extraction is never mistaken for a complete one, and only regular files
 directly under ``cifar-10-batches-bin/`` are accepted (no absolute paths,
 ``..``, links or devices), so a tampered archive cannot write outside the
-cache.
+cache. The compressed stream is read to its end, so gzip's CRC-32 is checked
+even when the checksum of the tarball is not (``verify=False``): a damaged
+archive is refused instead of extracting wrong pixels.
 """
 
 from __future__ import annotations
@@ -87,13 +91,16 @@ RECORD_BYTES: Final = 1 + 3 * 32 * 32
 _COPY_CHUNK = 1 << 20
 
 
-def read_batch(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
+def read_batch(
+    path: Path | str, *, expected_records: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Read one binary batch file as ``(images uint8 (N, 3, 32, 32), labels int64 (N,))``.
 
     Raises:
         DatasetError: the size is not a whole number of 3073-byte records, the
-            file is empty, or a label byte is not a class index (0..9), which
-            is what a misaligned or foreign file looks like.
+            file is empty, it holds other than ``expected_records`` records
+            (a file cut at a record boundary), or a label byte is not a class
+            index (0..9), which is what a misaligned or foreign file looks like.
     """
     path = Path(path)
     data = np.fromfile(path, dtype=np.uint8)
@@ -104,6 +111,12 @@ def read_batch(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
             "not a CIFAR-10 binary batch"
         )
     records = data.reshape(-1, RECORD_BYTES)
+    if expected_records is not None and len(records) != expected_records:
+        raise DatasetError(
+            f"{path}: {len(records)} records, but every CIFAR-10 batch holds the same number "
+            f"({expected_records} in its sibling files; 10000 in the official ones); the file is "
+            f"truncated: delete {path.parent} to extract the archive again"
+        )
     labels = records[:, 0].astype(np.int64)
     bad = np.flatnonzero(labels >= len(CLASSES))
     if bad.size:
@@ -113,6 +126,20 @@ def read_batch(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
         )
     images = np.ascontiguousarray(records[:, 1:]).reshape(-1, *IMAGE_SHAPE)
     return images, labels
+
+
+def _records_per_batch(directory: Path) -> int | None:
+    """The record count of the largest batch file in ``directory`` (None: no batch files).
+
+    All batches of the distribution hold the same number of records, so a
+    file with fewer than its largest sibling was cut short.
+    """
+    sizes = [
+        (directory / name).stat().st_size
+        for name in TRAIN_FILES + TEST_FILES
+        if (directory / name).is_file()
+    ]
+    return max(sizes) // RECORD_BYTES if sizes else None
 
 
 def _has_all(directory: Path, names: tuple[str, ...]) -> bool:
@@ -162,6 +189,13 @@ def _extract(tar_path: Path, target: Path) -> None:
                         shutil.copyfileobj(source, out, _COPY_CHUNK)
                         out.flush()
                         os.fsync(out.fileno())
+                # tarfile stops at the end-of-archive blocks, before the
+                # gzip trailer: read the stream to its end so the CRC-32 and
+                # length are checked (BadGzipFile, an OSError, when wrong).
+                stream = archive.fileobj
+                if stream is not None:
+                    while stream.read(_COPY_CHUNK):
+                        pass
         except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             raise DatasetError(
                 f"{tar_path}: cannot extract the archive ({exc}); it is damaged or truncated: "
@@ -244,7 +278,8 @@ def load_cifar10(
             )
         logger.info("extracting %s into %s", tar_path, batches)
         _extract(tar_path, batches)
-    parts = [read_batch(batches / name) for name in names]
+    expected = _records_per_batch(batches)
+    parts = [read_batch(batches / name, expected_records=expected) for name in names]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     return images, labels

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from orchard.v1 import tensor_pb2 as orchard_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#orchard/v1/federation_service.proto\x12\norchard.v1\x1a\x17orchard/v1/tensor.proto\"\xcb\x02\n\x0bJoinRequest\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x12\n\nfederation\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x11\n\tframework\x18\x05 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x12$\n\x04role\x18\x07 \x01(\x0e\x32\x16.orchard.v1.ClientRole\x12)\n\nmodel_spec\x18\x08 \x01(\x0b\x32\x15.orchard.v1.ModelSpec\x12\x12\n\nauth_token\x18\t \x01(\t\x12\x19\n\x0cpartition_id\x18\n \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0enum_partitions\x18\x0b \x01(\rH\x01\x88\x01\x01\x42\x0f\n\r_partition_idB\x11\n\x0f_num_partitions\"\xdf\x01\n\x0cJoinResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x02 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x01\x12)\n\nmodel_spec\x18\x04 \x01(\x0b\x32\x15.orchard.v1.ModelSpec\x12\x14\n\x0cpartition_id\x18\x05 \x01(\r\x12\x16\n\x0enum_partitions\x18\x06 \x01(\r\x12*\n\x05state\x18\x07 \x01(\x0e\x32\x1b.orchard.v1.FederationState\"%\n\x10HeartbeatRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"Y\n\x11HeartbeatResponse\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.orchard.v1.FederationState\x12\x18\n\x10rounds_completed\x18\x02 \x01(\r\"S\n\x0fPullTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\x12\x17\n\x0fmax_chunk_bytes\x18\x03 \x01(\r\"2\n\x04Idle\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.orchard.v1.FederationState\"F\n\x08\x46inished\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.orchard.v1.FederationState\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x92\x02\n\nTaskHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\"\n\x04type\x18\x02 \x01(\x0e\x32\x14.orchard.v1.TaskType\x12\r\n\x05round\x18\x03 \x01(\r\x12\x32\n\x06\x63onfig\x18\x04 \x03(\x0b\x32\".orchard.v1.TaskHeader.ConfigEntry\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\x12\x30\n\nparameters\x18\x06 \x01(\x0b\x32\x1c.orchard.v1.ParametersHeader\x1a\x41\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.orchard.v1.Scalar:\x02\x38\x01\"\xb8\x01\n\x10PullTaskResponse\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x16.orchard.v1.TaskHeaderH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.orchard.v1.TensorChunkH\x00\x12 \n\x04idle\x18\x03 \x01(\x0b\x32\x10.orchard.v1.IdleH\x00\x12(\n\x08\x66inished\x18\x04 \x01(\x0b\x32\x14.orchard.v1.FinishedH\x00\x42\x06\n\x04item\"\xc5\x02\n\x0cResultHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.orchard.v1.ResultStatus\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x36\n\x07metrics\x18\x07 \x03(\x0b\x32%.orchard.v1.ResultHeader.MetricsEntry\x12\x30\n\nparameters\x18\x08 \x01(\x0b\x32\x1c.orchard.v1.ParametersHeader\x1a\x42\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.orchard.v1.Scalar:\x02\x38\x01\"q\n\x11PushResultRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.orchard.v1.ResultHeaderH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.orchard.v1.TensorChunkH\x00\x42\x06\n\x04item\"%\n\x12PushResultResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\"@\n\x0cLeaveRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x66\x61tal\x18\x03 \x01(\x08\"\x0f\n\rLeaveResponse*]\n\nClientRole\x12\x1b\n\x17\x43LIENT_ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43LIENT_ROLE_TRAINER\x10\x01\x12\x19\n\x15\x43LIENT_ROLE_EVALUATOR\x10\x02*P\n\x08TaskType\x12\x19\n\x15TASK_TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rTASK_TYPE_FIT\x10\x01\x12\x16\n\x12TASK_TYPE_EVALUATE\x10\x02*\xab\x01\n\x0f\x46\x65\x64\x65rationState\x12 \n\x1c\x46\x45\x44\x45RATION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x45\x44\x45RATION_STATE_WAITING\x10\x01\x12\x1c\n\x18\x46\x45\x44\x45RATION_STATE_RUNNING\x10\x02\x12\x1d\n\x19\x46\x45\x44\x45RATION_STATE_FINISHED\x10\x03\x12\x1b\n\x17\x46\x45\x44\x45RATION_STATE_FAILED\x10\x04*]\n\x0cResultStatus\x12\x1d\n\x19RESULT_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10RESULT_STATUS_OK\x10\x01\x12\x18\n\x14RESULT_STATUS_FAILED\x10\x02\x32\xee\x02\n\x11\x46\x65\x64\x65rationService\x12\x39\n\x04Join\x12\x17.orchard.v1.JoinRequest\x1a\x18.orchard.v1.JoinResponse\x12H\n\tHeartbeat\x12\x1c.orchard.v1.HeartbeatRequest\x1a\x1d.orchard.v1.HeartbeatResponse\x12G\n\x08PullTask\x12\x1b.orchard.v1.PullTaskRequest\x1a\x1c.orchard.v1.PullTaskResponse0\x01\x12M\n\nPushResult\x12\x1d.orchard.v1.PushResultRequest\x1a\x1e.orchard.v1.PushResultResponse(\x01\x12<\n\x05Leave\x12\x18.orchard.v1.LeaveRequest\x1a\x19.orchard.v1.LeaveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#orchard/v1/federation_service.proto\x12\norchard.v1\x1a\x17orchard/v1/tensor.proto\"\xcb\x02\n\x0bJoinRequest\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x12\n\nfederation\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x11\n\tframework\x18\x05 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x12$\n\x04role\x18\x07 \x01(\x0e\x32\x16.orchard.v1.ClientRole\x12)\n\nmodel_spec\x18\x08 \x01(\x0b\x32\x15.orchard.v1.ModelSpec\x12\x12\n\nauth_token\x18\t \x01(\t\x12\x19\n\x0cpartition_id\x18\n \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0enum_partitions\x18\x0b \x01(\rH\x01\x88\x01\x01\x42\x0f\n\r_partition_idB\x11\n\x0f_num_partitions\"\xdf\x01\n\x0cJoinResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x02 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x01\x12)\n\nmodel_spec\x18\x04 \x01(\x0b\x32\x15.orchard.v1.ModelSpec\x12\x14\n\x0cpartition_id\x18\x05 \x01(\r\x12\x16\n\x0enum_partitions\x18\x06 \x01(\r\x12*\n\x05state\x18\x07 \x01(\x0e\x32\x1b.orchard.v1.FederationState\"%\n\x10HeartbeatRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"Y\n\x11HeartbeatResponse\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.orchard.v1.FederationState\x12\x18\n\x10rounds_completed\x18\x02 \x01(\r\"S\n\x0fPullTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\x12\x17\n\x0fmax_chunk_bytes\x18\x03 \x01(\r\"2\n\x04Idle\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.orchard.v1.FederationState\"F\n\x08\x46inished\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.orchard.v1.FederationState\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x92\x02\n\nTaskHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\"\n\x04type\x18\x02 \x01(\x0e\x32\x14.orchard.v1.TaskType\x12\r\n\x05round\x18\x03 \x01(\r\x12\x32\n\x06\x63onfig\x18\x04 \x03(\x0b\x32\".orchard.v1.TaskHeader.ConfigEntry\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\x12\x30\n\nparameters\x18\x06 \x01(\x0b\x32\x1c.orchard.v1.ParametersHeader\x1a\x41\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.orchard.v1.Scalar:\x02\x38\x01\"\xb8\x01\n\x10PullTaskResponse\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x16.orchard.v1.TaskHeaderH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.orchard.v1.TensorChunkH\x00\x12 \n\x04idle\x18\x03 \x01(\x0b\x32\x10.orchard.v1.IdleH\x00\x12(\n\x08\x66inished\x18\x04 \x01(\x0b\x32\x14.orchard.v1.FinishedH\x00\x42\x06\n\x04item\"\xf7\x02\n\x0cResultHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.orchard.v1.ResultStatus\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x10\n\x04loss\x18\x06 \x01(\x01\x42\x02\x18\x01\x12\x36\n\x07metrics\x18\x07 \x03(\x0b\x32%.orchard.v1.ResultHeader.MetricsEntry\x12\x30\n\nparameters\x18\x08 \x01(\x0b\x32\x1c.orchard.v1.ParametersHeader\x12\x1a\n\rreported_loss\x18\t \x01(\x01H\x00\x88\x01\x01\x1a\x42\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.orchard.v1.Scalar:\x02\x38\x01\x42\x10\n\x0e_reported_loss\"q\n\x11PushResultRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.orchard.v1.ResultHeaderH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.orchard.v1.TensorChunkH\x00\x42\x06\n\x04item\"%\n\x12PushResultResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\"@\n\x0cLeaveRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x66\x61tal\x18\x03 \x01(\x08\"\x0f\n\rLeaveResponse*]\n\nClientRole\x12\x1b\n\x17\x43LIENT_ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43LIENT_ROLE_TRAINER\x10\x01\x12\x19\n\x15\x43LIENT_ROLE_EVALUATOR\x10\x02*P\n\x08TaskType\x12\x19\n\x15TASK_TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rTASK_TYPE_FIT\x10\x01\x12\x16\n\x12TASK_TYPE_EVALUATE\x10\x02*\xab\x01\n\x0f\x46\x65\x64\x65rationState\x12 \n\x1c\x46\x45\x44\x45RATION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x45\x44\x45RATION_STATE_WAITING\x10\x01\x12\x1c\n\x18\x46\x45\x44\x45RATION_STATE_RUNNING\x10\x02\x12\x1d\n\x19\x46\x45\x44\x45RATION_STATE_FINISHED\x10\x03\x12\x1b\n\x17\x46\x45\x44\x45RATION_STATE_FAILED\x10\x04*]\n\x0cResultStatus\x12\x1d\n\x19RESULT_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10RESULT_STATUS_OK\x10\x01\x12\x18\n\x14RESULT_STATUS_FAILED\x10\x02\x32\xee\x02\n\x11\x46\x65\x64\x65rationService\x12\x39\n\x04Join\x12\x17.orchard.v1.JoinRequest\x1a\x18.orchard.v1.JoinResponse\x12H\n\tHeartbeat\x12\x1c.orchard.v1.HeartbeatRequest\x1a\x1d.orchard.v1.HeartbeatResponse\x12G\n\x08PullTask\x12\x1b.orchard.v1.PullTaskRequest\x1a\x1c.orchard.v1.PullTaskResponse0\x01\x12M\n\nPushResult\x12\x1d.orchard.v1.PushResultRequest\x1a\x1e.orchard.v1.PushResultResponse(\x01\x12<\n\x05Leave\x12\x18.orchard.v1.LeaveRequest\x1a\x19.orchard.v1.LeaveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,14 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKHEADER_CONFIGENTRY']._serialized_options = b'8\001'
   _globals['_RESULTHEADER_METRICSENTRY']._loaded_options = None
   _globals['_RESULTHEADER_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_CLIENTROLE']._serialized_start=2004
-  _globals['_CLIENTROLE']._serialized_end=2097
-  _globals['_TASKTYPE']._serialized_start=2099
-  _globals['_TASKTYPE']._serialized_end=2179
-  _globals['_FEDERATIONSTATE']._serialized_start=2182
-  _globals['_FEDERATIONSTATE']._serialized_end=2353
-  _globals['_RESULTSTATUS']._serialized_start=2355
-  _globals['_RESULTSTATUS']._serialized_end=2448
+  _globals['_RESULTHEADER'].fields_by_name['loss']._loaded_options = None
+  _globals['_RESULTHEADER'].fields_by_name['loss']._serialized_options = b'\030\001'
+  _globals['_CLIENTROLE']._serialized_start=2054
+  _globals['_CLIENTROLE']._serialized_end=2147
+  _globals['_TASKTYPE']._serialized_start=2149
+  _globals['_TASKTYPE']._serialized_end=2229
+  _globals['_FEDERATIONSTATE']._serialized_start=2232
+  _globals['_FEDERATIONSTATE']._serialized_end=2403
+  _globals['_RESULTSTATUS']._serialized_start=2405
+  _globals['_RESULTSTATUS']._serialized_end=2498
   _globals['_JOINREQUEST']._serialized_start=77
   _globals['_JOINREQUEST']._serialized_end=408
   _globals['_JOINRESPONSE']._serialized_start=411
@@ -65,17 +67,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PULLTASKRESPONSE']._serialized_start=1253
   _globals['_PULLTASKRESPONSE']._serialized_end=1437
   _globals['_RESULTHEADER']._serialized_start=1440
-  _globals['_RESULTHEADER']._serialized_end=1765
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=1699
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=1765
-  _globals['_PUSHRESULTREQUEST']._serialized_start=1767
-  _globals['_PUSHRESULTREQUEST']._serialized_end=1880
-  _globals['_PUSHRESULTRESPONSE']._serialized_start=1882
-  _globals['_PUSHRESULTRESPONSE']._serialized_end=1919
-  _globals['_LEAVEREQUEST']._serialized_start=1921
-  _globals['_LEAVEREQUEST']._serialized_end=1985
-  _globals['_LEAVERESPONSE']._serialized_start=1987
-  _globals['_LEAVERESPONSE']._serialized_end=2002
-  _globals['_FEDERATIONSERVICE']._serialized_start=2451
-  _globals['_FEDERATIONSERVICE']._serialized_end=2817
+  _globals['_RESULTHEADER']._serialized_end=1815
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=1731
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=1797
+  _globals['_PUSHRESULTREQUEST']._serialized_start=1817
+  _globals['_PUSHRESULTREQUEST']._serialized_end=1930
+  _globals['_PUSHRESULTRESPONSE']._serialized_start=1932
+  _globals['_PUSHRESULTRESPONSE']._serialized_end=1969
+  _globals['_LEAVEREQUEST']._serialized_start=1971
+  _globals['_LEAVEREQUEST']._serialized_end=2035
+  _globals['_LEAVERESPONSE']._serialized_start=2037
+  _globals['_LEAVERESPONSE']._serialized_end=2052
+  _globals['_FEDERATIONSERVICE']._serialized_start=2501
+  _globals['_FEDERATIONSERVICE']._serialized_end=2867
 # @@protoc_insertion_point(module_scope)

@@ -18,6 +18,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _ClientRole:
@@ -142,7 +147,7 @@ class JoinRequest(_message.Message):
     PARTITION_ID_FIELD_NUMBER: _builtins.int
     NUM_PARTITIONS_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
-    """API version the client speaks, "MAJOR.MINOR" (this file describes "1.0")."""
+    """API version the client speaks, "MAJOR.MINOR" (this file describes "1.1")."""
     federation: _builtins.str
     """Name of the federation to join."""
     instance_id: _builtins.str
@@ -526,6 +531,7 @@ class ResultHeader(_message.Message):
     LOSS_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    REPORTED_LOSS_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Session identifier from JoinResponse."""
     task_id: _builtins.str
@@ -538,8 +544,31 @@ class ResultHeader(_message.Message):
     """Number of examples trained on (fit) or evaluated (evaluate); the weight of
     this result in averages.
     """
-    loss: _builtins.float
-    """Loss on the local data (evaluate tasks; optional for fit tasks)."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def loss(self) -> _builtins.float:
+        """Deprecated since 1.1: an implicit-presence field cannot say "no loss" (a
+        1.0 client sent 0 for a missing training loss). Readers use
+        `reported_loss` when it is set; otherwise this field, where 0 means "no
+        loss". Writers set both (this one to 0 when there is no loss), so 1.0
+        servers keep working.
+        """
+
+    @loss.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def loss(self, value: _builtins.float) -> None:
+        """Deprecated since 1.1: an implicit-presence field cannot say "no loss" (a
+        1.0 client sent 0 for a missing training loss). Readers use
+        `reported_loss` when it is set; otherwise this field, where 0 means "no
+        loss". Writers set both (this one to 0 when there is no loss), so 1.0
+        servers keep working.
+        """
+
+    reported_loss: _builtins.float
+    """Loss on the local data (since 1.1): always set for evaluate tasks; for fit
+    tasks only when the client's framework reports a training loss. An absent
+    loss is left out of the server's averages, never counted as 0.
+    """
     @_builtins.property
     def metrics(self) -> _containers.MessageMap[_builtins.str, _tensor_pb2.Scalar]:
         """Further metrics, for example "accuracy"."""
@@ -559,12 +588,15 @@ class ResultHeader(_message.Message):
         loss: _builtins.float = ...,
         metrics: _abc.Mapping[_builtins.str, _tensor_pb2.Scalar] | None = ...,
         parameters: _tensor_pb2.ParametersHeader | None = ...,
+        reported_loss: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_reported_loss", b"_reported_loss", "parameters", b"parameters", "reported_loss", b"reported_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "error_message", b"error_message", "loss", b"loss", "metrics", b"metrics", "num_examples", b"num_examples", "parameters", b"parameters", "status", b"status", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reported_loss", b"_reported_loss", "client_id", b"client_id", "error_message", b"error_message", "loss", b"loss", "metrics", b"metrics", "num_examples", b"num_examples", "parameters", b"parameters", "reported_loss", b"reported_loss", "status", b"status", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__reported_loss: _TypeAlias = _typing.Literal["reported_loss"]  # noqa: Y015
+    _WhichOneofArgType__reported_loss: _TypeAlias = _typing.Literal["_reported_loss", b"_reported_loss"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reported_loss) -> _WhichOneofReturnType__reported_loss | None: ...
 
 Global___ResultHeader: _TypeAlias = ResultHeader  # noqa: Y015
 

@@ -88,9 +88,12 @@ class FederationServiceServicer:
         versions this server speaks), or the client's model spec differs from
         the federation's (the message names the first differing tensor).
         NOT_FOUND: no federation of that name (the message lists the known ones).
-        INVALID_ARGUMENT: a required field is missing or malformed.
+        INVALID_ARGUMENT: a required field is missing or malformed (for example
+        an empty instance_id, or a partition_id outside 0..num_partitions-1).
         UNAUTHENTICATED: the federation requires a token and it is missing or wrong.
-        RESOURCE_EXHAUSTED: the federation has reached its maximum number of clients.
+        RESOURCE_EXHAUSTED: the federation already holds its maximum number of
+        sessions (its `max_clients`); a client re-joining with the instance_id
+        of a connected session replaces it and is not refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,7 +104,7 @@ class FederationServiceServicer:
 
         Errors:
         NOT_FOUND: the session is unknown (the server restarted or dropped it);
-        the client joins again.
+        the client joins again with the same instance_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,7 +117,9 @@ class FederationServiceServicer:
         has ended, one `finished` message.
 
         Errors:
-        NOT_FOUND: the session is unknown; the client joins again.
+        NOT_FOUND: the session is unknown; the client joins again with the same
+        instance_id.
+        INVALID_ARGUMENT: max_chunk_bytes is above the largest chunk size.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,10 +130,11 @@ class FederationServiceServicer:
         result's parameters (fit tasks only).
 
         Errors:
-        INVALID_ARGUMENT: the result does not match the model spec (names,
-        shapes, dtypes), its bytes are incomplete or overlong, or it holds
-        NaN or infinite values; the message says which tensor and why. The
-        round goes on without this result.
+        INVALID_ARGUMENT: the stream does not start with a ResultHeader, the
+        result does not match the model spec (names, shapes, dtypes), its
+        bytes are incomplete, overlong or above the server's upload limit, or
+        it holds NaN or infinite values; the message says which tensor and
+        why. The round goes on without this result.
         FAILED_PRECONDITION: the task is no longer open (its round closed or its
         deadline passed).
         NOT_FOUND: the session or the task is unknown.

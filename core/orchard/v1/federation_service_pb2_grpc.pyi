@@ -49,16 +49,19 @@ class FederationServiceStub:
         versions this server speaks), or the client's model spec differs from
         the federation's (the message names the first differing tensor).
       NOT_FOUND: no federation of that name (the message lists the known ones).
-      INVALID_ARGUMENT: a required field is missing or malformed.
+      INVALID_ARGUMENT: a required field is missing or malformed (for example
+        an empty instance_id, or a partition_id outside 0..num_partitions-1).
       UNAUTHENTICATED: the federation requires a token and it is missing or wrong.
-      RESOURCE_EXHAUSTED: the federation has reached its maximum number of clients.
+      RESOURCE_EXHAUSTED: the federation already holds its maximum number of
+        sessions (its `max_clients`); a client re-joining with the instance_id
+        of a connected session replaces it and is not refused.
     """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_federation_service_pb2.HeartbeatRequest, _federation_service_pb2.HeartbeatResponse]
     """Tells the server the session is alive and learns the federation's state.
 
     Errors:
       NOT_FOUND: the session is unknown (the server restarted or dropped it);
-        the client joins again.
+        the client joins again with the same instance_id.
     """
     PullTask: _grpc.UnaryStreamMultiCallable[_federation_service_pb2.PullTaskRequest, _federation_service_pb2.PullTaskResponse]
     """Waits (at most `wait_seconds`) for the next task of this session and
@@ -67,17 +70,20 @@ class FederationServiceStub:
     has ended, one `finished` message.
 
     Errors:
-      NOT_FOUND: the session is unknown; the client joins again.
+      NOT_FOUND: the session is unknown; the client joins again with the same
+        instance_id.
+      INVALID_ARGUMENT: max_chunk_bytes is above the largest chunk size.
     """
     PushResult: _grpc.StreamUnaryMultiCallable[_federation_service_pb2.PushResultRequest, _federation_service_pb2.PushResultResponse]
     """Uploads the result of a task: a ResultHeader, then the chunks of the
     result's parameters (fit tasks only).
 
     Errors:
-      INVALID_ARGUMENT: the result does not match the model spec (names,
-        shapes, dtypes), its bytes are incomplete or overlong, or it holds
-        NaN or infinite values; the message says which tensor and why. The
-        round goes on without this result.
+      INVALID_ARGUMENT: the stream does not start with a ResultHeader, the
+        result does not match the model spec (names, shapes, dtypes), its
+        bytes are incomplete, overlong or above the server's upload limit, or
+        it holds NaN or infinite values; the message says which tensor and
+        why. The round goes on without this result.
       FAILED_PRECONDITION: the task is no longer open (its round closed or its
         deadline passed).
       NOT_FOUND: the session or the task is unknown.
@@ -112,16 +118,19 @@ class FederationServiceAsyncStub(FederationServiceStub):
         versions this server speaks), or the client's model spec differs from
         the federation's (the message names the first differing tensor).
       NOT_FOUND: no federation of that name (the message lists the known ones).
-      INVALID_ARGUMENT: a required field is missing or malformed.
+      INVALID_ARGUMENT: a required field is missing or malformed (for example
+        an empty instance_id, or a partition_id outside 0..num_partitions-1).
       UNAUTHENTICATED: the federation requires a token and it is missing or wrong.
-      RESOURCE_EXHAUSTED: the federation has reached its maximum number of clients.
+      RESOURCE_EXHAUSTED: the federation already holds its maximum number of
+        sessions (its `max_clients`); a client re-joining with the instance_id
+        of a connected session replaces it and is not refused.
     """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_federation_service_pb2.HeartbeatRequest, _federation_service_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Tells the server the session is alive and learns the federation's state.
 
     Errors:
       NOT_FOUND: the session is unknown (the server restarted or dropped it);
-        the client joins again.
+        the client joins again with the same instance_id.
     """
     PullTask: _aio.UnaryStreamMultiCallable[_federation_service_pb2.PullTaskRequest, _federation_service_pb2.PullTaskResponse]  # type: ignore[assignment]
     """Waits (at most `wait_seconds`) for the next task of this session and
@@ -130,17 +139,20 @@ class FederationServiceAsyncStub(FederationServiceStub):
     has ended, one `finished` message.
 
     Errors:
-      NOT_FOUND: the session is unknown; the client joins again.
+      NOT_FOUND: the session is unknown; the client joins again with the same
+        instance_id.
+      INVALID_ARGUMENT: max_chunk_bytes is above the largest chunk size.
     """
     PushResult: _aio.StreamUnaryMultiCallable[_federation_service_pb2.PushResultRequest, _federation_service_pb2.PushResultResponse]  # type: ignore[assignment]
     """Uploads the result of a task: a ResultHeader, then the chunks of the
     result's parameters (fit tasks only).
 
     Errors:
-      INVALID_ARGUMENT: the result does not match the model spec (names,
-        shapes, dtypes), its bytes are incomplete or overlong, or it holds
-        NaN or infinite values; the message says which tensor and why. The
-        round goes on without this result.
+      INVALID_ARGUMENT: the stream does not start with a ResultHeader, the
+        result does not match the model spec (names, shapes, dtypes), its
+        bytes are incomplete, overlong or above the server's upload limit, or
+        it holds NaN or infinite values; the message says which tensor and
+        why. The round goes on without this result.
       FAILED_PRECONDITION: the task is no longer open (its round closed or its
         deadline passed).
       NOT_FOUND: the session or the task is unknown.
@@ -178,9 +190,12 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
             versions this server speaks), or the client's model spec differs from
             the federation's (the message names the first differing tensor).
           NOT_FOUND: no federation of that name (the message lists the known ones).
-          INVALID_ARGUMENT: a required field is missing or malformed.
+          INVALID_ARGUMENT: a required field is missing or malformed (for example
+            an empty instance_id, or a partition_id outside 0..num_partitions-1).
           UNAUTHENTICATED: the federation requires a token and it is missing or wrong.
-          RESOURCE_EXHAUSTED: the federation has reached its maximum number of clients.
+          RESOURCE_EXHAUSTED: the federation already holds its maximum number of
+            sessions (its `max_clients`); a client re-joining with the instance_id
+            of a connected session replaces it and is not refused.
         """
 
     @_abc_1.abstractmethod
@@ -193,7 +208,7 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors:
           NOT_FOUND: the session is unknown (the server restarted or dropped it);
-            the client joins again.
+            the client joins again with the same instance_id.
         """
 
     @_abc_1.abstractmethod
@@ -208,7 +223,9 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
         has ended, one `finished` message.
 
         Errors:
-          NOT_FOUND: the session is unknown; the client joins again.
+          NOT_FOUND: the session is unknown; the client joins again with the same
+            instance_id.
+          INVALID_ARGUMENT: max_chunk_bytes is above the largest chunk size.
         """
 
     @_abc_1.abstractmethod
@@ -221,10 +238,11 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
         result's parameters (fit tasks only).
 
         Errors:
-          INVALID_ARGUMENT: the result does not match the model spec (names,
-            shapes, dtypes), its bytes are incomplete or overlong, or it holds
-            NaN or infinite values; the message says which tensor and why. The
-            round goes on without this result.
+          INVALID_ARGUMENT: the stream does not start with a ResultHeader, the
+            result does not match the model spec (names, shapes, dtypes), its
+            bytes are incomplete, overlong or above the server's upload limit, or
+            it holds NaN or infinite values; the message says which tensor and
+            why. The round goes on without this result.
           FAILED_PRECONDITION: the task is no longer open (its round closed or its
             deadline passed).
           NOT_FOUND: the session or the task is unknown.

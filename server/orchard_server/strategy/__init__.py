@@ -1,12 +1,13 @@
 """Federated strategies as small composable pieces.
 
-A strategy is a client-selection policy (:func:`sample_clients`), an aggregate
-function (:class:`WeightedMean`, :class:`CoordinateMedian`,
+A :class:`Strategy` is a client-selection policy (:class:`UniformSampling`),
+an aggregate (:class:`WeightedMean`, :class:`CoordinateMedian`,
 :class:`TrimmedMean`) and a server optimizer (:func:`sgd`, :func:`adam`,
-:func:`yogi`, :func:`adagrad`) whose state is an explicit immutable value.
-:func:`make_strategy` builds the named ones (FedAvg, FedAvgM, FedAdam, FedYogi,
-FedAdagrad, FedProx, FedMedian, FedTrimmedAvg). Pure NumPy: no transport and
-no ML framework here.
+:func:`yogi`, :func:`adagrad`) whose state is an explicit immutable value; any
+combination composes. :func:`make_strategy` builds the named ones (FedAvg,
+FedAvgM, FedAdam, FedYogi, FedAdagrad, FedProx, FedMedian, FedTrimmedAvg);
+:func:`compose_strategy` swaps or adds pieces by name, as a config does. Pure
+NumPy: no transport and no ML framework here.
 """
 
 from orchard_server.strategy.aggregate import (
@@ -21,6 +22,8 @@ from orchard_server.strategy.aggregate import (
     weighted_average_metrics,
     weighted_mean,
 )
+from orchard_server.strategy.base import Strategy, StrategyError
+from orchard_server.strategy.compose import compose_strategy
 from orchard_server.strategy.optimizers import (
     AdaptiveState,
     OptimizerError,
@@ -35,7 +38,27 @@ from orchard_server.strategy.optimizers import (
     state_to_arrays,
     yogi,
 )
-from orchard_server.strategy.selection import SelectionError, sample_clients, sample_size
+from orchard_server.strategy.pieces import (
+    AGGREGATORS,
+    SERVER_OPTIMIZERS,
+    AdagradOptions,
+    AdamOptions,
+    AggregatorOptions,
+    MeanOptions,
+    MedianOptions,
+    OptimizerOptions,
+    SgdOptions,
+    StrategyOptions,
+    TrimmedMeanOptions,
+    YogiOptions,
+)
+from orchard_server.strategy.selection import (
+    SelectionError,
+    SelectionPolicy,
+    UniformSampling,
+    sample_clients,
+    sample_size,
+)
 from orchard_server.strategy.strategies import (
     STRATEGY_NAMES,
     STRATEGY_OPTIONS,
@@ -47,19 +70,22 @@ from orchard_server.strategy.strategies import (
     FedProxOptions,
     FedTrimmedAvgOptions,
     FedYogiOptions,
-    Strategy,
-    StrategyError,
-    StrategyOptions,
+    NamedStrategyOptions,
     make_strategy,
     parse_options,
 )
 
 __all__ = [
+    "AGGREGATORS",
+    "SERVER_OPTIMIZERS",
     "STRATEGY_NAMES",
     "STRATEGY_OPTIONS",
+    "AdagradOptions",
+    "AdamOptions",
     "AdaptiveState",
     "AggregationError",
     "Aggregator",
+    "AggregatorOptions",
     "CoordinateMedian",
     "FedAdagradOptions",
     "FedAdamOptions",
@@ -69,18 +95,28 @@ __all__ = [
     "FedProxOptions",
     "FedTrimmedAvgOptions",
     "FedYogiOptions",
+    "MeanOptions",
+    "MedianOptions",
+    "NamedStrategyOptions",
     "OptimizerError",
+    "OptimizerOptions",
     "SelectionError",
+    "SelectionPolicy",
     "ServerOptimizer",
+    "SgdOptions",
     "SgdState",
     "State",
     "Strategy",
     "StrategyError",
     "StrategyOptions",
     "TrimmedMean",
+    "TrimmedMeanOptions",
+    "UniformSampling",
     "WeightedMean",
+    "YogiOptions",
     "adagrad",
     "adam",
+    "compose_strategy",
     "make_strategy",
     "median",
     "parse_options",

@@ -4,13 +4,16 @@ Flower's semantics, so results compare with Flower runs: the sample size is
 ``max(int(len(available) * fraction), min_clients)``, capped at the number of
 clients available. Deterministic given the generator: ``available`` is sorted
 first, so the order in which clients happened to connect does not change who
-is drawn.
+is drawn. :class:`UniformSampling` packages the rule as a strategy's
+selection policy (:class:`SelectionPolicy`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -75,3 +78,82 @@ def sample_clients(
     ids.sort()
     picked = rng.choice(len(ids), size=size, replace=False)
     return sorted(ids[int(i)] for i in picked)
+
+
+class SelectionPolicy(Protocol):
+    """Which clients a round waits for, trains and evaluates; part of a strategy.
+
+    A policy is stateless: the round loop owns the random generator (its state
+    is checkpointed, so a resumed federation draws what an uninterrupted one
+    would) and passes it in. ``available`` holds client ids; the result is a
+    subset of it.
+    """
+
+    @property
+    def min_available_clients(self) -> int:
+        """Clients the round loop waits for before a round starts."""
+        ...
+
+    @property
+    def min_fit_clients(self) -> int:
+        """Fit results a round needs; with fewer, the round is tried again."""
+        ...
+
+    def select_fit(self, available: Sequence[str], rng: np.random.Generator) -> list[str]:
+        """The clients that train this round."""
+        ...
+
+    def select_evaluate(self, available: Sequence[str], rng: np.random.Generator) -> list[str]:
+        """The clients that evaluate the new model; empty to skip federated evaluation."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class UniformSampling:
+    """Flower's client sampling: a uniform draw of ``max(int(n * fraction), min)`` clients.
+
+    Federated evaluation is skipped (no draw, so the generator is not advanced)
+    when fewer than ``min_evaluate_clients`` clients are connected.
+    """
+
+    fraction_fit: float = 1.0
+    min_fit_clients: int = 2
+    fraction_evaluate: float = 1.0
+    min_evaluate_clients: int = 2
+    min_available_clients: int = 2
+
+    def __post_init__(self) -> None:
+        for key in ("fraction_fit", "fraction_evaluate"):
+            real_in(
+                getattr(self, key),
+                what=key,
+                error=SelectionError,
+                low=0.0,
+                high=1.0,
+                low_open=True,
+                high_open=False,
+            )
+        for key in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
+            integer(getattr(self, key), what=key, error=SelectionError, low=1)
+        if self.min_available_clients < self.min_fit_clients:
+            raise SelectionError(
+                f"min_available_clients ({self.min_available_clients}) is below "
+                f"min_fit_clients ({self.min_fit_clients}); no round could ever start"
+            )
+
+    def select_fit(self, available: Sequence[str], rng: np.random.Generator) -> list[str]:
+        """A uniform draw of ``fraction_fit`` of ``available``, at least ``min_fit_clients``."""
+        return sample_clients(
+            available, fraction=self.fraction_fit, min_clients=self.min_fit_clients, rng=rng
+        )
+
+    def select_evaluate(self, available: Sequence[str], rng: np.random.Generator) -> list[str]:
+        """Like :meth:`select_fit` with the evaluate numbers; empty below the minimum."""
+        if len(available) < self.min_evaluate_clients:
+            return []
+        return sample_clients(
+            available,
+            fraction=self.fraction_evaluate,
+            min_clients=self.min_evaluate_clients,
+            rng=rng,
+        )

@@ -1,0 +1,233 @@
+"""Who may join which federation: one decision for every kind of client.
+
+The gRPC servicer and the in-process pool both hand a :class:`JoinInfo` to
+:meth:`Admission.admit`, so a simulated client is admitted, or refused with
+the same reason and words, exactly as a deployed one. The checks run in a
+fixed order, each naming what is wrong:
+
+1. the API version (a different major version is refused first, whatever
+   else the request holds, so an old or new client learns the real problem);
+2. the join's own fields (instance id, a fixed partition with its count);
+3. the federation exists (the refusal lists the hosted ones);
+4. credentials (the federation's token, compared in constant time);
+5. the model spec (the first differing tensor is named);
+6. room: at most ``max_clients`` sessions per federation;
+7. role and partition: a trainer keeps the partition its instance had, or is
+   assigned the least used one; a fixed partition is recorded.
+
+A refusal is an :class:`AdmissionError` carrying a :class:`Refusal` kind;
+the transport maps the kind to its own status (gRPC codes in the servicer).
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from orchard.messages import API_VERSION, JoinInfo, Role
+from orchard.spec import ModelSpec
+from orchard_server.partitions import PartitionRegistry
+
+if TYPE_CHECKING:
+    from orchard_server.config import FederationConfig
+    from orchard_server.pool import ClientInfo
+
+#: The API major version this server serves.
+SUPPORTED_MAJOR = API_VERSION.split(".")[0]
+
+#: Default room of a federation: far above any real deployment, low enough that
+#: a runaway script opening sessions in a loop is stopped.
+DEFAULT_MAX_CLIENTS = 1000
+
+
+class Refusal(enum.Enum):
+    """Why a join was refused (the transport picks the status code)."""
+
+    UNSUPPORTED_VERSION = "unsupported version"
+    INVALID = "invalid join"
+    UNKNOWN_FEDERATION = "unknown federation"
+    UNAUTHENTICATED = "unauthenticated"
+    SPEC_MISMATCH = "model spec mismatch"
+    FULL = "federation full"
+
+
+class AdmissionError(Exception):
+    """A join was refused; ``kind`` says which rule, the message says why in words."""
+
+    def __init__(self, kind: Refusal, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdmissionPolicy:
+    """The joining rules of one federation, and the partitions it has handed out."""
+
+    federation: str
+    spec: ModelSpec
+    partitions: PartitionRegistry
+    auth_token: str = ""
+    max_clients: int = DEFAULT_MAX_CLIENTS
+
+    def __post_init__(self) -> None:
+        if self.max_clients < 1:
+            raise ValueError(f"max_clients must be >= 1, got {self.max_clients}")
+
+    @classmethod
+    def from_config(cls, config: FederationConfig) -> AdmissionPolicy:
+        """The policy a federation's configuration describes (with an empty registry)."""
+        return cls(
+            federation=config.name,
+            spec=config.model_spec(),
+            partitions=PartitionRegistry(config.partitions, federation=config.name),
+            auth_token=config.auth_token,
+            max_clients=config.max_clients,
+        )
+
+    @property
+    def num_partitions(self) -> int:
+        """Partitions the federation's data is split into (0: clients fix their own)."""
+        return self.partitions.num_partitions
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Admitted:
+    """A successful join: where the client belongs and what data it trains on."""
+
+    federation: str
+    role: Role
+    #: The client's partition, and the count it is a partition of (the
+    #: client's own count when it fixed its partition, else the federation's).
+    partition_id: int
+    num_partitions: int
+    spec: ModelSpec
+
+
+class Roster(Protocol):
+    """A federation's rules and its connected clients: what a pool offers admission."""
+
+    @property
+    def policy(self) -> AdmissionPolicy:
+        """The federation's joining rules."""
+        ...
+
+    def members(self) -> list[ClientInfo]:
+        """Every connected client, of every role."""
+        ...
+
+
+class Admission:
+    """Decides every join for the federations a process hosts."""
+
+    def __init__(self, rosters: Iterable[Roster]) -> None:
+        self._rosters = {r.policy.federation: r for r in rosters}
+
+    @property
+    def federations(self) -> list[str]:
+        """Names of the hosted federations, sorted."""
+        return sorted(self._rosters)
+
+    def admit(self, info: JoinInfo) -> Admitted:
+        """Admit ``info`` or raise :class:`AdmissionError` naming the first broken rule.
+
+        On success a trainer's partition is recorded in the federation's
+        registry; the caller opens the session at once (no await between), so
+        the room check and the partition counts stay true.
+        """
+        check_version(info.api_version)
+        _check_fields(info)
+        roster = self._rosters.get(info.federation)
+        if roster is None:
+            raise AdmissionError(
+                Refusal.UNKNOWN_FEDERATION,
+                f"no federation named {info.federation!r} (this server hosts: "
+                f"{', '.join(self.federations)})",
+            )
+        policy = roster.policy
+        if policy.auth_token and not hmac.compare_digest(
+            info.auth_token.encode(), policy.auth_token.encode()
+        ):
+            raise AdmissionError(
+                Refusal.UNAUTHENTICATED,
+                f"federation {policy.federation!r} requires a valid auth token",
+            )
+        if info.model_spec is not None:
+            difference = policy.spec.first_difference(info.model_spec)
+            if difference is not None:
+                raise AdmissionError(
+                    Refusal.SPEC_MISMATCH,
+                    f"model spec mismatch with federation {policy.federation!r} "
+                    f"(model {policy.spec.model_id!r}): {difference}",
+                )
+        members = roster.members()
+        # A re-join replaces the instance's old session, so it takes no new room.
+        others = [m for m in members if m.instance_id != info.instance_id]
+        if len(others) >= policy.max_clients:
+            raise AdmissionError(
+                Refusal.FULL,
+                f"federation {policy.federation!r} is full: {len(others)} of its "
+                f"max_clients={policy.max_clients} clients are connected",
+            )
+        partition, count = _partition(policy, info, others)
+        return Admitted(
+            federation=policy.federation,
+            role=info.role,
+            partition_id=partition,
+            num_partitions=count,
+            spec=policy.spec,
+        )
+
+
+def check_version(api_version: str) -> None:
+    """Raise :class:`AdmissionError` unless ``api_version`` has the served major version."""
+    if api_version.split(".", maxsplit=1)[0] != SUPPORTED_MAJOR:
+        raise AdmissionError(
+            Refusal.UNSUPPORTED_VERSION,
+            f"API version {api_version or '(none)'!r} is not supported; this server "
+            f"speaks {API_VERSION} (orchard.v1); upgrade or downgrade the client",
+        )
+
+
+def _check_fields(info: JoinInfo) -> None:
+    """The join's own fields, whatever the federation."""
+    if not info.federation:
+        raise AdmissionError(Refusal.INVALID, "join: federation is empty")
+    if not info.instance_id:
+        raise AdmissionError(Refusal.INVALID, "join: instance_id is empty")
+    fixed = info.partition_id is not None
+    if fixed != (info.num_partitions is not None):
+        raise AdmissionError(Refusal.INVALID, "join: set partition_id and num_partitions together")
+    if (
+        info.partition_id is not None
+        and info.num_partitions is not None
+        and not 0 <= info.partition_id < info.num_partitions
+    ):
+        raise AdmissionError(
+            Refusal.INVALID,
+            f"join: partition_id {info.partition_id} is outside 0..{info.num_partitions - 1}",
+        )
+
+
+def _partition(
+    policy: AdmissionPolicy, info: JoinInfo, members: Sequence[ClientInfo]
+) -> tuple[int, int]:
+    """(partition, count) of a joining client, recorded for trainers.
+
+    An evaluator holds the central test set, so it takes no partition's share:
+    it gets its fixed partition (or its old one, or 0) and is not recorded.
+    """
+    registry = policy.partitions
+    if info.partition_id is not None and info.num_partitions is not None:
+        if info.role is Role.TRAINER:
+            registry.record(info.instance_id, info.partition_id, info.num_partitions)
+        return info.partition_id, info.num_partitions
+    if info.role is not Role.TRAINER:
+        return registry.get(info.instance_id) or 0, policy.num_partitions
+    try:
+        return registry.assign(info.instance_id, members), policy.num_partitions
+    except ValueError as exc:
+        raise AdmissionError(Refusal.INVALID, str(exc)) from None

@@ -1,0 +1,171 @@
+"""Reaching clients: a bounded wait for enough of them, and task fan-out.
+
+:func:`wait_for_clients` waits for a number of trainers, saying every 10 s
+why it waits, and gives up after a timeout (at once when told to stop).
+:func:`fan_out` sends a task to each chosen client through the
+:class:`.ClientPool`, collects results as they arrive and names every client
+that gave none, with the reason (dropped by the pool, missed the deadline,
+update rejected), each in one log line. Fit results can be folded into the
+strategy's aggregator the moment they arrive, after which their arrays are
+dropped, so memory stays O(model) for mean-type aggregates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from orchard.messages import Result, Role, Task
+from orchard.typing import NDArrays
+from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool
+from orchard_server.strategy import AggregationError
+
+log = logging.getLogger("orchard.server")
+
+#: Receives each fit result's parameters and example count (an aggregator's ``add``).
+Fold = Callable[[NDArrays, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Fanout:
+    """What came back from one fan-out."""
+
+    #: The clients that answered, with their results (arrays dropped once folded).
+    results: list[tuple[ClientInfo, Result]]
+    #: ``"name (client id)"`` -> why that client gave no usable result.
+    dropped: dict[str, str]
+    #: Seconds from sending to the last answer or the deadline.
+    duration: float
+
+
+async def fan_out(
+    pool: ClientPool,
+    task: Task,
+    client_ids: Sequence[str],
+    *,
+    task_prefix: str,
+    fold: Fold | None = None,
+) -> Fanout:
+    """Send ``task`` to every client; collect results until all answered or ``task.timeout``.
+
+    Each client gets its own task id (``task_prefix`` plus a random suffix).
+    ``fold`` receives each result's parameters as soon as it arrives; an
+    update it refuses (:class:`.AggregationError`) counts that client as
+    dropped, naming the reason, and the others go on.
+    """
+    started = time.monotonic()
+    infos = {c.client_id: c for r in Role for c in pool.clients(r)}
+    pending: dict[asyncio.Task[Result], str] = {}
+    for cid in client_ids:
+        mine = dataclasses.replace(task, task_id=f"{task_prefix}-{uuid.uuid4().hex[:8]}")
+        pending[asyncio.ensure_future(pool.run_task(cid, mine))] = cid
+    results: list[tuple[ClientInfo, Result]] = []
+    dropped: dict[str, str] = {}
+    deadline = started + task.timeout
+    while pending:
+        remaining = deadline - time.monotonic()
+        done, _ = await asyncio.wait(
+            pending, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED
+        )
+        if not done:
+            for fut, cid in pending.items():
+                fut.cancel()
+                _drop(
+                    dropped,
+                    task,
+                    _name(infos, cid),
+                    f"missed the round deadline of {task.timeout:g} s",
+                )
+            break
+        for fut in done:
+            cid = pending.pop(fut)
+            try:
+                result = fut.result()
+            except ClientDroppedError as exc:
+                _drop(dropped, task, _name(infos, cid), exc.reason)
+                continue
+            if fold is not None:
+                try:
+                    await asyncio.to_thread(fold, result.parameters, result.num_examples)
+                except AggregationError as exc:  # the aggregator is left unchanged
+                    _drop(
+                        dropped,
+                        task,
+                        _name(infos, cid),
+                        f"update rejected by the aggregator: {exc}",
+                    )
+                    continue
+                result = _without_parameters(result)
+            info = infos.get(cid) or ClientInfo(
+                client_id=cid,
+                display_name=cid,
+                framework="",
+                role=Role.TRAINER,
+                partition_id=-1,
+                instance_id=cid,
+            )
+            results.append((info, result))
+    return Fanout(results=results, dropped=dropped, duration=time.monotonic() - started)
+
+
+async def wait_for_clients(
+    pool: ClientPool,
+    count: int,
+    *,
+    timeout: float,
+    why: str,
+    name: str,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Wait up to ``timeout`` s for ``count`` trainers; returns how many are connected.
+
+    Fewer than ``count`` means it gave up. Logs every 10 s how many of how
+    many it has, why it waits (``why``) and when it will give up, naming the
+    federation (``name``). Setting ``stop`` (a client reported that it can
+    never take part) ends the wait at once: waiting on would only hide why.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        have = len(pool.clients())
+        remaining = deadline - time.monotonic()
+        if have >= count or remaining <= 0 or (stop is not None and stop.is_set()):
+            return have
+        log.info(
+            "federation %r: waiting for clients: %d of %d connected (%s); giving up in %.0f s",
+            name,
+            have,
+            count,
+            why,
+            remaining,
+        )
+        joined = asyncio.ensure_future(pool.wait_for_clients(count, min(10.0, remaining)))
+        waits: set[asyncio.Future[bool]] = {joined}
+        if stop is not None:
+            waits.add(asyncio.ensure_future(stop.wait()))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            if not waiting.done():
+                waiting.cancel()
+        if joined.done() and not joined.cancelled() and joined.result():
+            return len(pool.clients())
+
+
+def _drop(dropped: dict[str, str], task: Task, name: str, reason: str) -> None:
+    """Count ``name`` as dropped from ``task`` for ``reason``, in one log line."""
+    dropped[name] = reason
+    log.warning("round %d: %s dropped from %s: %s", task.round, name, task.type.value, reason)
+
+
+def _without_parameters(result: Result) -> Result:
+    """Drop a folded result's arrays at once, so memory stays O(model)."""
+    return dataclasses.replace(result, names=(), parameters=[])
+
+
+def _name(infos: dict[str, ClientInfo], client_id: str) -> str:
+    info = infos.get(client_id)
+    return f"{info.display_name} ({client_id})" if info else client_id

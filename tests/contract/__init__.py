@@ -1,0 +1,1 @@
+"""The adapter contract suite: every framework adapter against one set of checks."""

@@ -1,0 +1,501 @@
+"""The gRPC servicer in this process: every status code the proto promises, raised.
+
+A real ``grpc.aio`` server runs on loopback in a background thread with its
+own event loop; the tests call it through the generated stub, as any client
+would. The federation's round loop is not started: tests put tasks into a
+session themselves (``GrpcClientPool.run_task``), so each call's answer is
+exact. Each RPC's error comment in ``protos/orchard/v1/federation_service.proto``
+maps to a test below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import pytest
+
+from orchard import serde
+from orchard.client.numpy_client import ClientContext, NumPyClient
+from orchard.client.runtime import ClientRuntime, ClientSettings
+from orchard.examples.logreg import LogRegClient, logreg_spec
+from orchard.messages import (
+    API_VERSION,
+    FederationState,
+    JoinInfo,
+    LeaveNotice,
+    Result,
+    Role,
+    Task,
+    TaskPoll,
+    TaskType,
+)
+from orchard.spec import ModelSpec, TensorSpec
+from orchard.v1 import federation_service_pb2 as pb
+from orchard.v1 import federation_service_pb2_grpc as pb_grpc
+from orchard_server.admission import AdmissionError, AdmissionPolicy
+from orchard_server.app import OrchardServer
+from orchard_server.config import FederationConfig, ServerConfig
+from orchard_server.grpc_pool import GrpcClientPool
+from orchard_server.pool import InMemoryClientPool
+from orchard_server.servicer import REFUSAL_STATUS
+
+SPEC = logreg_spec()
+T = TypeVar("T")
+
+
+def federation_config(**overrides: Any) -> FederationConfig:
+    base: dict[str, Any] = {
+        "name": "blobs",
+        "model": "logreg",
+        "tensors": SPEC.tensors,
+        "num_rounds": 1,
+        "min_fit_clients": 1,
+        "min_evaluate_clients": 1,
+        "min_available_clients": 1,
+        "num_partitions": 3,
+        "auth_token": "s3cret",
+        "max_clients": 2,
+    }
+    base.update(overrides)
+    return FederationConfig(**base)
+
+
+class ServerThread:
+    """An OrchardServer serving on loopback from a background event loop."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        heartbeat_interval: float = 30.0,
+        max_poll_seconds: float = 0.3,
+        max_upload_bytes: int = 8 << 30,
+        **federation: Any,
+    ) -> None:
+        self.config = ServerConfig(
+            address="127.0.0.1:0",
+            state_dir=tmp / "state",
+            insecure=True,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_interval * 2,
+            max_poll_seconds=max_poll_seconds,
+            max_upload_bytes=max_upload_bytes,
+            federations=(federation_config(**federation),),
+        )
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = OrchardServer(self.config)
+        self.port = self.call(self.server.start())
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.FederationServiceStub(self.channel)
+
+    @property
+    def pool(self) -> GrpcClientPool:
+        return self.server.hosted["blobs"].pool
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the server's loop and wait for its value."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Start ``coro`` on the server's loop without waiting."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def on_loop(self, fn: Callable[[], T]) -> T:
+        """Run a plain function on the server's loop (pools are not thread-safe)."""
+
+        async def wrapper() -> T:
+            return fn()
+
+        return self.call(wrapper())
+
+    def wait_for(self, predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.on_loop(predicate):
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.channel.close()
+        assert self.server.server is not None
+        self.call(self.server.server.stop(grace=0))
+        self.call(_cancel_the_rest())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel what still runs on the loop (long polls, open tasks) before it closes."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServerThread]:
+    server = ServerThread(tmp_path)
+    yield server
+    server.close()
+
+
+def join_info(**overrides: Any) -> JoinInfo:
+    base: dict[str, Any] = {
+        "api_version": API_VERSION,
+        "federation": "blobs",
+        "instance_id": "inst-a",
+        "display_name": "a",
+        "model_spec": SPEC,
+        "auth_token": "s3cret",
+    }
+    base.update(overrides)
+    return JoinInfo(**base)
+
+
+def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value
+
+
+def open_task(served: ServerThread, client_id: str) -> tuple[Task, Future[Result]]:
+    """Hand a fit task to a session, as the round loop would; returns it and its result."""
+    task = Task(
+        task_id=f"t-{client_id}",
+        type=TaskType.FIT,
+        round=1,
+        config={},
+        timeout=30.0,
+        names=tuple(SPEC.names),
+        parameters=[np.zeros(t.shape, np.float32) for t in SPEC.tensors],
+    )
+    return task, served.submit(served.pool.run_task(client_id, task))
+
+
+def pull(served: ServerThread, client_id: str, **poll: Any) -> object:
+    request = serde.poll_to_proto(
+        TaskPoll(client_id=client_id, wait_seconds=poll.get("wait", 5.0), max_chunk_bytes=0)
+    )
+    if "max_chunk_bytes" in poll:
+        request.max_chunk_bytes = poll["max_chunk_bytes"]
+    return serde.task_from_stream(iter(served.stub.PullTask(request, timeout=10)))
+
+
+# --- Join: one admission for gRPC and in-process clients -------------------------
+
+WRONG_SPEC = ModelSpec(SPEC.model_id, (SPEC.tensors[0], TensorSpec("linear.bias", (4,))))
+
+REFUSED = {
+    "version": (join_info(api_version="2.0"), grpc.StatusCode.FAILED_PRECONDITION, "2.0"),
+    "no version": (join_info(api_version=""), grpc.StatusCode.FAILED_PRECONDITION, "(none)"),
+    "federation": (join_info(federation="nope"), grpc.StatusCode.NOT_FOUND, "blobs"),
+    "no token": (join_info(auth_token=""), grpc.StatusCode.UNAUTHENTICATED, "auth token"),
+    "wrong token": (join_info(auth_token="guess"), grpc.StatusCode.UNAUTHENTICATED, "token"),
+    "spec": (join_info(model_spec=WRONG_SPEC), grpc.StatusCode.FAILED_PRECONDITION, "linear.bias"),
+    "partition": (
+        join_info(partition_id=3, num_partitions=3),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "outside 0..2",
+    ),
+    "instance": (join_info(instance_id=""), grpc.StatusCode.INVALID_ARGUMENT, "instance_id"),
+    "full": (join_info(instance_id="inst-third"), grpc.StatusCode.RESOURCE_EXHAUSTED, "full"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_a_join_is_refused_identically_over_grpc_and_in_process(
+    served: ServerThread, case: str
+) -> None:
+    info, code, needle = REFUSED[case]
+    in_process = InMemoryClientPool(
+        SPEC, "blobs", policy=AdmissionPolicy.from_config(federation_config())
+    )
+    for n in range(2):  # fill the federation (max_clients=2) on both paths
+        first = join_info(instance_id=f"inst-{n}")
+        served.stub.Join(serde.join_to_proto(first), timeout=10)
+        in_process.add(lambda ctx: LogRegClient.for_partition(ctx.partition_id), first)
+
+    err = rpc_error(lambda: served.stub.Join(serde.join_to_proto(info), timeout=10))
+    with pytest.raises(AdmissionError) as refused:
+        in_process.add(lambda ctx: LogRegClient.for_partition(0), info)
+
+    assert err.code() is code
+    assert REFUSAL_STATUS[refused.value.kind] is code
+    assert err.details() == refused.value.message
+    assert needle in refused.value.message
+    assert len(served.on_loop(served.pool.members)) == len(in_process.members()) == 2
+
+
+def test_a_connected_instance_joining_again_takes_no_room(served: ServerThread) -> None:
+    for n in range(2):
+        served.stub.Join(serde.join_to_proto(join_info(instance_id=f"inst-{n}")), timeout=10)
+    again = serde.session_from_proto(
+        served.stub.Join(serde.join_to_proto(join_info(instance_id="inst-1")), timeout=10)
+    )
+    assert again.partition_id == 1
+    assert len(served.on_loop(served.pool.members)) == 2
+
+
+def test_join_answers_session_partition_and_spec(served: ServerThread) -> None:
+    first = serde.session_from_proto(served.stub.Join(serde.join_to_proto(join_info()), timeout=10))
+    assert (first.partition_id, first.num_partitions, first.api_version) == (0, 3, API_VERSION)
+    assert first.model_spec == SPEC and first.state is FederationState.WAITING
+    fixed = serde.session_from_proto(
+        served.stub.Join(
+            serde.join_to_proto(join_info(instance_id="inst-b", partition_id=4, num_partitions=5)),
+            timeout=10,
+        )
+    )
+    assert (fixed.partition_id, fixed.num_partitions) == (4, 5)
+    assert served.server.hosted["blobs"].pool.partitions.to_json() == {"inst-a": 0, "inst-b": 4}
+
+
+def test_an_undecodable_join_of_another_major_version_is_told_its_version(
+    served: ServerThread,
+) -> None:
+    request = serde.join_to_proto(join_info(api_version="2.0"))
+    request.role = pb.ClientRole.ValueType(7)  # a role v1 does not know
+    err = rpc_error(lambda: served.stub.Join(request, timeout=10))
+    assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "'2.0' is not supported" in str(err.details())
+    request.api_version = API_VERSION
+    err = rpc_error(lambda: served.stub.Join(request, timeout=10))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown role 7" in str(err.details())
+
+
+# --- Heartbeat, PullTask, Leave ---------------------------------------------------
+
+
+def test_heartbeat_reports_state_and_unknown_sessions_get_not_found(served: ServerThread) -> None:
+    session = serde.session_from_proto(
+        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    )
+    status = serde.status_from_proto(
+        served.stub.Heartbeat(serde.heartbeat_to_proto(session.client_id), timeout=10)
+    )
+    assert (status.state, status.rounds_completed) == (FederationState.WAITING, 0)
+    err = rpc_error(lambda: served.stub.Heartbeat(serde.heartbeat_to_proto("c-gone"), timeout=10))
+    assert err.code() is grpc.StatusCode.NOT_FOUND
+    assert "join again" in str(err.details())
+
+
+def test_pull_task_codes(served: ServerThread) -> None:
+    err = rpc_error(lambda: pull(served, "c-gone"))
+    assert err.code() is grpc.StatusCode.NOT_FOUND
+    session = serde.session_from_proto(
+        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    )
+    err = rpc_error(
+        lambda: pull(served, session.client_id, max_chunk_bytes=serde.MAX_CHUNK_BYTES + 1)
+    )
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_chunk_bytes" in str(err.details())
+    task, _ = open_task(served, session.client_id)
+    got = pull(served, session.client_id)
+    assert isinstance(got, Task) and got.task_id == task.task_id
+
+
+def test_leave_ends_the_session_and_an_unknown_one_gets_not_found(served: ServerThread) -> None:
+    session = serde.session_from_proto(
+        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    )
+    served.stub.Leave(serde.leave_to_proto(LeaveNotice(client_id=session.client_id)), timeout=10)
+    assert served.on_loop(served.pool.members) == []
+    err = rpc_error(
+        lambda: served.stub.Leave(
+            serde.leave_to_proto(LeaveNotice(client_id=session.client_id)), timeout=10
+        )
+    )
+    assert err.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_a_fatal_leave_fails_the_federation_with_the_clients_reason(served: ServerThread) -> None:
+    session = serde.session_from_proto(
+        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    )
+    notice = LeaveNotice(client_id=session.client_id, reason="no data", fatal=True)
+    served.stub.Leave(serde.leave_to_proto(notice), timeout=10)
+    federation = served.server.hosted["blobs"].federation
+    assert served.on_loop(served.pool.members) == []
+    assert federation.state is FederationState.FAILED
+    assert federation.reason == "a cannot take part: no data"
+
+
+# --- PushResult -------------------------------------------------------------------
+
+
+def _push(served: ServerThread, result: Result) -> str:
+    response = served.stub.PushResult(serde.result_to_stream(result), timeout=10)
+    return serde.push_ack_from_proto(response)
+
+
+def _result(task: Task, client_id: str, **overrides: Any) -> Result:
+    base: dict[str, Any] = {
+        "client_id": client_id,
+        "task_id": task.task_id,
+        "num_examples": 10,
+        "names": task.names,
+        "parameters": [p + 1 for p in task.parameters],
+    }
+    base.update(overrides)
+    return Result(**base)
+
+
+def test_push_result_accepts_a_result_without_a_loss(served: ServerThread) -> None:
+    session = serde.session_from_proto(
+        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    )
+    task, delivered = open_task(served, session.client_id)
+    pull(served, session.client_id)
+    assert "accepted" in _push(served, _result(task, session.client_id))
+    result = delivered.result(timeout=10)
+    assert result.loss is None
+    np.testing.assert_array_equal(result.parameters[1], np.ones(3, np.float32))
+
+
+def test_push_result_codes(served: ServerThread) -> None:
+    session = serde.session_from_proto(
+        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    )
+    cid = session.client_id
+    task, delivered = open_task(served, cid)
+    pull(served, cid)
+    # NOT_FOUND: unknown session, unknown task.
+    err = rpc_error(lambda: _push(served, _result(task, "c-gone")))
+    assert err.code() is grpc.StatusCode.NOT_FOUND and "join again" in str(err.details())
+    err = rpc_error(lambda: _push(served, _result(task, cid, task_id="t-never")))
+    assert err.code() is grpc.StatusCode.NOT_FOUND and "t-never" in str(err.details())
+    # INVALID_ARGUMENT: a stream without its header.
+    chunks = serde.result_to_stream(_result(task, cid))
+    next(chunks)
+    err = rpc_error(lambda: served.stub.PushResult(chunks, timeout=10))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and "ResultHeader" in str(err.details())
+    # INVALID_ARGUMENT: NaN values; the task closes without this result.
+    nan = [p.copy() for p in task.parameters]
+    nan[0][0, 0] = np.nan
+    err = rpc_error(lambda: _push(served, _result(task, cid, parameters=nan)))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "linear.weight" in str(err.details()) and "NaN" in str(err.details())
+    with pytest.raises(Exception, match="update rejected"):
+        delivered.result(timeout=10)
+    # FAILED_PRECONDITION: the task is closed now.
+    err = rpc_error(lambda: _push(served, _result(task, cid)))
+    assert err.code() is grpc.StatusCode.FAILED_PRECONDITION and "is closed" in str(err.details())
+    # INVALID_ARGUMENT: announced tensors differ from the spec (checked before the bytes).
+    task2, _ = open_task(served, cid)
+    pull(served, cid)
+    bad = _result(task2, cid, names=("linear.weight", "other"))
+    err = rpc_error(lambda: _push(served, bad))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and "other" in str(err.details())
+
+
+def test_a_result_above_the_upload_limit_is_refused_before_its_bytes(tmp_path: Path) -> None:
+    served = ServerThread(tmp_path, max_upload_bytes=8)
+    try:
+        session = serde.session_from_proto(
+            served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+        )
+        task, _ = open_task(served, session.client_id)
+        pull(served, session.client_id)
+        err = rpc_error(lambda: _push(served, _result(task, session.client_id)))
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "exceed the limit of 8" in str(err.details())
+    finally:
+        served.close()
+
+
+# --- the client runtime joins again when the server forgets its session ----------
+
+
+def _logreg(ctx: ClientContext) -> NumPyClient:
+    return LogRegClient.for_partition(ctx.partition_id)
+
+
+@pytest.mark.parametrize("noticed_by", ["heartbeat", "poll"])
+def test_the_runtime_joins_again_after_not_found_and_keeps_its_partition(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, noticed_by: str
+) -> None:
+    # The heartbeat notices within 0.2 s while the long poll waits 5 s; with
+    # 30 s heartbeats, the next poll (every 0.3 s) notices.
+    heartbeat, poll = (0.2, 5.0) if noticed_by == "heartbeat" else (30.0, 0.3)
+    served = ServerThread(
+        tmp_path, heartbeat_interval=heartbeat, max_poll_seconds=poll, max_clients=5
+    )
+    caplog.set_level(logging.INFO, logger="orchard.client")
+    settings = ClientSettings(
+        server=f"127.0.0.1:{served.port}",
+        federation="blobs",
+        instance_id="keeper",
+        auth_token="s3cret",
+        poll_seconds=5.0,
+        connect_timeout=20.0,
+    )
+    runtime = ClientRuntime(_logreg, settings, model_spec=SPEC)
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(runtime.run()), daemon=True)
+    thread.start()
+    try:
+
+        def keeper() -> list[Any]:
+            return [m for m in served.pool.members() if m.instance_id == "keeper"]
+
+        served.wait_for(lambda: bool(keeper()), "the first join")
+        (first,) = served.on_loop(keeper)
+        assert first.partition_id == 0
+        # Another client fixes partition 0; a fresh assignment would now be 1.
+        served.stub.Join(
+            serde.join_to_proto(join_info(instance_id="other", partition_id=0, num_partitions=3)),
+            timeout=10,
+        )
+        served.on_loop(lambda: served.pool.drop(first.client_id, "forgotten by the test"))
+        served.wait_for(
+            lambda: any(m.client_id != first.client_id for m in keeper()), "the second join"
+        )
+        (second,) = served.on_loop(keeper)
+        assert second.partition_id == first.partition_id == 0
+        assert second.display_name == first.display_name
+    finally:
+        runtime.stop("test over")
+        thread.join(timeout=20)
+        served.close()
+    assert codes == [0]
+    text = caplog.text
+    if noticed_by == "heartbeat":
+        assert f"heartbeat: the server no longer knows session {first.client_id}" in text
+    else:
+        assert "heartbeat: the server no longer knows" not in text
+    assert "the server no longer knows this session (restarted?): joining again" in text
+    assert text.count("joined federation 'blobs'") == 2
+
+
+def test_an_in_process_client_fixes_its_partition_or_is_assigned_one() -> None:
+    policy = AdmissionPolicy.from_config(federation_config(max_clients=5))
+    pool = InMemoryClientPool(SPEC, "blobs", policy=policy)
+    seen: list[ClientContext] = []
+
+    def factory(ctx: ClientContext) -> NumPyClient:
+        seen.append(ctx)
+        return _logreg(ctx)
+
+    pool.add(factory, join_info(instance_id="x"))
+    pool.add(factory, join_info(instance_id="y", partition_id=7, num_partitions=8))
+    pool.add(factory, join_info(instance_id="z", role=Role.EVALUATOR))
+    assert [(c.partition_id, c.num_partitions) for c in seen] == [(0, 3), (7, 8), (0, 3)]
+    assert policy.partitions.to_json() == {"x": 0, "y": 7}
+    assert [c.role for c in pool.members()] == [Role.TRAINER, Role.TRAINER, Role.EVALUATOR]
+    assert dataclasses.replace(seen[0], client_id="") == ClientContext(
+        federation="blobs", client_id="", partition_id=0, num_partitions=3, model_spec=SPEC
+    )
