@@ -90,10 +90,16 @@ class TaskPoll:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LeaveNotice:
-    """A session ends, and why (for logs)."""
+    """A session ends, and why (for logs).
+
+    ``fatal`` marks a client that can never take part (its dataset cannot be
+    loaded, say): the federation then fails at once with ``reason`` instead
+    of waiting for a client that is not coming.
+    """
 
     client_id: str
     reason: str = ""
+    fatal: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -447,12 +447,12 @@ def poll_from_proto(msg: pb.PullTaskRequest) -> TaskPoll:
 
 def leave_to_proto(notice: LeaveNotice) -> pb.LeaveRequest:
     """Domain leave notice -> LeaveRequest."""
-    return pb.LeaveRequest(client_id=notice.client_id, reason=notice.reason)
+    return pb.LeaveRequest(client_id=notice.client_id, reason=notice.reason, fatal=notice.fatal)
 
 
 def leave_from_proto(msg: pb.LeaveRequest) -> LeaveNotice:
     """LeaveRequest -> domain leave notice."""
-    return LeaveNotice(client_id=msg.client_id, reason=msg.reason)
+    return LeaveNotice(client_id=msg.client_id, reason=msg.reason, fatal=msg.fatal)
 
 
 def leave_response() -> pb.LeaveResponse:

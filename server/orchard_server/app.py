@@ -2,8 +2,9 @@
 
 All federations run side by side in one event loop; the process exits when
 every federation has ended (0 if all finished, 1 if any failed) or on
-SIGTERM/SIGINT. Checkpoints are written after every round, so stopping at any
-moment loses at most the round in progress.
+SIGTERM/SIGINT (0, or 1 if a federation had failed by then). Checkpoints
+are written after every round, so stopping at any moment loses at most the
+round in progress.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class OrchardServer:
         self.config = config
         self.hosted: dict[str, Hosted] = {}
         for fed_config in config.federations:
+            if not fed_config.enabled:
+                log.info("federation %r is switched off", fed_config.name)
+                continue
             pool = GrpcClientPool(
                 AdmissionPolicy.from_config(fed_config), heartbeat_timeout=config.heartbeat_timeout
             )
@@ -81,6 +85,11 @@ class OrchardServer:
                 [(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())]
             )
             self.port = server.add_secure_port(self.config.address, credentials)
+            log.info(
+                "TLS is on: clients must verify certificate %s (key %s)",
+                self.config.tls_cert,
+                self.config.tls_key,
+            )
         await server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -116,6 +125,9 @@ class OrchardServer:
             log.info("stopping on signal; federations resume from their last checkpoint")
             for task in loops:
                 task.cancel()
+            # Collect the cancellations, so asyncio does not report them as lost errors.
+            with contextlib.suppress(asyncio.CancelledError):
+                await everything
         else:
             await self._linger(linger)
         stopper.cancel()
@@ -124,6 +136,8 @@ class OrchardServer:
         assert self.server is not None
         await self.server.stop(grace=2.0)
         states = [h.federation.state for h in self.hosted.values()]
+        if FederationState.FAILED in states:
+            return 1  # also when stopped: a failed federation must not read as success
         if stopper in done:
             return 0
         return 0 if all(s is FederationState.FINISHED for s in states) else 1

@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # Third-party chatter (matplotlib's font cache, PIL's plugins) is not the
+    # server's news: warnings only, whatever the server's own level.
+    for noisy in ("matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     overrides = list(args.set)
     if args.address:
         overrides.append(f"server.address={args.address!r}".replace("'", '"'))

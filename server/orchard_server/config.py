@@ -1,7 +1,8 @@
 """Server configuration: a TOML file, overridden by environment variables and flags.
 
 Precedence (lowest first): built-in defaults, the config file, ``ORCHARD_*``
-environment variables (for containers), then ``--set key=value`` flags. Every
+environment variables (for containers), then ``--set key=value`` flags;
+``ORCHARD_FEDERATIONS=a,b`` runs only the federations it names. Every
 key is checked: an unknown key or a wrong type is an error naming the key,
 because a typo silently ignored would run the wrong experiment.
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchard.data.client_data import DataError, default_dataset
 from orchard.models import get_model_spec
 from orchard.spec import ModelSpec, SpecError, TensorSpec
 from orchard.typing import Config
@@ -38,7 +40,13 @@ class FederationConfig:
     """One federation: a named training job with its model, strategy and timing."""
 
     name: str
+    #: False switches the federation off without deleting its table (the
+    #: ``ORCHARD_FEDERATIONS`` environment variable chooses by name instead).
+    enabled: bool = True
     model: str = ""
+    #: The dataset the clients train on, for plot titles and logs; empty means
+    #: the model's own (``cifar10`` for ``cifar10-cnn``, ``mnist`` for MNIST models).
+    dataset: str = ""
     #: Inline tensors for a model id that is not registered (for example the
     #: reference NumPy client's logistic regression).
     tensors: tuple[TensorSpec, ...] = ()
@@ -111,6 +119,16 @@ class FederationConfig:
             raise ConfigError(f"{where}: {exc}") from None
 
     @property
+    def dataset_label(self) -> str:
+        """The dataset named in titles: ``dataset``, else the registered model's own, else ''."""
+        if self.dataset:
+            return self.dataset
+        try:
+            return default_dataset(self.model)
+        except DataError:  # a model without a registered dataset (inline tensors)
+            return ""
+
+    @property
     def partitions(self) -> int:
         """Number of data partitions handed out to clients."""
         return self.num_partitions or self.min_available_clients
@@ -148,6 +166,11 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not self.federations:
             raise ConfigError("no federation configured: add a [federations.NAME] table")
+        if not any(f.enabled for f in self.federations):
+            raise ConfigError(
+                "every federation is switched off (enabled = false, or not named in "
+                f"ORCHARD_FEDERATIONS); configured: {', '.join(f.name for f in self.federations)}"
+            )
         if not self.insecure and (self.tls_cert is None or self.tls_key is None):
             raise ConfigError(
                 "TLS needs tls_cert and tls_key (ORCHARD_TLS_CERT, ORCHARD_TLS_KEY); "
@@ -192,6 +215,11 @@ _ENV_SERVER_KEYS = {
     "ORCHARD_TLS_KEY": "tls_key",
     "ORCHARD_HEARTBEAT_TIMEOUT": "heartbeat_timeout",
 }
+
+
+#: Comma-separated names of the federations to run; the others are switched
+#: off (it overrides each table's ``enabled``).
+FEDERATIONS_ENV_VAR = "ORCHARD_FEDERATIONS"
 
 
 def _parse_value(text: str) -> Any:
@@ -326,4 +354,14 @@ def load_config(
         FederationConfig(name=name, **_coerce(FederationConfig, f"federations.{name}", raw))
         for name, raw in federations.items()
     )
+    chosen = env.get(FEDERATIONS_ENV_VAR, "").strip()
+    if chosen:
+        names = {n.strip() for n in chosen.split(",") if n.strip()}
+        unknown = names - {f.name for f in feds}
+        if unknown:
+            raise ConfigError(
+                f"{FEDERATIONS_ENV_VAR}={chosen}: no federation named {', '.join(sorted(unknown))} "
+                f"(configured: {', '.join(f.name for f in feds)})"
+            )
+        feds = tuple(dataclasses.replace(f, enabled=f.name in names) for f in feds)
     return ServerConfig(**_coerce(ServerConfig, "server", server), federations=feds)

@@ -1,12 +1,13 @@
 """Reaching clients: a bounded wait for enough of them, and task fan-out.
 
 :func:`wait_for_clients` waits for a number of trainers, saying every 10 s
-why it waits, and gives up after a timeout. :func:`fan_out` sends a task to
-each chosen client through the :class:`.ClientPool`, collects results as
-they arrive and names every client that gave none, with the reason (dropped
-by the pool, missed the deadline, update rejected). Fit results can be folded
-into the strategy's aggregator the moment they arrive, after which their
-arrays are dropped, so memory stays O(model) for mean-type aggregates.
+why it waits, and gives up after a timeout (at once when told to stop).
+:func:`fan_out` sends a task to each chosen client through the
+:class:`.ClientPool`, collects results as they arrive and names every client
+that gave none, with the reason (dropped by the pool, missed the deadline,
+update rejected), each in one log line. Fit results can be folded into the
+strategy's aggregator the moment they arrive, after which their arrays are
+dropped, so memory stays O(model) for mean-type aggregates.
 """
 
 from __future__ import annotations
@@ -74,27 +75,30 @@ async def fan_out(
         if not done:
             for fut, cid in pending.items():
                 fut.cancel()
-                dropped[_name(infos, cid)] = f"missed the round deadline of {task.timeout:g} s"
+                _drop(
+                    dropped,
+                    task,
+                    _name(infos, cid),
+                    f"missed the round deadline of {task.timeout:g} s",
+                )
             break
         for fut in done:
             cid = pending.pop(fut)
             try:
                 result = fut.result()
             except ClientDroppedError as exc:
-                dropped[_name(infos, cid)] = exc.reason
-                log.warning(
-                    "round %d: %s dropped from %s: %s",
-                    task.round,
-                    _name(infos, cid),
-                    task.type.value,
-                    exc.reason,
-                )
+                _drop(dropped, task, _name(infos, cid), exc.reason)
                 continue
             if fold is not None:
                 try:
                     await asyncio.to_thread(fold, result.parameters, result.num_examples)
                 except AggregationError as exc:  # the aggregator is left unchanged
-                    dropped[_name(infos, cid)] = f"update rejected by the aggregator: {exc}"
+                    _drop(
+                        dropped,
+                        task,
+                        _name(infos, cid),
+                        f"update rejected by the aggregator: {exc}",
+                    )
                     continue
                 result = _without_parameters(result)
             info = infos.get(cid) or ClientInfo(
@@ -110,19 +114,26 @@ async def fan_out(
 
 
 async def wait_for_clients(
-    pool: ClientPool, count: int, *, timeout: float, why: str, name: str
+    pool: ClientPool,
+    count: int,
+    *,
+    timeout: float,
+    why: str,
+    name: str,
+    stop: asyncio.Event | None = None,
 ) -> int:
     """Wait up to ``timeout`` s for ``count`` trainers; returns how many are connected.
 
     Fewer than ``count`` means it gave up. Logs every 10 s how many of how
     many it has, why it waits (``why``) and when it will give up, naming the
-    federation (``name``).
+    federation (``name``). Setting ``stop`` (a client reported that it can
+    never take part) ends the wait at once: waiting on would only hide why.
     """
     deadline = time.monotonic() + timeout
     while True:
         have = len(pool.clients())
         remaining = deadline - time.monotonic()
-        if have >= count or remaining <= 0:
+        if have >= count or remaining <= 0 or (stop is not None and stop.is_set()):
             return have
         log.info(
             "federation %r: waiting for clients: %d of %d connected (%s); giving up in %.0f s",
@@ -132,8 +143,22 @@ async def wait_for_clients(
             why,
             remaining,
         )
-        if await pool.wait_for_clients(count, min(10.0, remaining)):
+        joined = asyncio.ensure_future(pool.wait_for_clients(count, min(10.0, remaining)))
+        waits: set[asyncio.Future[bool]] = {joined}
+        if stop is not None:
+            waits.add(asyncio.ensure_future(stop.wait()))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            if not waiting.done():
+                waiting.cancel()
+        if joined.done() and not joined.cancelled() and joined.result():
             return len(pool.clients())
+
+
+def _drop(dropped: dict[str, str], task: Task, name: str, reason: str) -> None:
+    """Count ``name`` as dropped from ``task`` for ``reason``, in one log line."""
+    dropped[name] = reason
+    log.warning("round %d: %s dropped from %s: %s", task.round, name, task.type.value, reason)
 
 
 def _without_parameters(result: Result) -> Result:

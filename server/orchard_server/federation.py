@@ -6,7 +6,9 @@ same code runs deployments and in-process simulations. Each round: wait
 strategy's aggregator as they arrive (memory O(model) for mean-type
 strategies), apply the server optimizer, evaluate, then write the history and
 a checkpoint atomically. Restarting with the same config resumes from the last
-completed round.
+completed round; a run that had finished is archived and a new one starts
+(:mod:`.runs`). A client that can never take part (a fatal leave) fails the
+federation at once (:meth:`Federation.fail`).
 
 The loop and its retries live here; the other jobs have their own units: the
 strategy (:mod:`.strategy`) selects clients, aggregates and steps, task
@@ -35,6 +37,7 @@ from orchard_server.history import History
 from orchard_server.initial import initial_parameters
 from orchard_server.pool import ClientPool
 from orchard_server.records import FitRecord, RoundRecord, format_metrics
+from orchard_server.runs import archive_finished_run
 from orchard_server.strategy import (
     State,
     Strategy,
@@ -79,8 +82,16 @@ class Federation:
         self.parameters: NDArrays = []
         self._rng = np.random.default_rng(config.seed)
         self._opt_state: State | None = None
+        #: Set by :meth:`fail`: a client reported that it can never take part.
+        self._fatal = asyncio.Event()
 
     # -- set-up -----------------------------------------------------------------
+
+    @property
+    def title(self) -> str:
+        """The federation with its model and dataset, e.g. ``cifar10: cifar10-cnn on cifar10``."""
+        dataset = self.config.dataset_label
+        return f"{self.config.name}: {self.spec.model_id}" + (f" on {dataset}" if dataset else "")
 
     @property
     def checkpoint_path(self) -> Path:
@@ -90,6 +101,16 @@ class Federation:
     def restore_or_init(self) -> None:
         """Resume from the checkpoint if there is one, else build initial parameters."""
         resumed = load_federation(self.checkpoint_path, self.spec, self.strategy.optimizer)
+        if resumed is not None and resumed.round >= self.config.num_rounds:
+            archived = archive_finished_run(self.directory, self.checkpoint_path)
+            log.info(
+                "federation %r: the previous run finished all %d rounds; its results are in "
+                "%s; starting a new run",
+                self.config.name,
+                resumed.round,
+                archived,
+            )
+            resumed = None
         if resumed is None:
             self.parameters, source = initial_parameters(
                 self.spec, self.config.init_file, self.config.seed
@@ -114,9 +135,6 @@ class Federation:
         self.history = resumed.history
         # The pool's admission hands out partitions; the checkpoint keeps them.
         self.pool.partitions.restore(resumed.meta.get("partitions", {}))
-        if self.rounds_completed >= self.config.num_rounds:
-            self.state = FederationState.FINISHED
-            self.reason = f"all {self.config.num_rounds} rounds were already done"
         log.info(
             "federation %r: resumed from %s after round %d of %d",
             self.config.name,
@@ -130,7 +148,7 @@ class Federation:
         # round N in the history. A kill in between only means the resumed run
         # redoes round N and rewrites its record.
         assert self._opt_state is not None, "saved before restore_or_init"
-        self.history.save(self.directory)
+        self.history.save(self.directory, title=self.title)
         meta = {
             "partitions": self.pool.partitions.to_json(),
             "model_id": self.spec.model_id,
@@ -146,13 +164,31 @@ class Federation:
             meta=meta,
         )
 
+    def fail(self, reason: str) -> None:
+        """End the federation at once: a client reported a problem no wait can fix.
+
+        Called when a client leaves with ``fatal`` set (its dataset cannot be
+        loaded, say): waiting ``wait_timeout`` for clients that will never
+        come would only hide the reason. The state changes here, so anyone
+        asking (a PullTask, the process exit code) sees it before the round
+        loop wakes up and stops.
+        """
+        if self.state in (FederationState.FINISHED, FederationState.FAILED):
+            return
+        self.state, self.reason = FederationState.FAILED, reason
+        self._fatal.set()
+
+    def _check_not_failed(self) -> None:
+        if self._fatal.is_set():
+            raise FederationFailedError(self.reason)
+
     # -- the loop ---------------------------------------------------------------
 
     async def run(self) -> FederationState:
         """Run the remaining rounds; returns the final state (never raises on client trouble)."""
         if not self.parameters:
             self.restore_or_init()
-        if self.state is FederationState.FINISHED:
+        if self.state in (FederationState.FINISHED, FederationState.FAILED):
             return self.state
         try:
             while self.rounds_completed < self.config.num_rounds:
@@ -190,12 +226,20 @@ class Federation:
             if attempts > self.config.round_retries + 1:
                 raise FederationFailedError(
                     f"round {rnd} got too few results {attempts - 1} times "
-                    f"(min_fit_clients={select.min_fit_clients}); dropped: {dropped or 'none'}"
+                    f"(min_fit_clients={select.min_fit_clients}); dropped: "
+                    f"{', '.join(dropped) or 'none'} (reasons logged above)"
                 )
+            self._check_not_failed()
             need, wait = select.min_available_clients, self.config.wait_timeout
             have = await wait_for_clients(
-                self.pool, need, timeout=wait, why="min_available_clients", name=self.config.name
+                self.pool,
+                need,
+                timeout=wait,
+                why="min_available_clients",
+                name=self.config.name,
+                stop=self._fatal,
             )
+            self._check_not_failed()
             if have < need:
                 raise FederationFailedError(
                     f"gave up after waiting {wait:.0f} s for clients: "
@@ -220,7 +264,7 @@ class Federation:
                     label,
                     len(fit.results),
                     select.min_fit_clients,
-                    fit.dropped or "none",
+                    ", ".join(fit.dropped) or "none",  # each one's reason was logged once
                     "retrying" if attempts <= self.config.round_retries else "giving up",
                 )
         assert fit is not None

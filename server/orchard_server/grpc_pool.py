@@ -16,7 +16,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
-from orchard.messages import JoinInfo, Result, Role, Task
+from orchard.messages import JoinInfo, LeaveNotice, Result, Role, Task
 from orchard.spec import SpecError
 from orchard_server.admission import AdmissionPolicy, Admitted
 from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool, validate_result
@@ -100,6 +100,18 @@ class GrpcClientPool(ClientPool):
             reason,
             len(self._sessions),
         )
+
+    def leave(self, notice: LeaveNotice) -> str:
+        """End a session its client closed; returns the client's display name.
+
+        A fatal leave's reason is not repeated here: the federation's failure
+        line (:meth:`.Federation.fail`) names it once.
+        """
+        session = self._sessions.get(notice.client_id)
+        name = session.info.display_name if session is not None else notice.client_id
+        reason = notice.reason or "no reason given"
+        self.drop(notice.client_id, "it cannot take part" if notice.fatal else f"left ({reason})")
+        return name
 
     async def next_task(self, client_id: str, wait: float) -> Task | None:
         """The next task of a session whose round is still waiting for it, or None."""

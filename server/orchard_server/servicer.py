@@ -176,7 +176,9 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         hosted = self._find(notice.client_id)
         if hosted is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {notice.client_id!r}")
-        hosted.pool.drop(notice.client_id, f"left ({notice.reason or 'no reason given'})")
+        name = hosted.pool.leave(notice)
+        if notice.fatal:
+            hosted.federation.fail(f"{name} cannot take part: {notice.reason or 'no reason given'}")
         return serde.leave_response()
 
 

@@ -132,6 +132,30 @@ class Stack:
             )
         return done.stdout
 
+    def up_attached(self, *args: str, timeout: float) -> tuple[int, str, float]:
+        """``docker compose up ARGS`` in the foreground, as a user runs it.
+
+        Returns its exit status, its output (compose's and the containers')
+        and the seconds it took.
+        """
+        command = ["docker", "compose", "-p", self.project]
+        for file in self.files:
+            command += ["-f", str(file)]
+        for profile in self.profiles:
+            command += ["--profile", profile]
+        started = time.monotonic()
+        done = subprocess.run(
+            [*command, "up", "--no-build", "--no-color", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.environ,
+            timeout=timeout,
+            check=False,
+            cwd=REPO,
+        )
+        return done.returncode, done.stdout, time.monotonic() - started
+
     def containers(self, service: str | None = None) -> list[dict[str, Any]]:
         """``compose ps -a`` as dicts (Name, Service, State, ExitCode, ID, ...)."""
         args = ["ps", "-a", "--format", "json"] + ([service] if service else [])

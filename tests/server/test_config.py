@@ -77,6 +77,32 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml", environ={})
 
 
+TWO = """
+[server]
+insecure = true
+[federations.a]
+model = "mnist-mlp"
+[federations.b]
+model = "mnist-mlp"
+dataset = "fashion-mnist"
+enabled = false
+"""
+
+
+def test_federations_are_switched_off_by_key_or_by_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, TWO)
+    config = load_config(path, environ={})
+    assert [(f.name, f.enabled) for f in config.federations] == [("a", True), ("b", False)]
+    assert config.federations[0].dataset_label == "mnist"
+    assert config.federations[1].dataset_label == "fashion-mnist"
+    chosen = load_config(path, environ={"ORCHARD_FEDERATIONS": "b"})
+    assert [(f.name, f.enabled) for f in chosen.federations] == [("a", False), ("b", True)]
+    with pytest.raises(ConfigError, match="no federation named c"):
+        load_config(path, environ={"ORCHARD_FEDERATIONS": "b,c"})
+    with pytest.raises(ConfigError, match="every federation is switched off"):
+        load_config(path, environ={}, overrides=["federations.a.enabled=false"])
+
+
 def test_a_strategy_is_composed_from_pieces_in_the_federation_table(tmp_path: Path) -> None:
     text = BASE.replace(
         "num_rounds = 4",

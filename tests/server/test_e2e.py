@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from orchard import serde
+from orchard.client.runtime import ClientSettings, report_fatal
 from orchard.examples.logreg import logreg_spec
 from orchard.launch import (
     ClientOptions,
@@ -422,3 +423,24 @@ def test_a_result_after_the_deadline_is_told_the_task_is_closed(cluster_factory:
     assert wait_exit(cluster.server, cluster) == 1
     assert cluster.server is not None
     assert "got too few results" in cluster.server.read_log()
+
+
+def test_a_fatal_leave_fails_the_federation_at_once_with_the_reason(cluster_factory: Any) -> None:
+    # Two federations, so the exit code covers "one failed while another waited".
+    cluster = cluster_factory({"blobs": federation(wait_timeout=120.0), "other": federation()})
+    cluster.start_server()
+    started = time.monotonic()
+    settings = ClientSettings(
+        server=f"127.0.0.1:{cluster.port}", federation="blobs", display_name="no-data-client"
+    )
+    status = report_fatal(
+        settings, "cannot load its mnist data: no files", model_spec=logreg_spec()
+    )
+    assert status == 2
+    other = ClientSettings(server=f"127.0.0.1:{cluster.port}", federation="other")
+    assert report_fatal(other, "cannot load its data either", model_spec=logreg_spec()) == 2
+    assert wait_exit(cluster.server, cluster, 30) == 1, cluster.logs()
+    assert time.monotonic() - started < 20
+    log = cluster.server.tail()
+    assert "federation 'blobs' failed: no-data-client cannot take part: " in log
+    assert "cannot load its mnist data: no files" in log

@@ -228,6 +228,8 @@ def test_the_checkpoint_keeps_the_partitions_admission_handed_out(tmp_path: Path
     for name in ("x", "y"):
         pool.add(logreg, JoinInfo(api_version=API_VERSION, federation="blobs", instance_id=name))
     assert run(Federation(config, pool, tmp_path)) is FederationState.FINISHED
+    # Resumed with rounds left (a finished run would be archived and start anew).
+    config = dataclasses.replace(config, num_rounds=2)
     resumed = policy_pool()
     Federation(config, resumed, tmp_path).restore_or_init()
     assert resumed.partitions.to_json() == {"x": 0, "y": 1}
@@ -307,6 +309,53 @@ def test_a_late_joiner_takes_part_from_the_next_round(tmp_path: Path) -> None:
     first, second = (r.fit.participants for r in federation.history.rounds)
     assert sorted(p.client for p in first) == ["sim-0", "sim-1"]
     assert sorted(p.client for p in second) == ["late", "sim-0", "sim-1"]
+
+
+def test_a_finished_run_is_archived_and_the_next_start_trains_anew(tmp_path: Path) -> None:
+    first, _ = make(tmp_path, num_rounds=2)
+    assert run(first) is FederationState.FINISHED
+    finished = json.loads((tmp_path / "blobs" / "history.json").read_text())
+    again, _ = make(tmp_path, num_rounds=2)
+    again.restore_or_init()
+    assert again.rounds_completed == 0 and again.state is FederationState.WAITING
+    archived = list((tmp_path / "blobs" / "runs").iterdir())
+    assert len(archived) == 1
+    assert {p.name for p in archived[0].iterdir()} == {
+        "checkpoint.npz",
+        "history.json",
+        "history.png",
+    }
+    assert json.loads((archived[0] / "history.json").read_text()) == finished
+    assert run(again) is FederationState.FINISHED
+    assert [r.round for r in again.history.rounds] == [1, 2]
+    # A third start archives the second run beside the first.
+    third, _ = make(tmp_path, num_rounds=2)
+    third.restore_or_init()
+    assert len(list((tmp_path / "blobs" / "runs").iterdir())) == 2
+
+
+def test_fail_ends_a_waiting_federation_at_once_with_the_reason(tmp_path: Path) -> None:
+    federation, _ = make(tmp_path, n=1, wait_timeout=60.0)
+
+    async def scenario() -> FederationState:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, federation.fail, "client-x cannot take part: no data")
+        return await asyncio.wait_for(federation.run(), timeout=10)
+
+    assert asyncio.run(scenario()) is FederationState.FAILED
+    assert federation.reason == "client-x cannot take part: no data"
+
+
+def test_plot_title_names_the_model_and_the_dataset(tmp_path: Path) -> None:
+    federation, _ = make(tmp_path, n=0)
+    assert federation.title == "blobs: logreg"  # inline tensors: no dataset is known
+    config = FederationConfig(name="fashion", model="mnist-mlp", dataset="fashion-mnist")
+    fashion = Federation(config, InMemoryClientPool(config.model_spec()), tmp_path)
+    assert fashion.title == "fashion: mnist-mlp on fashion-mnist"
+    mnist = FederationConfig(name="digits", model="mnist-mlp")
+    assert Federation(mnist, InMemoryClientPool(mnist.model_spec()), tmp_path).title == (
+        "digits: mnist-mlp on mnist"
+    )
 
 
 class Shift(NumPyClient):

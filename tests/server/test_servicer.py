@@ -322,6 +322,18 @@ def test_leave_ends_the_session_and_an_unknown_one_gets_not_found(served: Server
     assert err.code() is grpc.StatusCode.NOT_FOUND
 
 
+def test_a_fatal_leave_fails_the_federation_with_the_clients_reason(served: ServerThread) -> None:
+    session = serde.session_from_proto(
+        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    )
+    notice = LeaveNotice(client_id=session.client_id, reason="no data", fatal=True)
+    served.stub.Leave(serde.leave_to_proto(notice), timeout=10)
+    federation = served.server.hosted["blobs"].federation
+    assert served.on_loop(served.pool.members) == []
+    assert federation.state is FederationState.FAILED
+    assert federation.reason == "a cannot take part: no data"
+
+
 # --- PushResult -------------------------------------------------------------------
 
 

@@ -7,7 +7,9 @@ A framework's ``cli`` module describes itself in a :class:`FrameworkCommands`
 :func:`framework_main`; the commands (``client``, ``baseline``), option names,
 environment variables, defaults and error handling are then the same in every
 client by construction. :func:`run_command` is the one place that turns a
-problem the user can fix into one clear line and exit status 2.
+problem the user can fix into one clear line and exit status 2. A client whose
+dataset cannot be read says so to the server too (a fatal leave), so the
+federation fails at once instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import socket
 from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,7 @@ from typing import Any, Final, TypeVar
 from orchard.client.adapter import DEVICE_CHOICES, AdapterClient, DeviceError, FrameworkAdapter
 from orchard.client.baseline import BaselineSettings, run_baseline
 from orchard.client.numpy_client import ClientContext
-from orchard.client.runtime import ClientSettings, TlsSettings, run_client
+from orchard.client.runtime import ClientSettings, TlsSettings, report_fatal, run_client
 from orchard.client.training import OPTIMIZERS, ConfigError, TrainConfig, TrainingError
 from orchard.data.client_data import (
     DataError,
@@ -36,12 +40,14 @@ from orchard.data.client_data import default_dataset as default_dataset_of
 from orchard.data.download import DownloadError
 from orchard.data.errors import DatasetError
 from orchard.data.partition import SCHEMES, PartitionError, PartitionSpec
+from orchard.data.synth import is_synthetic
 from orchard.env import env_default, env_flag, env_float, env_int
 from orchard.messages import Role
 from orchard.models import get_model_spec
 from orchard.spec import SpecError
 
 __all__ = [
+    "DATA_LOAD_ERRORS",
     "USER_ERRORS",
     "FrameworkCommands",
     "add_baseline_arguments",
@@ -51,11 +57,13 @@ __all__ = [
     "build_framework_parser",
     "configure_logging",
     "data_settings_from_args",
+    "default_display_name",
     "env_default",
     "env_flag",
     "env_float",
     "env_int",
     "framework_main",
+    "label_synthetic",
     "make_client_factory",
     "partition_from_args",
     "run_command",
@@ -102,7 +110,8 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--name",
         default=env_default("CLIENT_NAME", ""),
-        help="display name in the server's logs (ORCHARD_CLIENT_NAME; default host name)",
+        help="display name in the server's logs (ORCHARD_CLIENT_NAME; default: SERVICE-N in a "
+        "compose stack that sets ORCHARD_SERVICE and ORCHARD_COMPOSE_PROJECT, else the host name)",
     )
     g.add_argument(
         "--connect-timeout",
@@ -186,6 +195,49 @@ def configure_logging(level: str) -> None:
     )
 
 
+#: Set by the compose files: the client's service (``client_pytorch``) and the
+#: compose project (``${COMPOSE_PROJECT_NAME}``).
+SERVICE_ENV_VAR = "ORCHARD_SERVICE"
+PROJECT_ENV_VAR = "ORCHARD_COMPOSE_PROJECT"
+
+#: Replica numbers tried after the last one that exists, before giving up.
+_REPLICA_GAP = 4
+
+
+def default_display_name() -> str:
+    """``<service>-<replica>`` (``client_pytorch-2``) in a compose stack, else the host name.
+
+    A container's host name is its id, which says nothing in the server's
+    log. Compose names replicas ``<project>-<service>-<n>`` and Docker's DNS
+    resolves those names on the stack's network, so a client whose compose
+    file sets ``ORCHARD_SERVICE`` and ``ORCHARD_COMPOSE_PROJECT`` finds its
+    own number by resolving them until one has its address (a reverse lookup
+    would answer from ``/etc/hosts``, with the id). Anything unexpected falls
+    back to the host name.
+    """
+    host = socket.gethostname()
+    service = os.environ.get(SERVICE_ENV_VAR, "").strip()
+    project = os.environ.get(PROJECT_ENV_VAR, "").strip()
+    if not service or not project:
+        return host
+    try:
+        mine = socket.gethostbyname(host)
+    except OSError:
+        return host
+    number, misses = 0, 0
+    while misses < _REPLICA_GAP:
+        number += 1
+        try:
+            address = socket.gethostbyname(f"{project}-{service}-{number}")
+        except OSError:
+            misses += 1
+            continue
+        if address == mine:
+            return f"{service}-{number}"
+        misses = 0
+    return host
+
+
 def settings_from_args(args: argparse.Namespace, *, framework: str) -> ClientSettings:
     """Runtime settings from parsed options; refuses contradictions up front."""
     if args.partition_id is not None and args.num_partitions is None:
@@ -200,7 +252,7 @@ def settings_from_args(args: argparse.Namespace, *, framework: str) -> ClientSet
         server=args.server,
         federation=args.federation,
         framework=framework,
-        display_name=args.name,
+        display_name=args.name or default_display_name(),
         role=Role(args.role),
         auth_token=args.auth_token,
         tls=TlsSettings(ca_cert=args.ca_cert, insecure=args.insecure, server_name=args.server_name),
@@ -208,6 +260,18 @@ def settings_from_args(args: argparse.Namespace, *, framework: str) -> ClientSet
         num_partitions=args.num_partitions,
         connect_timeout=args.connect_timeout,
     )
+
+
+def label_synthetic(settings: ClientSettings, data: DataSettings) -> ClientSettings:
+    """``settings`` with ``(SYNTHETIC data)`` after the display name when the data are synthetic.
+
+    Results trained or scored on ``orchard-data synth`` files must not pass
+    for real ones: the name carries the label into the server's log and into
+    every line of the history that names this client.
+    """
+    if not is_synthetic(data.data_dir, data.dataset):
+        return settings
+    return dataclasses.replace(settings, display_name=f"{settings.display_name} (SYNTHETIC data)")
 
 
 def add_dataset_arguments(
@@ -483,21 +547,42 @@ def make_client_factory(
     return factory
 
 
+#: Errors of reading this client's dataset before joining: the federation is
+#: told of them at once (:func:`~orchard.client.runtime.report_fatal`).
+DATA_LOAD_ERRORS: Final[tuple[type[Exception], ...]] = (
+    DataError,
+    DatasetError,
+    DownloadError,
+    OSError,
+)
+
+
 def _run_client(commands: FrameworkCommands, args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, framework=commands.framework)
+    data_settings = data_settings_from_args(args, DataSettings)  # wrong pairs fail here
+    settings = label_synthetic(
+        settings_from_args(args, framework=commands.framework), data_settings
+    )
     adapter = commands.adapter(args.device)  # no GPU fails here, before connecting
-    factory = make_client_factory(args, adapter, role=settings.role)
-    logging.getLogger(f"orchard_{commands.framework}").info(
+    logger = logging.getLogger(f"orchard_{commands.framework}")
+    model_spec = get_model_spec(args.model)
+    try:
+        factory = make_client_factory(args, adapter, role=settings.role)
+    except DATA_LOAD_ERRORS as exc:
+        logger.error("%s", exc)
+        # The federation learns why at once, instead of waiting for us in vain.
+        reason = f"cannot load its {data_settings.dataset} data: {exc}"
+        return report_fatal(settings, reason, model_spec=model_spec)
+    logger.info(
         "%s %s client for federation %r at %s: model %s on %s (%s)",
         commands.title,
         settings.role.value,
         settings.federation,
         settings.server,
         args.model,
-        args.dataset or default_dataset_of(args.model),
+        data_settings.dataset,
         adapter.device,
     )
-    return run_client(factory, settings, model_spec=get_model_spec(args.model))
+    return run_client(factory, settings, model_spec=model_spec)
 
 
 def _run_baseline(commands: FrameworkCommands, args: argparse.Namespace) -> int:

@@ -57,6 +57,10 @@ log = logging.getLogger("orchard.client")
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
+#: Longest :meth:`ClientRuntime.report_fatal` tries to reach the server, in seconds.
+REPORT_TIMEOUT = 10.0
+
+
 class ClientError(RuntimeError):
     """The client cannot go on; the message says why (and the exit code how bad)."""
 
@@ -220,7 +224,7 @@ class ClientRuntime:
             session = self._require_session()
             message = f"client set-up failed: {type(exc).__name__}: {exc}"
             self._push(Result(client_id=session.client_id, task_id=task.task_id, error=message))
-            self._leave("client set-up failed")
+            self._leave(message, fatal=True)
             raise ClientError(message) from exc
         started = time.monotonic()
         kind = task.type.value
@@ -411,17 +415,54 @@ class ClientRuntime:
             else:
                 raise ClientError(f"PushResult failed: {code.name}: {exc.details()}") from None
 
-    def _leave(self, reason: str) -> None:
+    def report_fatal(self, reason: str) -> int:
+        """Tell the server this client can never take part, and why; returns exit status 2.
+
+        For a failure before the client could serve (its dataset cannot be
+        loaded, say): it joins only to leave at once with ``fatal`` set, so
+        the server fails the federation with ``reason`` instead of waiting
+        ``wait_timeout`` for a client that is not coming. When the server
+        cannot be reached either, the reason stays in this client's log only.
+        """
+        previous = self._install_signal_handlers()
+        # Bounded: the server is usually up already (compose starts clients
+        # once it is healthy), and a missing server must not hide the error.
+        self.settings = replace(
+            self.settings, connect_timeout=min(self.settings.connect_timeout, REPORT_TIMEOUT)
+        )
+        try:
+            self._join_with_retries()
+            self._leave(reason, fatal=True)
+        except ClientError as exc:
+            log.error("could not report this to the server: %s", exc)
+        except _Terminated:
+            log.info("stopping on %s", self._stop_reason)
+        finally:
+            self._stop_heartbeat()
+            if self._channel is not None:
+                self._channel.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 2
+
+    def _leave(self, reason: str, *, fatal: bool = False) -> None:
         session, stub = self._session, self._stub
         self._stop_heartbeat()
         if session is None or stub is None:
             return
         try:
             stub.Leave(
-                serde.leave_to_proto(LeaveNotice(client_id=session.client_id, reason=reason)),
+                serde.leave_to_proto(
+                    LeaveNotice(client_id=session.client_id, reason=reason, fatal=fatal)
+                ),
                 timeout=5.0,
             )
-            log.info("left federation %r (%s)", self.settings.federation, reason)
+            if fatal:
+                log.info(
+                    "told federation %r that this client cannot take part", self.settings.federation
+                )
+            else:
+                log.info("left federation %r (%s)", self.settings.federation, reason)
         except grpc.RpcError as exc:
             log.info("could not say goodbye to the server (%s); leaving anyway", exc.code().name)
         self._session = None
@@ -509,6 +550,17 @@ class ClientRuntime:
 def _format_metrics(result: Result) -> str:
     parts = [f", {k} {v:.4f}" for k, v in result.metrics.items() if isinstance(v, float)]
     return "".join(parts)
+
+
+def report_fatal(
+    settings: ClientSettings, reason: str, *, model_spec: ModelSpec | None = None
+) -> int:
+    """Tell the federation this client cannot take part (see :meth:`ClientRuntime.report_fatal`)."""
+
+    def no_client(ctx: ClientContext) -> NumPyClient:
+        raise ClientError("this client only reports a failure")
+
+    return ClientRuntime(no_client, settings, model_spec=model_spec).report_fatal(reason)
 
 
 def run_client(

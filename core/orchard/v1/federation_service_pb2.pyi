@@ -662,19 +662,28 @@ class LeaveRequest(_message.Message):
 
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    FATAL_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Session identifier from JoinResponse."""
     reason: _builtins.str
     """Why the client leaves, for logs (for example "SIGTERM")."""
+    fatal: _builtins.bool
+    """True when the client cannot take part at all (for example its dataset
+    cannot be loaded) and leaves for good: the server then fails the
+    federation at once with `reason` instead of waiting for clients that will
+    never come. False (the default, and what older clients send) is an
+    ordinary leave.
+    """
     def __init__(
         self,
         *,
         client_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        fatal: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "fatal", b"fatal", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -145,6 +145,8 @@ class FederationServiceServicer:
 
     def Leave(self, request, context):
         """Ends a session cleanly; the client is dropped from any open task at once.
+        A fatal leave (`LeaveRequest.fatal`) also fails the federation with the
+        client's reason.
 
         Errors:
         NOT_FOUND: the session is unknown (nothing to do).

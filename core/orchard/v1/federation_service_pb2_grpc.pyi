@@ -90,6 +90,8 @@ class FederationServiceStub:
     """
     Leave: _grpc.UnaryUnaryMultiCallable[_federation_service_pb2.LeaveRequest, _federation_service_pb2.LeaveResponse]
     """Ends a session cleanly; the client is dropped from any open task at once.
+    A fatal leave (`LeaveRequest.fatal`) also fails the federation with the
+    client's reason.
 
     Errors:
       NOT_FOUND: the session is unknown (nothing to do).
@@ -157,6 +159,8 @@ class FederationServiceAsyncStub(FederationServiceStub):
     """
     Leave: _aio.UnaryUnaryMultiCallable[_federation_service_pb2.LeaveRequest, _federation_service_pb2.LeaveResponse]  # type: ignore[assignment]
     """Ends a session cleanly; the client is dropped from any open task at once.
+    A fatal leave (`LeaveRequest.fatal`) also fails the federation with the
+    client's reason.
 
     Errors:
       NOT_FOUND: the session is unknown (nothing to do).
@@ -251,6 +255,8 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_federation_service_pb2.LeaveResponse, _abc.Awaitable[_federation_service_pb2.LeaveResponse]]:
         """Ends a session cleanly; the client is dropped from any open task at once.
+        A fatal leave (`LeaveRequest.fatal`) also fails the federation with the
+        client's reason.
 
         Errors:
           NOT_FOUND: the session is unknown (nothing to do).
