@@ -25,6 +25,7 @@ from orchard_server.admission import AdmissionPolicy
 from orchard_server.config import ServerConfig
 from orchard_server.federation import Federation
 from orchard_server.grpc_pool import GrpcClientPool
+from orchard_server.results import ResultPolicy
 from orchard_server.servicer import FederationServicer, Hosted
 
 log = logging.getLogger("orchard.server")
@@ -40,7 +41,9 @@ class OrchardServer:
         self.hosted: dict[str, Hosted] = {}
         for fed_config in config.federations:
             pool = GrpcClientPool(
-                AdmissionPolicy.from_config(fed_config), heartbeat_timeout=config.heartbeat_timeout
+                AdmissionPolicy.from_config(fed_config),
+                heartbeat_timeout=config.heartbeat_timeout,
+                results=ResultPolicy.from_config(fed_config),
             )
             federation = Federation(fed_config, pool, config.state_dir)
             federation.restore_or_init()

@@ -20,6 +20,7 @@ from orchard.models import get_model_spec
 from orchard.spec import ModelSpec, SpecError, TensorSpec
 from orchard.typing import Config
 from orchard_server.admission import DEFAULT_MAX_CLIENTS
+from orchard_server.results import DEFAULT_MAX_EXAMPLES, ResultPolicy
 from orchard_server.strategy import (
     SelectionError,
     Strategy,
@@ -74,6 +75,12 @@ class FederationConfig:
     #: Most sessions the federation holds at once; a join beyond it is refused
     #: with RESOURCE_EXHAUSTED (a re-join of a connected instance takes no room).
     max_clients: int = DEFAULT_MAX_CLIENTS
+    #: Largest example count one result may report (see example_weighting).
+    max_examples_per_client: int = DEFAULT_MAX_EXAMPLES
+    #: How example counts weigh in averages: "examples" (FedAvg; a count above
+    #: max_examples_per_client is refused with INVALID_ARGUMENT), "capped"
+    #: (counts clipped to the cap) or "uniform" (every client weighs the same).
+    example_weighting: str = "examples"
     fit_config: Config = field(default_factory=dict)
     evaluate_config: Config = field(default_factory=dict)
 
@@ -103,6 +110,10 @@ class FederationConfig:
                 f"{where}: max_clients ({self.max_clients}) is below min_available_clients "
                 f"({self.min_available_clients}); no round could ever start"
             )
+        try:
+            ResultPolicy.from_config(self)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         if self.init_file is not None and not self.init_file.is_file():
             raise ConfigError(f"{where}: init_file {self.init_file} does not exist")
         try:

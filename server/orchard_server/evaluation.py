@@ -60,7 +60,9 @@ async def federated_evaluation(
         )
         return None
     phase = await send(TaskType.EVALUATE, selected, {**config, "round": rnd})
-    record = EvaluateRecord.of(phase.results, dropped=phase.dropped, duration=phase.duration)
+    record = EvaluateRecord.of(
+        phase.results, dropped=phase.dropped, duration=phase.duration, weight=pool.results.weight
+    )
     if record.participants:
         log.info(
             "round %s: federated evaluation on %d clients (%d examples): loss %s%s",

@@ -210,7 +210,12 @@ class Federation:
                 "seed": self.config.seed * 100_003 + rnd,
             }
             aggregator = self.strategy.new_aggregator()
-            fit = await self._send(TaskType.FIT, rnd, selected, config, aggregator.add)
+            weight = self.pool.results.weight
+
+            def fold(arrays: NDArrays, num_examples: int) -> None:
+                aggregator.add(arrays, weight(num_examples))
+
+            fit = await self._send(TaskType.FIT, rnd, selected, config, fold)
             dropped.update(fit.dropped)
             if len(fit.results) >= select.min_fit_clients:
                 aggregate = aggregator.result()
@@ -236,6 +241,7 @@ class Federation:
             selected=len(fit.results) + len(fit.dropped),  # in the last attempt
             attempts=attempts,
             duration=fit.duration,
+            weight=self.pool.results.weight,
         )
         log.info(
             "round %s: %d of %d clients answered in %.1f s%s",

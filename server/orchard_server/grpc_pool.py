@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from orchard.messages import JoinInfo, Result, Role, Task
 from orchard.spec import SpecError
 from orchard_server.admission import AdmissionPolicy, Admitted
-from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool, validate_result
+from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool
+from orchard_server.results import InvalidResultError, ResultPolicy
 
 log = logging.getLogger("orchard.server")
 
@@ -38,8 +39,14 @@ class _Session:
 class GrpcClientPool(ClientPool):
     """Sessions of one federation; the servicer feeds it, the round loop uses it."""
 
-    def __init__(self, policy: AdmissionPolicy, *, heartbeat_timeout: float) -> None:
-        super().__init__(policy)
+    def __init__(
+        self,
+        policy: AdmissionPolicy,
+        *,
+        heartbeat_timeout: float,
+        results: ResultPolicy | None = None,
+    ) -> None:
+        super().__init__(policy, results)
         self.heartbeat_timeout = heartbeat_timeout
         self._sessions: dict[str, _Session] = {}
         self.closed = asyncio.Event()
@@ -149,7 +156,11 @@ class GrpcClientPool(ClientPool):
         return entry[0]
 
     def deliver(self, client_id: str, result: Result) -> None:
-        """Hand a result to the waiting round; raises SpecError for a bad update."""
+        """Hand a result to the waiting round.
+
+        Raises SpecError for parameters that do not fit the spec and
+        InvalidResultError for any other refused value (the task fails).
+        """
         session = self._sessions.get(client_id)
         entry = session.open.get(result.task_id) if session else None
         if session is None or entry is None or entry[1].done():
@@ -161,8 +172,8 @@ class GrpcClientPool(ClientPool):
             )
             return
         try:
-            validate_result(self.spec, task, result)
-        except SpecError as exc:
+            self.results.check(self.spec, task, result)
+        except (SpecError, InvalidResultError) as exc:
             self.reject(client_id, result.task_id, str(exc))
             raise
         fut.set_result(result)

@@ -22,6 +22,7 @@ from orchard.v1 import federation_service_pb2_grpc as pb_grpc
 from orchard_server.admission import Admission, AdmissionError, Refusal, check_version
 from orchard_server.federation import Federation
 from orchard_server.grpc_pool import GrpcClientPool
+from orchard_server.results import InvalidResultError
 
 log = logging.getLogger("orchard.server")
 
@@ -161,7 +162,7 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
                     _check_header(hosted, specs)
                 await reader.read_chunks(request_iterator, lambda: pool.known(ref.client_id))
                 pool.deliver(ref.client_id, reader.finish())
-            except (serde.SerdeError, SpecError) as exc:
+            except (serde.SerdeError, SpecError, InvalidResultError) as exc:
                 pool.reject(ref.client_id, ref.task_id, str(exc))
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,

@@ -390,6 +390,28 @@ def test_push_result_codes(served: ServerThread) -> None:
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and "other" in str(err.details())
 
 
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        ({"metrics": {"blob": b"\x00"}}, "metric 'blob' is bytes"),
+        ({"loss": float("nan")}, "loss must be a finite number"),
+        ({"num_examples": 2**64 - 1}, "max_examples_per_client"),
+    ],
+)
+def test_a_bad_value_in_a_result_is_invalid_argument(
+    served: ServerThread, bad: dict[str, Any], needle: str
+) -> None:
+    session = serde.session_from_proto(
+        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    )
+    task, delivered = open_task(served, session.client_id)
+    pull(served, session.client_id)
+    err = rpc_error(lambda: _push(served, _result(task, session.client_id, **bad)))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and needle in str(err.details())
+    with pytest.raises(Exception, match="update rejected"):
+        delivered.result(timeout=10)
+
+
 def test_a_result_above_the_upload_limit_is_refused_before_its_bytes(tmp_path: Path) -> None:
     served = ServerThread(tmp_path, max_upload_bytes=8)
     try:
