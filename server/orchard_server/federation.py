@@ -17,9 +17,10 @@ fan-out is :mod:`.fanout`, evaluation :mod:`.evaluation`, the round records
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -210,11 +211,7 @@ class Federation:
                 "seed": self.config.seed * 100_003 + rnd,
             }
             aggregator = self.strategy.new_aggregator()
-            weight = self.pool.results.weight
-
-            def fold(arrays: NDArrays, num_examples: int) -> None:
-                aggregator.add(arrays, weight(num_examples))
-
+            fold = functools.partial(_weighted_add, aggregator.add, self.pool.results.weight)
             fit = await self._send(TaskType.FIT, rnd, selected, config, fold)
             dropped.update(fit.dropped)
             if len(fit.results) >= select.min_fit_clients:
@@ -302,3 +299,10 @@ class Federation:
         )
         prefix = f"{self.config.name}-r{rnd}-{kind.value}"
         return await fan_out(self.pool, task, client_ids, task_prefix=prefix, fold=fold)
+
+
+def _weighted_add(
+    add: Callable[[NDArrays, int], None], weight: Callable[[int], int], arrays: NDArrays, n: int
+) -> None:
+    """Fold an update into the aggregate with the federation's weight of its example count."""
+    add(arrays, weight(n))

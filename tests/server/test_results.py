@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchard.client.numpy_client import ClientContext, NumPyClient
+from orchard.client.numpy_client import NumPyClient
 from orchard.examples.logreg import LogRegClient, logreg_spec
 from orchard.messages import FederationState, Result, Role, Task, TaskType
 from orchard.spec import SpecError
@@ -123,7 +123,7 @@ def test_the_config_carries_the_policy() -> None:
 class Liar(LogRegClient):
     """Trains honestly but reports what ``lie`` says."""
 
-    lie: dict[str, Any] = {}
+    lie: dict[str, Any]
 
     def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
         params, n, metrics = super().fit(parameters, config)
@@ -141,6 +141,7 @@ class Liar(LogRegClient):
 
 def liar(lie: dict[str, Any], partition: int) -> NumPyClient:
     client = Liar.for_partition(partition)
+    assert isinstance(client, Liar)
     client.lie = lie
     return client
 
