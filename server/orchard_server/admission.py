@@ -5,14 +5,21 @@ The gRPC servicer and the in-process pool both hand a :class:`JoinInfo` to
 the same reason and words, exactly as a deployed one. The checks run in a
 fixed order, each naming what is wrong:
 
-1. the API version (a different major version is refused first, whatever
-   else the request holds, so an old or new client learns the real problem);
+1. the API version: malformed (not ``MAJOR.MINOR``) is invalid; a different
+   major version, or a minor version below :data:`MIN_API_VERSION` (clients
+   that cannot carry a session secret), is refused first, whatever else the
+   request holds, so an old or new client learns the real problem;
 2. the join's own fields (instance id, a fixed partition with its count);
-3. the federation exists (the refusal lists the hosted ones);
-4. credentials (the federation's token, compared in constant time);
+3. the federation exists (the refusal lists the hosted ones that need no
+   token: a stranger learns nothing of the protected ones);
+4. credentials (the federation's token, compared in constant time; with
+   mutual TLS, the client certificate's identity);
 5. the model spec (the first differing tensor is named);
-6. room: at most ``max_clients`` sessions per federation;
-7. role and partition: a trainer keeps the partition its instance had, or is
+6. ownership: an ``instance_id`` held by a connected session is taken over
+   only by a join carrying that session's secret (a restarted client keeps
+   its secret; a stranger cannot evict a client by reusing its id);
+7. room: at most ``max_clients`` sessions per federation;
+8. role and partition: a trainer keeps the partition its instance had, or is
    assigned the least used one; a fixed partition is recorded.
 
 A refusal is an :class:`AdmissionError` carrying a :class:`Refusal` kind;
@@ -23,11 +30,13 @@ from __future__ import annotations
 
 import enum
 import hmac
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from orchard.messages import API_VERSION, JoinInfo, Role
+from orchard import serde
+from orchard.messages import API_VERSION, MIN_API_VERSION, JoinInfo, Role
 from orchard.spec import ModelSpec
 from orchard_server.partitions import PartitionRegistry
 
@@ -35,8 +44,10 @@ if TYPE_CHECKING:
     from orchard_server.config import FederationConfig
     from orchard_server.pool import ClientInfo
 
-#: The API major version this server serves.
-SUPPORTED_MAJOR = API_VERSION.split(".")[0]
+#: The API major version this server serves, and its oldest admitted minor.
+SUPPORTED_MAJOR = int(API_VERSION.split(".")[0])
+MIN_MINOR = int(MIN_API_VERSION.split(".")[1])
+_VERSION = re.compile(r"(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})")
 
 #: Default room of a federation: far above any real deployment, low enough that
 #: a runaway script opening sessions in a loop is stopped.
@@ -51,6 +62,7 @@ class Refusal(enum.Enum):
     UNKNOWN_FEDERATION = "unknown federation"
     UNAUTHENTICATED = "unauthenticated"
     SPEC_MISMATCH = "model spec mismatch"
+    INSTANCE_TAKEN = "instance held by another session"
     FULL = "federation full"
 
 
@@ -119,6 +131,11 @@ class Roster(Protocol):
         """Every connected client, of every role."""
         ...
 
+    def may_take_over(self, instance_id: str, secret: str) -> bool:
+        """Whether a join carrying ``secret`` may use ``instance_id``: True when
+        no connected session holds it, or ``secret`` is that session's."""
+        ...
+
 
 class Admission:
     """Decides every join for the federations a process hosts."""
@@ -142,10 +159,12 @@ class Admission:
         _check_fields(info)
         roster = self._rosters.get(info.federation)
         if roster is None:
+            # Federations behind a token are not named to someone who did not name them.
+            open_ones = [n for n in self.federations if not self._rosters[n].policy.auth_token]
             raise AdmissionError(
                 Refusal.UNKNOWN_FEDERATION,
-                f"no federation named {info.federation!r} (this server hosts: "
-                f"{', '.join(self.federations)})",
+                f"no federation named {info.federation!r} (open federations on this server: "
+                f"{', '.join(open_ones) or 'none'})",
             )
         policy = roster.policy
         if policy.auth_token and not hmac.compare_digest(
@@ -163,6 +182,13 @@ class Admission:
                     f"model spec mismatch with federation {policy.federation!r} "
                     f"(model {policy.spec.model_id!r}): {difference}",
                 )
+        if not roster.may_take_over(info.instance_id, info.session_secret):
+            raise AdmissionError(
+                Refusal.INSTANCE_TAKEN,
+                f"instance_id {info.instance_id!r} belongs to a connected session of federation "
+                f"{policy.federation!r}; only a join carrying that session's secret "
+                f"(metadata {serde.SESSION_SECRET_METADATA!r}) takes it over",
+            )
         members = roster.members()
         # A re-join replaces the instance's old session, so it takes no new room.
         others = [m for m in members if m.instance_id != info.instance_id]
@@ -183,12 +209,31 @@ class Admission:
 
 
 def check_version(api_version: str) -> None:
-    """Raise :class:`AdmissionError` unless ``api_version`` has the served major version."""
-    if api_version.split(".", maxsplit=1)[0] != SUPPORTED_MAJOR:
+    """Raise :class:`AdmissionError` unless ``api_version`` is a served "MAJOR.MINOR".
+
+    Malformed versions ("", "1", "1.x", "1.0.7") are INVALID; another major
+    version, or a minor below :data:`MIN_API_VERSION`, is UNSUPPORTED_VERSION.
+    """
+    match = _VERSION.fullmatch(api_version)
+    if match is None:
+        raise AdmissionError(
+            Refusal.INVALID,
+            f'join: api_version {api_version[:40] or "(none)"!r} is not "MAJOR.MINOR" '
+            f"(this server speaks {API_VERSION})",
+        )
+    major, minor = int(match[1]), int(match[2])
+    if major != SUPPORTED_MAJOR:
         raise AdmissionError(
             Refusal.UNSUPPORTED_VERSION,
-            f"API version {api_version or '(none)'!r} is not supported; this server "
+            f"API version {api_version!r} is not supported; this server "
             f"speaks {API_VERSION} (orchard.v1); upgrade or downgrade the client",
+        )
+    if minor < MIN_MINOR:
+        raise AdmissionError(
+            Refusal.UNSUPPORTED_VERSION,
+            f"API version {api_version!r} is too old: this server speaks {API_VERSION} and "
+            f"admits {MIN_API_VERSION} or later (sessions carry a secret since "
+            f"{MIN_API_VERSION}); upgrade the client",
         )
 
 

@@ -1,6 +1,8 @@
 """The client pool of a federation whose clients come over gRPC.
 
-Sessions live here: who joined, when they were last heard from, the tasks
+Sessions live here: who joined, the hash of each session's secret (the
+secret itself is handed to the client once and never kept, logged or
+stored), when they were last heard from, the tasks
 waiting for them (a mailbox drained by their long polls) and the tasks they
 are working on (futures the round loop awaits). A reaper drops sessions whose
 heartbeats stop, failing their open tasks, so a dead client never stalls a
@@ -10,9 +12,11 @@ round for longer than the heartbeat timeout.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -25,9 +29,15 @@ from orchard_server.results import InvalidResultError, ResultPolicy
 log = logging.getLogger("orchard.server")
 
 
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
 @dataclass(slots=True)
 class _Session:
     info: ClientInfo
+    #: SHA-256 of the session secret (256 random bits: no salt or stretching needed).
+    secret_hash: bytes
     last_seen: float
     mailbox: asyncio.Queue[Task] = field(default_factory=asyncio.Queue)
     #: task_id -> (task, future the round loop awaits)
@@ -53,23 +63,29 @@ class GrpcClientPool(ClientPool):
 
     # -- used by the servicer -------------------------------------------------------
 
-    def join(self, info: JoinInfo, admitted: Admitted) -> ClientInfo:
+    def join(self, info: JoinInfo, admitted: Admitted) -> tuple[ClientInfo, str]:
         """Open a session for a join :class:`~orchard_server.admission.Admission` accepted.
 
-        A previous session of the same instance is replaced.
+        Returns the client and its session secret, which is handed to the
+        client and forgotten here (only its hash is kept). A previous session
+        of the same instance is replaced (admission checked the join owns it).
         """
         partition_id = admitted.partition_id
         for old in [s for s in self._sessions.values() if s.info.instance_id == info.instance_id]:
             self.drop(old.info.client_id, "joined again with a new session")
+        secret = secrets.token_urlsafe(32)
         client = ClientInfo(
-            client_id=f"c-{uuid.uuid4().hex[:10]}",
+            # Public: logs and history name the client by it; it proves nothing.
+            client_id=f"c-{secrets.token_hex(5)}",
             display_name=info.display_name or info.instance_id[:12],
             framework=info.framework,
             role=admitted.role,
             partition_id=partition_id,
             instance_id=info.instance_id,
         )
-        self._sessions[client.client_id] = _Session(info=client, last_seen=time.monotonic())
+        self._sessions[client.client_id] = _Session(
+            info=client, secret_hash=_digest(secret), last_seen=time.monotonic()
+        )
         self._membership_changed()
         log.info(
             "federation %r: %s joined as %s (%s, %s, partition %d); %d connected",
@@ -81,7 +97,25 @@ class GrpcClientPool(ClientPool):
             partition_id,
             len(self._sessions),
         )
-        return client
+        return client, secret
+
+    def may_take_over(self, instance_id: str, secret: str) -> bool:
+        """True when no session holds ``instance_id``, or ``secret`` is that session's."""
+        held = [s for s in self._sessions.values() if s.info.instance_id == instance_id]
+        return all(hmac.compare_digest(s.secret_hash, _digest(secret)) for s in held)
+
+    def authenticate(self, client_id: str, secret: str) -> bool | None:
+        """Whether ``secret`` proves session ``client_id`` (compared in constant time).
+
+        None when the session is unknown; a proven session is marked alive.
+        """
+        session = self._sessions.get(client_id)
+        if session is None:
+            return None
+        if not hmac.compare_digest(session.secret_hash, _digest(secret)):
+            return False
+        session.last_seen = time.monotonic()
+        return True
 
     def known(self, client_id: str) -> bool:
         """Whether ``client_id`` is a live session (and mark it alive)."""

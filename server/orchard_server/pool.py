@@ -207,6 +207,10 @@ class InMemoryClientPool(ClientPool):
         self._membership_changed()
         return info
 
+    def may_take_over(self, instance_id: str, secret: str) -> bool:
+        """In-process clients are the server's own code: any may replace an instance."""
+        return True
+
     def remove(self, client_id: str) -> None:
         """Disconnect a client."""
         self._clients.pop(client_id, None)

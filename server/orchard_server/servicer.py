@@ -1,12 +1,15 @@
 """The gRPC face of the server: decode, call the domain, encode. Nothing else.
 
 Each method maps domain errors to the status codes documented on the RPC in
-``protos/orchard/v1/federation_service.proto``.
+``protos/orchard/v1/federation_service.proto``. Every call after Join must
+carry its session's secret (metadata ``orchard-session-secret``): the
+``client_id`` in a request is public and proves nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ REFUSAL_STATUS: Mapping[Refusal, grpc.StatusCode] = {
     Refusal.UNKNOWN_FEDERATION: grpc.StatusCode.NOT_FOUND,
     Refusal.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     Refusal.SPEC_MISMATCH: grpc.StatusCode.FAILED_PRECONDITION,
+    Refusal.INSTANCE_TAKEN: grpc.StatusCode.ALREADY_EXISTS,
     Refusal.FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
@@ -67,19 +71,24 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         self._max_upload = max_upload_bytes
         self._uploads = asyncio.Semaphore(max_concurrent_uploads)
 
-    def _find(self, client_id: str) -> Hosted | None:
-        for hosted in self._hosted.values():
-            if hosted.pool.known(client_id):
-                return hosted
-        return None
-
     async def _session(self, client_id: str, context: Context) -> Hosted:
-        hosted = self._find(client_id)
-        if hosted is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"unknown session {client_id!r}; join again"
-            )
-        return hosted
+        """The federation of session ``client_id``, proven by the call's secret; else abort.
+
+        NOT_FOUND for an unknown session (the client joins again),
+        UNAUTHENTICATED when the secret is missing or wrong.
+        """
+        secret = serde.session_secret_from_metadata(context.invocation_metadata())
+        for hosted in self._hosted.values():
+            proven = hosted.pool.authenticate(client_id, secret)
+            if proven:
+                return hosted
+            if proven is not None:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"session {client_id!r}: the session secret (metadata "
+                    f"{serde.SESSION_SECRET_METADATA!r}) is missing or wrong",
+                )
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {client_id!r}; join again")
 
     async def Join(self, request: pb.JoinRequest, context: Context) -> pb.JoinResponse:
         try:
@@ -89,14 +98,19 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
                 # Another major version may not decode: its version is the real problem.
                 check_version(serde.join_api_version(request))
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            info = dataclasses.replace(
+                info,
+                session_secret=serde.session_secret_from_metadata(context.invocation_metadata()),
+            )
             admitted = self._admission.admit(info)
         except AdmissionError as refused:
             await context.abort(REFUSAL_STATUS[refused.kind], refused.message)
         hosted = self._hosted[admitted.federation]
-        client = hosted.pool.join(info, admitted)
+        client, secret = hosted.pool.join(info, admitted)
         return serde.session_to_proto(
             Session(
                 client_id=client.client_id,
+                secret=secret,
                 api_version=API_VERSION,
                 heartbeat_interval=self._heartbeat_interval,
                 model_spec=admitted.spec,
@@ -174,9 +188,7 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
 
     async def Leave(self, request: pb.LeaveRequest, context: Context) -> pb.LeaveResponse:
         notice = serde.leave_from_proto(request)
-        hosted = self._find(notice.client_id)
-        if hosted is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {notice.client_id!r}")
+        hosted = await self._session(notice.client_id, context)
         hosted.pool.drop(notice.client_id, f"left ({notice.reason or 'no reason given'})")
         return serde.leave_response()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -98,7 +99,11 @@ class ServerThread:
         self.server = OrchardServer(self.config)
         self.port = self.call(self.server.start())
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        self.stub = pb_grpc.FederationServiceStub(self.channel)
+        #: A stub that proves nothing: calls carry only what the test gives them.
+        self.raw = pb_grpc.FederationServiceStub(self.channel)
+        #: A well-behaved client's stub: each call carries its session's secret.
+        self.proofs = Proofs()
+        self.stub = pb_grpc.FederationServiceStub(grpc.intercept_channel(self.channel, self.proofs))
 
     @property
     def pool(self) -> GrpcClientPool:
@@ -134,6 +139,67 @@ class ServerThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()
+
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+class Proofs(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+):
+    """Remembers the secret of every session joined through it and sends it with
+    each later call of that session (and with a re-join of its instance), as the
+    client runtime does."""
+
+    def __init__(self) -> None:
+        self.by_client: dict[str, str] = {}
+        self.by_instance: dict[str, str] = {}
+
+    def _details(self, details: Any, secret: str) -> Any:
+        if details.metadata is not None or not secret:
+            return details
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            serde.session_metadata(secret),
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if isinstance(request, pb.JoinRequest):
+            secret = self.by_instance.get(request.instance_id, "")
+            outcome = continuation(self._details(details, secret), request)
+            if outcome.exception() is None:
+                response = outcome.result()
+                self.by_client[response.client_id] = response.session_secret
+                self.by_instance[request.instance_id] = response.session_secret
+            return outcome
+        secret = self.by_client.get(request.client_id, "")
+        return continuation(self._details(details, secret), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(
+            self._details(details, self.by_client.get(request.client_id, "")), request
+        )
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        first = next(requests)
+        secret = self.by_client.get(first.header.client_id, "")
+        return continuation(self._details(details, secret), itertools.chain([first], requests))
+
+
+@dataclasses.dataclass(frozen=True)
+class _CallDetails(grpc.ClientCallDetails):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
 
 
 async def _cancel_the_rest() -> None:
@@ -199,8 +265,15 @@ WRONG_SPEC = ModelSpec(SPEC.model_id, (SPEC.tensors[0], TensorSpec("linear.bias"
 
 REFUSED = {
     "version": (join_info(api_version="2.0"), grpc.StatusCode.FAILED_PRECONDITION, "2.0"),
-    "no version": (join_info(api_version=""), grpc.StatusCode.FAILED_PRECONDITION, "(none)"),
-    "federation": (join_info(federation="nope"), grpc.StatusCode.NOT_FOUND, "blobs"),
+    "no version": (join_info(api_version=""), grpc.StatusCode.INVALID_ARGUMENT, "(none)"),
+    "malformed version": (
+        join_info(api_version="1.0.7"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MAJOR",
+    ),
+    "old version": (join_info(api_version="1.1"), grpc.StatusCode.FAILED_PRECONDITION, "too old"),
+    # blobs needs a token, so a stranger is not told its name.
+    "federation": (join_info(federation="nope"), grpc.StatusCode.NOT_FOUND, "federations on"),
     "no token": (join_info(auth_token=""), grpc.StatusCode.UNAUTHENTICATED, "auth token"),
     "wrong token": (join_info(auth_token="guess"), grpc.StatusCode.UNAUTHENTICATED, "token"),
     "spec": (join_info(model_spec=WRONG_SPEC), grpc.StatusCode.FAILED_PRECONDITION, "linear.bias"),
@@ -246,6 +319,69 @@ def test_a_connected_instance_joining_again_takes_no_room(served: ServerThread) 
     )
     assert again.partition_id == 1
     assert len(served.on_loop(served.pool.members)) == 2
+
+
+def test_every_call_after_join_needs_the_session_secret(
+    served: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    response = served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    session = serde.session_from_proto(response)
+    cid, secret = session.client_id, session.secret
+    assert len(secret) >= 43 and secret not in cid  # 256 random bits, not the public id
+    wrong = ((serde.SESSION_SECRET_METADATA, "guess"),)
+    calls: dict[str, Callable[[Metadata], object]] = {
+        "heartbeat": lambda md: served.raw.Heartbeat(
+            serde.heartbeat_to_proto(cid), timeout=10, metadata=md
+        ),
+        "pull": lambda md: list(
+            served.raw.PullTask(
+                serde.poll_to_proto(TaskPoll(client_id=cid, wait_seconds=0, max_chunk_bytes=0)),
+                timeout=10,
+                metadata=md,
+            )
+        ),
+        "push": lambda md: served.raw.PushResult(
+            serde.result_to_stream(Result(client_id=cid, task_id="t", num_examples=1)),
+            timeout=10,
+            metadata=md,
+        ),
+        "leave": lambda md: served.raw.Leave(
+            serde.leave_to_proto(LeaveNotice(client_id=cid)), timeout=10, metadata=md
+        ),
+    }
+    for name, call in calls.items():
+        for metadata in ((), wrong):
+            err = rpc_error(lambda: call(metadata))  # noqa: B023
+            assert err.code() is grpc.StatusCode.UNAUTHENTICATED, (name, metadata)
+            assert "session secret" in str(err.details())
+    # Nobody evicted the client: its session is intact and answers its owner.
+    assert [m.client_id for m in served.on_loop(served.pool.members)] == [cid]
+    served.raw.Heartbeat(
+        serde.heartbeat_to_proto(cid), timeout=10, metadata=serde.session_metadata(secret)
+    )
+    # A join reusing the instance_id without the secret is refused; the client stays.
+    for metadata in ((), wrong):
+        err = rpc_error(
+            lambda: served.raw.Join(
+                serde.join_to_proto(join_info()),
+                timeout=10,
+                metadata=metadata,  # noqa: B023
+            )
+        )
+        assert err.code() is grpc.StatusCode.ALREADY_EXISTS
+        assert "only a join carrying that session's secret" in str(err.details())
+    assert [m.client_id for m in served.on_loop(served.pool.members)] == [cid]
+    # The owner re-joins (a reconnecting client) and takes over its instance.
+    again = serde.session_from_proto(
+        served.raw.Join(
+            serde.join_to_proto(join_info()), timeout=10, metadata=serde.session_metadata(secret)
+        )
+    )
+    assert again.client_id != cid and again.secret != secret
+    assert [m.client_id for m in served.on_loop(served.pool.members)] == [again.client_id]
+    # The secret is never logged.
+    assert secret not in caplog.text and again.secret not in caplog.text
 
 
 def test_join_answers_session_partition_and_spec(served: ServerThread) -> None:

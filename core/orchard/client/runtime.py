@@ -291,8 +291,10 @@ class ClientRuntime:
             if self._stop.is_set():
                 raise _Terminated
             stub = self._stub or self._connect()
+            # A re-join proves it owns its instance with its current session's secret.
+            owner = serde.session_metadata(self._session.secret if self._session else "")
             try:
-                response = stub.Join(request, timeout=10.0)
+                response = stub.Join(request, timeout=10.0, metadata=owner)
                 break
             except grpc.RpcError as exc:
                 code = exc.code()
@@ -360,7 +362,11 @@ class ClientRuntime:
             )
         )
         try:
-            call = stub.PullTask(request, timeout=self.settings.poll_seconds + 30.0)
+            call = stub.PullTask(
+                request,
+                timeout=self.settings.poll_seconds + 30.0,
+                metadata=serde.session_metadata(session.secret),
+            )
             self._call = call
             if self._session_lost.is_set():  # the heartbeat noticed before the call was stored
                 call.cancel()
@@ -391,8 +397,9 @@ class ClientRuntime:
         stub = self._stub
         assert stub is not None
         stream = serde.result_to_stream(result, self.settings.max_chunk_bytes)
+        proof = serde.session_metadata(self._require_session().secret)
         try:
-            response = stub.PushResult(stream, timeout=600.0)
+            response = stub.PushResult(stream, timeout=600.0, metadata=proof)
             log.debug("result %s accepted: %s", result.task_id, serde.push_ack_from_proto(response))
         except grpc.RpcError as exc:
             code = exc.code()
@@ -420,6 +427,7 @@ class ClientRuntime:
             stub.Leave(
                 serde.leave_to_proto(LeaveNotice(client_id=session.client_id, reason=reason)),
                 timeout=5.0,
+                metadata=serde.session_metadata(session.secret),
             )
             log.info("left federation %r (%s)", self.settings.federation, reason)
         except grpc.RpcError as exc:
@@ -463,12 +471,13 @@ class ClientRuntime:
         assert stub is not None
 
         request = serde.heartbeat_to_proto(session.client_id)
+        proof = serde.session_metadata(session.secret)
 
         def beat() -> None:
             interval = max(session.heartbeat_interval, 0.1)
             while not stop.wait(interval):
                 try:
-                    stub.Heartbeat(request, timeout=max(interval, 5.0))
+                    stub.Heartbeat(request, timeout=max(interval, 5.0), metadata=proof)
                 except grpc.RpcError as exc:
                     if exc.code() is grpc.StatusCode.NOT_FOUND:
                         # The server forgot the session: the main loop joins again
