@@ -31,6 +31,8 @@ from orchard_server.servicer import FederationServicer, Hosted
 log = logging.getLogger("orchard.server")
 
 SERVICE_NAME = serde.SERVICE_NAME
+#: Largest message the server reads: twice the largest chunk.
+MAX_MESSAGE_BYTES = 2 * serde.MAX_CHUNK_BYTES
 
 
 class OrchardServer:
@@ -58,6 +60,10 @@ class OrchardServer:
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.so_reuseport", 0),
+                # Room above the largest chunk (serde.MAX_CHUNK_BYTES), so an
+                # oversize chunk reaches serde and is refused with
+                # INVALID_ARGUMENT naming it, not cut by the transport.
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ]
         )
         pb_grpc.add_FederationServiceServicer_to_server(
@@ -119,6 +125,10 @@ class OrchardServer:
             log.info("stopping on signal; federations resume from their last checkpoint")
             for task in loops:
                 task.cancel()
+            # Collect the cancelled loops, so no "exception was never retrieved".
+            await asyncio.gather(*loops, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await everything
         else:
             await self._linger(linger)
         stopper.cancel()

@@ -213,6 +213,26 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+#: Keys whose values are text whatever they look like: ``--set auth_token=123``
+#: is the token "123", not a number to refuse.
+_TEXT_KEYS = frozenset(
+    f.name
+    for cls in (FederationConfig, ServerConfig)
+    for f in dataclasses.fields(cls)
+    if f.type in ("str", str)
+)
+#: Keys never echoed in an error message.
+_SECRET_KEYS = frozenset({"auth_token"})
+
+
+def _override_value(key: str, text: str) -> Any:
+    """The value of ``--set key=text``: text for text keys (quotes optional), else TOML."""
+    if key.rsplit(".", 1)[-1] in _TEXT_KEYS:
+        parsed = _parse_value(text)
+        return parsed if isinstance(parsed, str) else text
+    return _parse_value(text)
+
+
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = data
@@ -253,8 +273,9 @@ def _coerce(cls: type, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"{where}: {key} must be a table")
             out[key] = _scalars(f"{where}.{key}", value)
         else:
+            shown = "(hidden)" if key in _SECRET_KEYS else repr(value)
             raise ConfigError(
-                f"{where}: {key} must be {kind.__name__ if kind else 'set'}, got {value!r}"
+                f"{where}: {key} must be {kind.__name__ if kind else 'set'}, got {shown}"
             )
     return out
 
@@ -327,7 +348,7 @@ def load_config(
         if not sep:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         root = {"server": server, "federations": federations}
-        _set_path(root, key.strip(), _parse_value(value.strip()))
+        _set_path(root, key.strip(), _override_value(key.strip(), value.strip()))
     unknown = set(data) - {"server", "federations"}
     if unknown:
         raise ConfigError(

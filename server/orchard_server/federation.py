@@ -181,7 +181,8 @@ class Federation:
         """One round: fit (tried again while too few results come back), step, evaluate."""
         select = self.strategy.select
         started = time.monotonic()
-        label = f"{rnd}/{self.config.num_rounds}"
+        # Log lines name their federation: one server runs several side by side.
+        label = f"federation {self.config.name!r} round {rnd}/{self.config.num_rounds}"
         fit: Fanout | None = None
         attempts = 0
         dropped: dict[str, str] = {}
@@ -218,7 +219,7 @@ class Federation:
                 aggregate = aggregator.result()
             else:
                 log.warning(
-                    "round %s: only %d of %d needed results (dropped: %s); %s",
+                    "%s: only %d of %d needed results (dropped: %s); %s",
                     label,
                     len(fit.results),
                     select.min_fit_clients,
@@ -241,7 +242,7 @@ class Federation:
             weight=self.pool.results.weight,
         )
         log.info(
-            "round %s: %d of %d clients answered in %.1f s%s",
+            "%s: %d of %d clients answered in %.1f s%s",
             label,
             len(fit.results),
             fit_record.selected,

@@ -43,6 +43,7 @@ from orchard.messages import (
 from orchard.spec import ModelSpec, TensorSpec
 from orchard.v1 import federation_service_pb2 as pb
 from orchard.v1 import federation_service_pb2_grpc as pb_grpc
+from orchard.v1 import tensor_pb2 as tpb
 from orchard_server.admission import AdmissionError, AdmissionPolicy
 from orchard_server.app import OrchardServer
 from orchard_server.config import FederationConfig, ServerConfig
@@ -546,6 +547,25 @@ def test_a_bad_value_in_a_result_is_invalid_argument(
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and needle in str(err.details())
     with pytest.raises(Exception, match="update rejected"):
         delivered.result(timeout=10)
+
+
+def test_an_oversize_chunk_is_invalid_argument_not_cut_by_the_transport(
+    served: ServerThread,
+) -> None:
+    session = serde.session_from_proto(
+        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    )
+    task, _ = open_task(served, session.client_id)
+    pull(served, session.client_id)
+    header = serde.result_header_to_proto(_result(task, session.client_id))
+    # 4.5 MiB: above gRPC's default 4 MiB message limit and the largest chunk.
+    chunk = pb.PushResultRequest(chunk=tpb.TensorChunk(data=b"\0" * (9 << 19)))
+    err = rpc_error(
+        lambda: served.stub.PushResult(
+            iter([pb.PushResultRequest(header=header), chunk]), timeout=10
+        )
+    )
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
 
 
 def test_a_result_above_the_upload_limit_is_refused_before_its_bytes(tmp_path: Path) -> None:
