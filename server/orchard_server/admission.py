@@ -95,7 +95,11 @@ class AdmissionPolicy:
         return cls(
             federation=config.name,
             spec=config.model_spec(),
-            partitions=PartitionRegistry(config.partitions, federation=config.name),
+            # Twice the room: a disconnected client keeps its partition for a
+            # while, and the registry (and the checkpoint) stay bounded.
+            partitions=PartitionRegistry(
+                config.partitions, federation=config.name, max_entries=2 * config.max_clients
+            ),
             auth_token=config.auth_token,
             max_clients=config.max_clients,
         )
@@ -268,7 +272,7 @@ def _partition(
     registry = policy.partitions
     if info.partition_id is not None and info.num_partitions is not None:
         if info.role is Role.TRAINER:
-            registry.record(info.instance_id, info.partition_id, info.num_partitions)
+            registry.record(info.instance_id, info.partition_id, info.num_partitions, members)
         return info.partition_id, info.num_partitions
     if info.role is not Role.TRAINER:
         return registry.get(info.instance_id) or 0, policy.num_partitions

@@ -73,6 +73,7 @@ class OrchardServer:
                 max_poll_seconds=self.config.max_poll_seconds,
                 max_upload_bytes=self.config.max_upload_bytes,
                 max_concurrent_uploads=self.config.max_concurrent_uploads,
+                stream_idle_timeout=self.config.stream_idle_timeout,
             ),
             server,
         )

@@ -64,6 +64,9 @@ class FederationConfig:
     num_partitions: int = 0
     #: Seconds a round (fit, then evaluate) may take before missing clients are dropped.
     round_timeout: float = 600.0
+    #: Seconds the evaluator client has for a centralized evaluation (at most
+    #: round_timeout): an evaluator that stalls costs this, not a whole round.
+    evaluator_timeout: float = 120.0
     #: Seconds to wait for min_available_clients before giving up.
     wait_timeout: float = 300.0
     #: How often a round that got too few results is tried again before the
@@ -102,7 +105,7 @@ class FederationConfig:
                 f"{where}: min_available_clients ({self.min_available_clients}) is below "
                 f"min_fit_clients ({self.min_fit_clients}); no round could ever start"
             )
-        for key in ("round_timeout", "wait_timeout"):
+        for key in ("round_timeout", "wait_timeout", "evaluator_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{where}: {key} must be > 0 seconds")
         if self.max_clients < self.min_available_clients:
@@ -154,6 +157,9 @@ class ServerConfig:
     max_upload_bytes: int = 8 << 30
     #: Results assembled at once; bounds server memory to this many model copies.
     max_concurrent_uploads: int = 4
+    #: Longest wait for the next message of an upload; a stalled upload is cut
+    #: off with DEADLINE_EXCEEDED, freeing its slot.
+    stream_idle_timeout: float = 60.0
     federations: tuple[FederationConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -167,6 +173,8 @@ class ServerConfig:
         for path in (self.tls_cert, self.tls_key):
             if path is not None and not path.is_file():
                 raise ConfigError(f"TLS file {path} does not exist")
+        if self.stream_idle_timeout <= 0:
+            raise ConfigError("stream_idle_timeout must be > 0 seconds")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigError("heartbeat_timeout must exceed heartbeat_interval")
 

@@ -256,6 +256,13 @@ class Federation:
             def send(kind: TaskType, ids: Sequence[str], cfg: Config) -> Awaitable[Fanout]:
                 return self._send(kind, rnd, ids, cfg)
 
+            # The evaluator has its own, shorter deadline: one stalled evaluator
+            # must not cost a whole round_timeout every round.
+            evaluator_timeout = min(self.config.evaluator_timeout, self.config.round_timeout)
+
+            def send_central(kind: TaskType, ids: Sequence[str], cfg: Config) -> Awaitable[Fanout]:
+                return self._send(kind, rnd, ids, cfg, timeout=evaluator_timeout)
+
             evaluate = await federated_evaluation(
                 rnd, pool=pool, select=select, rng=self._rng, config=config, send=send, label=label
             )
@@ -265,7 +272,7 @@ class Federation:
                 evaluate_fn=self.evaluate_fn,
                 pool=pool,
                 config=config,
-                send=send,
+                send=send_central,
                 label=label,
             )
         self.rounds_completed = rnd
@@ -287,14 +294,17 @@ class Federation:
         client_ids: Sequence[str],
         config: Config,
         fold: Fold | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Fanout:
-        """Fan one task with the current global parameters out to ``client_ids``."""
+        """Fan one task with the current global parameters out to ``client_ids``
+        (with ``timeout`` seconds to answer, round_timeout by default)."""
         task = Task(
             task_id="",
             type=kind,
             round=rnd,
             config=config,
-            timeout=self.config.round_timeout,
+            timeout=self.config.round_timeout if timeout is None else timeout,
             names=tuple(self.spec.names),
             parameters=self.parameters,
         )

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -42,6 +42,7 @@ REFUSAL_STATUS: Mapping[Refusal, grpc.StatusCode] = {
 }
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         max_poll_seconds: float,
         max_upload_bytes: int,
         max_concurrent_uploads: int,
+        stream_idle_timeout: float = 60.0,
     ) -> None:
         self._hosted = dict(hosted)
         self._admission = Admission(h.pool for h in self._hosted.values())
@@ -70,6 +72,7 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         self._max_poll = max_poll_seconds
         self._max_upload = max_upload_bytes
         self._uploads = asyncio.Semaphore(max_concurrent_uploads)
+        self._idle = stream_idle_timeout
 
     async def _session(self, client_id: str, context: Context) -> Hosted:
         """The federation of session ``client_id``, proven by the call's secret; else abort.
@@ -156,10 +159,15 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
     async def PushResult(
         self, request_iterator: AsyncIterator[pb.PushResultRequest], context: Context
     ) -> pb.PushResultResponse:
+        # Every message must come within the idle timeout: a stalled upload
+        # would hold one of the few upload slots (and a model's memory) forever.
+        stream = _idle_bounded(request_iterator, self._idle)
         try:
-            reader = await serde.ResultReader.start(request_iterator)
+            reader = await serde.ResultReader.start(stream)
         except serde.SerdeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, self._stalled("header"))
         ref = reader.ref
         hosted = await self._session(ref.client_id, context)
         pool = hosted.pool
@@ -174,8 +182,12 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
                 specs = reader.announced(max_bytes=self._max_upload)
                 if specs:
                     _check_header(hosted, specs)
-                await reader.read_chunks(request_iterator, lambda: pool.known(ref.client_id))
+                await reader.read_chunks(stream, lambda: pool.known(ref.client_id))
                 pool.deliver(ref.client_id, reader.finish())
+            except TimeoutError:
+                reason = self._stalled(f"result of task {task.task_id}")
+                pool.reject(ref.client_id, ref.task_id, reason)
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
             except (serde.SerdeError, SpecError, InvalidResultError) as exc:
                 pool.reject(ref.client_id, ref.task_id, str(exc))
                 await context.abort(
@@ -186,11 +198,25 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return serde.push_ack_to_proto(f"result of task {task.task_id} accepted")
 
+    def _stalled(self, what: str) -> str:
+        return f"upload stalled: no {what} message for {self._idle:g} s (stream_idle_timeout)"
+
     async def Leave(self, request: pb.LeaveRequest, context: Context) -> pb.LeaveResponse:
         notice = serde.leave_from_proto(request)
         hosted = await self._session(notice.client_id, context)
         hosted.pool.drop(notice.client_id, f"left ({notice.reason or 'no reason given'})")
         return serde.leave_response()
+
+
+async def _idle_bounded(stream: AsyncIterator[T], seconds: float) -> AsyncIterator[T]:
+    """``stream``'s messages; TimeoutError when the next one takes more than ``seconds``."""
+    iterator = aiter(stream)
+    while True:
+        try:
+            message = await asyncio.wait_for(anext(iterator), seconds)
+        except StopAsyncIteration:
+            return
+        yield message
 
 
 def _check_header(hosted: Hosted, specs: tuple[TensorSpec, ...]) -> None:

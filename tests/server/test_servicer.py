@@ -82,6 +82,7 @@ class ServerThread:
         heartbeat_interval: float = 30.0,
         max_poll_seconds: float = 0.3,
         max_upload_bytes: int = 8 << 30,
+        stream_idle_timeout: float = 60.0,
         **federation: Any,
     ) -> None:
         self.config = ServerConfig(
@@ -92,6 +93,7 @@ class ServerThread:
             heartbeat_timeout=heartbeat_interval * 2,
             max_poll_seconds=max_poll_seconds,
             max_upload_bytes=max_upload_bytes,
+            stream_idle_timeout=stream_idle_timeout,
             federations=(federation_config(**federation),),
         )
         self.loop = asyncio.new_event_loop()
@@ -566,6 +568,32 @@ def test_an_oversize_chunk_is_invalid_argument_not_cut_by_the_transport(
         )
     )
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
+
+
+def test_a_stalled_upload_is_cut_off(tmp_path: Path) -> None:
+    served = ServerThread(tmp_path, stream_idle_timeout=0.5)
+    try:
+        session = serde.session_from_proto(
+            served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+        )
+        task, delivered = open_task(served, session.client_id)
+        pull(served, session.client_id)
+        messages = list(serde.result_to_stream(_result(task, session.client_id)))
+
+        def stalling() -> Iterator[pb.PushResultRequest]:
+            yield messages[0]
+            time.sleep(5)  # the client hangs after its header
+            yield from messages[1:]
+
+        started = time.monotonic()
+        err = rpc_error(lambda: served.stub.PushResult(stalling(), timeout=10))
+        assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "upload stalled" in str(err.details())
+        assert time.monotonic() - started < 4
+        with pytest.raises(Exception, match="upload stalled"):
+            delivered.result(timeout=10)
+    finally:
+        served.close()
 
 
 def test_a_result_above_the_upload_limit_is_refused_before_its_bytes(tmp_path: Path) -> None:
