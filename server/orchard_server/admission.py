@@ -12,12 +12,16 @@ fixed order, each naming what is wrong:
 2. the join's own fields (instance id, a fixed partition with its count);
 3. the federation exists (the refusal lists the hosted ones that need no
    token: a stranger learns nothing of the protected ones);
-4. credentials (the federation's token, compared in constant time; with
-   mutual TLS, the client certificate's identity);
+4. credentials: the federation's shared token (compared in constant time),
+   or, for a federation with enrolled clients (:mod:`.credentials`), an
+   enrolled name proven by a client certificate (mutual TLS) or by the token
+   ``NAME:SECRET``; a proven name (or a certificate's identity) becomes the
+   client's public name;
 5. the model spec (the first differing tensor is named);
 6. ownership: an ``instance_id`` held by a connected session is taken over
-   only by a join carrying that session's secret (a restarted client keeps
-   its secret; a stranger cannot evict a client by reusing its id);
+   only by a join carrying that session's secret, or proving the same
+   enrolled identity (a restarted client); a stranger cannot evict a client
+   by reusing its id;
 7. room: at most ``max_clients`` sessions per federation;
 8. role and partition: a trainer keeps the partition its instance had, or is
    assigned the least used one; a fixed partition is recorded.
@@ -38,6 +42,7 @@ from typing import TYPE_CHECKING, Protocol
 from orchard import serde
 from orchard.messages import API_VERSION, MIN_API_VERSION, JoinInfo, Role
 from orchard.spec import ModelSpec
+from orchard_server.credentials import Credentials
 from orchard_server.partitions import PartitionRegistry
 
 if TYPE_CHECKING:
@@ -83,6 +88,8 @@ class AdmissionPolicy:
     spec: ModelSpec
     partitions: PartitionRegistry
     auth_token: str = ""
+    #: Enrolled clients (hashed secrets); None admits any client with the token.
+    credentials: Credentials | None = None
     max_clients: int = DEFAULT_MAX_CLIENTS
 
     def __post_init__(self) -> None:
@@ -101,8 +108,16 @@ class AdmissionPolicy:
                 config.partitions, federation=config.name, max_entries=2 * config.max_clients
             ),
             auth_token=config.auth_token,
+            credentials=(
+                Credentials.load(config.credentials_file) if config.credentials_file else None
+            ),
             max_clients=config.max_clients,
         )
+
+    @property
+    def protected(self) -> bool:
+        """Whether joining needs a credential (then the federation is not named to strangers)."""
+        return bool(self.auth_token) or self.credentials is not None
 
     @property
     def num_partitions(self) -> int:
@@ -121,6 +136,8 @@ class Admitted:
     partition_id: int
     num_partitions: int
     spec: ModelSpec
+    #: The client's proven identity (an enrolled name or its certificate's), else "".
+    identity: str = ""
 
 
 class Roster(Protocol):
@@ -135,9 +152,10 @@ class Roster(Protocol):
         """Every connected client, of every role."""
         ...
 
-    def may_take_over(self, instance_id: str, secret: str) -> bool:
-        """Whether a join carrying ``secret`` may use ``instance_id``: True when
-        no connected session holds it, or ``secret`` is that session's."""
+    def may_take_over(self, instance_id: str, secret: str, identity: str = "") -> bool:
+        """Whether a join carrying ``secret`` (and proving ``identity``) may use
+        ``instance_id``: True when no connected session holds it, or ``secret``
+        is that session's, or the session has the same non-empty identity."""
         ...
 
 
@@ -164,20 +182,14 @@ class Admission:
         roster = self._rosters.get(info.federation)
         if roster is None:
             # Federations behind a token are not named to someone who did not name them.
-            open_ones = [n for n in self.federations if not self._rosters[n].policy.auth_token]
+            open_ones = [n for n in self.federations if not self._rosters[n].policy.protected]
             raise AdmissionError(
                 Refusal.UNKNOWN_FEDERATION,
                 f"no federation named {info.federation!r} (open federations on this server: "
                 f"{', '.join(open_ones) or 'none'})",
             )
         policy = roster.policy
-        if policy.auth_token and not hmac.compare_digest(
-            info.auth_token.encode(), policy.auth_token.encode()
-        ):
-            raise AdmissionError(
-                Refusal.UNAUTHENTICATED,
-                f"federation {policy.federation!r} requires a valid auth token",
-            )
+        identity = _identify(policy, info)
         if info.model_spec is not None:
             difference = policy.spec.first_difference(info.model_spec)
             if difference is not None:
@@ -186,7 +198,7 @@ class Admission:
                     f"model spec mismatch with federation {policy.federation!r} "
                     f"(model {policy.spec.model_id!r}): {difference}",
                 )
-        if not roster.may_take_over(info.instance_id, info.session_secret):
+        if not roster.may_take_over(info.instance_id, info.session_secret, identity):
             raise AdmissionError(
                 Refusal.INSTANCE_TAKEN,
                 f"instance_id {info.instance_id!r} belongs to a connected session of federation "
@@ -209,7 +221,38 @@ class Admission:
             partition_id=partition,
             num_partitions=count,
             spec=policy.spec,
+            identity=identity,
         )
+
+
+def _identify(policy: AdmissionPolicy, info: JoinInfo) -> str:
+    """The identity ``info`` proves to ``policy`` ("" for an anonymous client of an
+    open or shared-token federation); raise UNAUTHENTICATED when it proves too little."""
+    if policy.credentials is not None:
+        if info.peer_identity:
+            if policy.credentials.enrolled(info.peer_identity):
+                return info.peer_identity
+            raise AdmissionError(
+                Refusal.UNAUTHENTICATED,
+                f"federation {policy.federation!r} admits enrolled clients only, and the "
+                f"client certificate's identity {info.peer_identity!r} is not enrolled",
+            )
+        name = policy.credentials.verify_token(info.auth_token)
+        if name is None:
+            raise AdmissionError(
+                Refusal.UNAUTHENTICATED,
+                f"federation {policy.federation!r} admits enrolled clients only: give the "
+                "token NAME:SECRET from orchard-server enroll, or a client certificate",
+            )
+        return name
+    if policy.auth_token and not hmac.compare_digest(
+        info.auth_token.encode(), policy.auth_token.encode()
+    ):
+        raise AdmissionError(
+            Refusal.UNAUTHENTICATED,
+            f"federation {policy.federation!r} requires a valid auth token",
+        )
+    return info.peer_identity
 
 
 def check_version(api_version: str) -> None:

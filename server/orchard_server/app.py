@@ -87,8 +87,12 @@ class OrchardServer:
             self.port = server.add_insecure_port(self.config.address)
         else:
             assert self.config.tls_cert is not None and self.config.tls_key is not None
+            client_ca = self.config.tls_client_ca
             credentials = grpc.ssl_server_credentials(
-                [(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())]
+                [(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())],
+                # Mutual TLS: only clients with a certificate this CA signed get in.
+                root_certificates=client_ca.read_bytes() if client_ca else None,
+                require_client_auth=client_ca is not None,
             )
             self.port = server.add_secure_port(self.config.address, credentials)
         await server.start()

@@ -20,6 +20,7 @@ from orchard.models import get_model_spec
 from orchard.spec import ModelSpec, SpecError, TensorSpec
 from orchard.typing import Config
 from orchard_server.admission import DEFAULT_MAX_CLIENTS
+from orchard_server.credentials import Credentials, CredentialsError
 from orchard_server.results import DEFAULT_MAX_EXAMPLES, ResultPolicy
 from orchard_server.strategy import (
     SelectionError,
@@ -75,6 +76,10 @@ class FederationConfig:
     #: Evaluate the global model every N rounds (0: never).
     evaluate_every: int = 1
     auth_token: str = ""
+    #: Enrolled clients (JSON of name -> scrypt hash, written by ``orchard-server
+    #: enroll``): only they may join, proving their name by client certificate
+    #: or by the token NAME:SECRET. Exclusive with auth_token.
+    credentials_file: Path | None = None
     #: Most sessions the federation holds at once; a join beyond it is refused
     #: with RESOURCE_EXHAUSTED (a re-join of a connected instance takes no room).
     max_clients: int = DEFAULT_MAX_CLIENTS
@@ -117,6 +122,16 @@ class FederationConfig:
             ResultPolicy.from_config(self)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+        if self.credentials_file is not None:
+            if self.auth_token:
+                raise ConfigError(
+                    f"{where}: set auth_token or credentials_file, not both (an enrolled "
+                    "client's token is NAME:SECRET)"
+                )
+            try:
+                Credentials.load(self.credentials_file)
+            except CredentialsError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
         if self.init_file is not None and not self.init_file.is_file():
             raise ConfigError(f"{where}: init_file {self.init_file} does not exist")
         try:
@@ -153,6 +168,9 @@ class ServerConfig:
     insecure: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Mutual TLS: the CA that signs client certificates. When set, every client
+    #: must present one; its identity (common name) is the client's name.
+    tls_client_ca: Path | None = None
     #: Largest result a client may upload, in bytes (guards memory).
     max_upload_bytes: int = 8 << 30
     #: Results assembled at once; bounds server memory to this many model copies.
@@ -170,7 +188,9 @@ class ServerConfig:
                 "TLS needs tls_cert and tls_key (ORCHARD_TLS_CERT, ORCHARD_TLS_KEY); "
                 "set insecure = true (ORCHARD_INSECURE=1) to serve plain text on purpose"
             )
-        for path in (self.tls_cert, self.tls_key):
+        if self.tls_client_ca is not None and self.insecure:
+            raise ConfigError("tls_client_ca (mutual TLS) needs TLS: unset insecure")
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
             if path is not None and not path.is_file():
                 raise ConfigError(f"TLS file {path} does not exist")
         if self.stream_idle_timeout <= 0:
@@ -209,6 +229,7 @@ _ENV_SERVER_KEYS = {
     "ORCHARD_INSECURE": "insecure",
     "ORCHARD_TLS_CERT": "tls_cert",
     "ORCHARD_TLS_KEY": "tls_key",
+    "ORCHARD_TLS_CLIENT_CA": "tls_client_ca",
     "ORCHARD_HEARTBEAT_TIMEOUT": "heartbeat_timeout",
 }
 
@@ -262,7 +283,14 @@ def _coerce(cls: type, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
         default = fields[key].default
         kind = type(default) if default is not dataclasses.MISSING else None
-        if key in ("state_dir", "tls_cert", "tls_key", "init_file"):
+        if key in (
+            "state_dir",
+            "tls_cert",
+            "tls_key",
+            "tls_client_ca",
+            "init_file",
+            "credentials_file",
+        ):
             out[key] = Path(value)
         elif key == "tensors":
             out[key] = _tensors(where, value)

@@ -77,11 +77,13 @@ class GrpcClientPool(ClientPool):
         client = ClientInfo(
             # Public: logs and history name the client by it; it proves nothing.
             client_id=f"c-{secrets.token_hex(5)}",
-            display_name=info.display_name or info.instance_id[:12],
+            # A proven identity is the client's public name, whatever it says.
+            display_name=admitted.identity or info.display_name or info.instance_id[:12],
             framework=info.framework,
             role=admitted.role,
             partition_id=partition_id,
             instance_id=info.instance_id,
+            identity=admitted.identity,
         )
         self._sessions[client.client_id] = _Session(
             info=client, secret_hash=_digest(secret), last_seen=time.monotonic()
@@ -99,10 +101,15 @@ class GrpcClientPool(ClientPool):
         )
         return client, secret
 
-    def may_take_over(self, instance_id: str, secret: str) -> bool:
-        """True when no session holds ``instance_id``, or ``secret`` is that session's."""
+    def may_take_over(self, instance_id: str, secret: str, identity: str = "") -> bool:
+        """True when no session holds ``instance_id``, or ``secret`` is that
+        session's, or that session proved the same (non-empty) ``identity``."""
         held = [s for s in self._sessions.values() if s.info.instance_id == instance_id]
-        return all(hmac.compare_digest(s.secret_hash, _digest(secret)) for s in held)
+        return all(
+            hmac.compare_digest(s.secret_hash, _digest(secret))
+            or (identity and s.info.identity == identity)
+            for s in held
+        )
 
     def authenticate(self, client_id: str, secret: str) -> bool | None:
         """Whether ``secret`` proves session ``client_id`` (compared in constant time).

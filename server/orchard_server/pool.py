@@ -41,6 +41,8 @@ class ClientInfo:
     role: Role
     partition_id: int
     instance_id: str
+    #: The proven identity (enrolled name or client certificate), else "".
+    identity: str = ""
 
     @property
     def sort_key(self) -> tuple[int, str, str]:
@@ -207,7 +209,7 @@ class InMemoryClientPool(ClientPool):
         self._membership_changed()
         return info
 
-    def may_take_over(self, instance_id: str, secret: str) -> bool:
+    def may_take_over(self, instance_id: str, secret: str, identity: str = "") -> bool:
         """In-process clients are the server's own code: any may replace an instance."""
         return True
 

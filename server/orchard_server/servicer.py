@@ -104,6 +104,7 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             info = dataclasses.replace(
                 info,
                 session_secret=serde.session_secret_from_metadata(context.invocation_metadata()),
+                peer_identity=peer_identity(context),
             )
             admitted = self._admission.admit(info)
         except AdmissionError as refused:
@@ -206,6 +207,13 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         hosted = await self._session(notice.client_id, context)
         hosted.pool.drop(notice.client_id, f"left ({notice.reason or 'no reason given'})")
         return serde.leave_response()
+
+
+def peer_identity(context: Context) -> str:
+    """The verified client certificate's common name under mutual TLS, else ""."""
+    for name in context.auth_context().get("x509_common_name") or ():
+        return name.decode(errors="replace")
+    return ""
 
 
 async def _idle_bounded(stream: AsyncIterator[T], seconds: float) -> AsyncIterator[T]:

@@ -38,9 +38,12 @@ class Roster:
     def members(self) -> list[ClientInfo]:
         return list(self.connected)
 
-    def may_take_over(self, instance_id: str, secret: str) -> bool:
+    def may_take_over(self, instance_id: str, secret: str, identity: str = "") -> bool:
         held = [c for c in self.connected if c.instance_id == instance_id]
-        return all(secret == f"secret-of-{c.client_id}" for c in held)
+        return all(
+            secret == f"secret-of-{c.client_id}" or (identity and c.identity == identity)
+            for c in held
+        )
 
 
 def make(**policy: Any) -> tuple[Admission, Roster]:

@@ -80,6 +80,9 @@ class TlsSettings:
     ca_cert: Path | None = None
     insecure: bool = False
     server_name: str | None = None
+    #: Mutual TLS: this client's certificate and key (PEM), both or neither.
+    cert: Path | None = None
+    key: Path | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,7 +122,12 @@ def make_channel(settings: ClientSettings) -> grpc.Channel:
     root = settings.tls.ca_cert.read_bytes() if settings.tls.ca_cert else None
     if settings.tls.server_name:
         options.append(("grpc.ssl_target_name_override", settings.tls.server_name))
-    credentials = grpc.ssl_channel_credentials(root_certificates=root)
+    tls = settings.tls
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root,
+        private_key=tls.key.read_bytes() if tls.key else None,
+        certificate_chain=tls.cert.read_bytes() if tls.cert else None,
+    )
     return grpc.secure_channel(settings.server, credentials, options=options)
 
 
