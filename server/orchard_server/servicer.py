@@ -133,9 +133,12 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             FederationStatus(state=fed.state, rounds_completed=fed.rounds_completed)
         )
 
-    async def PullTask(
+    async def PullTask(  # type: ignore[override]  # writes, not yields (see below)
         self, request: pb.PullTaskRequest, context: Context
-    ) -> AsyncIterator[pb.PullTaskResponse]:
+    ) -> None:
+        # Messages are written (not yielded) so each write can be bounded: a
+        # client that stops reading its task would otherwise hold this call,
+        # and the task's memory, until the round's deadline.
         try:
             poll = serde.poll_from_proto(request)
         except serde.SerdeError as exc:
@@ -150,12 +153,22 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             )
         if task is None:
             if fed.state in ended:
-                yield serde.finished_to_proto(Finished(state=fed.state, reason=fed.reason))
+                await context.write(
+                    serde.finished_to_proto(Finished(state=fed.state, reason=fed.reason))
+                )
             else:
-                yield serde.idle_to_proto(Idle(state=fed.state))
+                await context.write(serde.idle_to_proto(Idle(state=fed.state)))
             return
         for message in serde.task_to_stream(task, poll.max_chunk_bytes):
-            yield message
+            try:
+                await asyncio.wait_for(context.write(message), self._idle)
+            except TimeoutError:
+                reason = (
+                    f"download stalled: the client read no message of task {task.task_id} "
+                    f"for {self._idle:g} s (stream_idle_timeout)"
+                )
+                hosted.pool.reject(poll.client_id, task.task_id, reason)
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
 
     async def PushResult(
         self, request_iterator: AsyncIterator[pb.PushResultRequest], context: Context

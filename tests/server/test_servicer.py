@@ -596,6 +596,37 @@ def test_a_stalled_upload_is_cut_off(tmp_path: Path) -> None:
         served.close()
 
 
+def test_a_stalled_download_is_cut_off_and_its_task_failed(tmp_path: Path) -> None:
+    big = (TensorSpec("w", (16 << 20,)),)  # 64 MiB: far above any flow-control window
+    served = ServerThread(tmp_path, stream_idle_timeout=0.5, model="big", tensors=big)
+    try:
+        session = serde.session_from_proto(
+            served.stub.Join(serde.join_to_proto(join_info(model_spec=None)), timeout=10)
+        )
+        task = Task(
+            task_id="t-big",
+            type=TaskType.FIT,
+            round=1,
+            config={},
+            timeout=60.0,
+            names=("w",),
+            parameters=[np.zeros(16 << 20, np.float32)],
+        )
+        delivered = served.submit(served.pool.run_task(session.client_id, task))
+        request = serde.poll_to_proto(
+            TaskPoll(client_id=session.client_id, wait_seconds=5.0, max_chunk_bytes=0)
+        )
+        call = served.stub.PullTask(request, timeout=30)
+        next(call)  # the header; then the client stops reading
+        with pytest.raises(Exception, match="download stalled"):
+            delivered.result(timeout=10)  # the round learns at once, not at its deadline
+        err = rpc_error(lambda: list(call))
+        assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "download stalled" in str(err.details())
+    finally:
+        served.close()
+
+
 def test_a_result_above_the_upload_limit_is_refused_before_its_bytes(tmp_path: Path) -> None:
     served = ServerThread(tmp_path, max_upload_bytes=8)
     try:

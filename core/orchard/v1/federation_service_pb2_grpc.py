@@ -146,6 +146,8 @@ class FederationServiceServicer:
         instance_id.
         INVALID_ARGUMENT: max_chunk_bytes is above the largest chunk size.
         UNAUTHENTICATED: the session secret is missing or wrong.
+        DEADLINE_EXCEEDED: the client stopped reading the task's stream for the
+        server's `stream_idle_timeout`; the task fails and its round goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -90,6 +90,8 @@ class FederationServiceStub:
         instance_id.
       INVALID_ARGUMENT: max_chunk_bytes is above the largest chunk size.
       UNAUTHENTICATED: the session secret is missing or wrong.
+      DEADLINE_EXCEEDED: the client stopped reading the task's stream for the
+        server's `stream_idle_timeout`; the task fails and its round goes on.
     """
     PushResult: _grpc.StreamUnaryMultiCallable[_federation_service_pb2.PushResultRequest, _federation_service_pb2.PushResultResponse]
     """Uploads the result of a task: a ResultHeader, then the chunks of the
@@ -178,6 +180,8 @@ class FederationServiceAsyncStub(FederationServiceStub):
         instance_id.
       INVALID_ARGUMENT: max_chunk_bytes is above the largest chunk size.
       UNAUTHENTICATED: the session secret is missing or wrong.
+      DEADLINE_EXCEEDED: the client stopped reading the task's stream for the
+        server's `stream_idle_timeout`; the task fails and its round goes on.
     """
     PushResult: _aio.StreamUnaryMultiCallable[_federation_service_pb2.PushResultRequest, _federation_service_pb2.PushResultResponse]  # type: ignore[assignment]
     """Uploads the result of a task: a ResultHeader, then the chunks of the
@@ -281,6 +285,8 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
             instance_id.
           INVALID_ARGUMENT: max_chunk_bytes is above the largest chunk size.
           UNAUTHENTICATED: the session secret is missing or wrong.
+          DEADLINE_EXCEEDED: the client stopped reading the task's stream for the
+            server's `stream_idle_timeout`; the task fails and its round goes on.
         """
 
     @_abc_1.abstractmethod
