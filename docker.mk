@@ -7,6 +7,7 @@
 #   make base-image          orchard/base:bookworm from debootstrap, no registry needed
 #   make wheelhouse          .wheelhouse/<component>/ from PyPI, on the host
 #   make certs               development CA and server certificate in deploy/certs/
+#                            (DOCKER_CLIENT_NAMES=a,b adds mutual-TLS client certificates)
 #   make gpu-image           CUDA PyTorch client (and MXNet with GPU=mxnet), from Dockerfile.gpu
 #   make compose-up / compose-down / compose-logs     the stack of docker-compose.yml
 #   make compose-results     copy history, plots and checkpoints out of the stack (RESULTS=./orchard-results)
@@ -33,6 +34,8 @@ DOCKER_PIP_PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 DOCKER_CERTS ?= deploy/certs
 # Names the development server certificate is valid for (comma-separated DNS names or IPs).
 DOCKER_CERT_NAMES ?= server,localhost,127.0.0.1
+# Client names that get a client certificate for mutual TLS (comma-separated; none by default).
+DOCKER_CLIENT_NAMES ?=
 STACK ?= orchard
 OFFLINE ?= auto
 GPU ?= pytorch
@@ -83,7 +86,7 @@ $(WHEELHOUSE)/%/.complete: docker/requirements/%.txt docker/requirements/build.t
 certs: $(DOCKER_CERTS)/server.pem
 
 $(DOCKER_CERTS)/server.pem: docker/dev-certs.sh
-	docker/dev-certs.sh $(DOCKER_CERTS) $(DOCKER_CERT_NAMES)
+	docker/dev-certs.sh $(DOCKER_CERTS) $(DOCKER_CERT_NAMES) $(DOCKER_CLIENT_NAMES)
 
 ## gpu-image: the CUDA client image(s) of Dockerfile.gpu (GPU=pytorch, mxnet or "pytorch mxnet")
 gpu-image:

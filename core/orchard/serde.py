@@ -10,7 +10,7 @@ writes chunks straight into preallocated arrays (:class:`ParametersAssembler`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -41,6 +41,9 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["FederationService"].full_nam
 DEFAULT_CHUNK_BYTES = 1 << 20
 #: Largest chunk anyone may send or ask for.
 MAX_CHUNK_BYTES = (4 << 20) - (64 << 10)
+#: The gRPC metadata entry that carries a session's secret on every call
+#: after Join (and on a Join that takes over a connected instance).
+SESSION_SECRET_METADATA = "orchard-session-secret"
 
 
 class SerdeError(ValueError):
@@ -262,6 +265,11 @@ class ParametersAssembler:
             )
         if not chunk.data:
             raise SerdeError(f"tensor {spec.name!r}: empty chunk")
+        if len(chunk.data) > MAX_CHUNK_BYTES:
+            raise SerdeError(
+                f"tensor {spec.name!r}: a chunk of {len(chunk.data)} bytes, above the "
+                f"largest chunk of {MAX_CHUNK_BYTES}"
+            )
         self._views[self._index][self._filled : end] = np.frombuffer(chunk.data, dtype=np.uint8)
         self._filled = end
 
@@ -381,6 +389,7 @@ def session_to_proto(session: Session) -> pb.JoinResponse:
         partition_id=session.partition_id,
         num_partitions=session.num_partitions,
         state=state_to_proto(session.state),
+        session_secret=session.secret,
     )
 
 
@@ -394,7 +403,21 @@ def session_from_proto(msg: pb.JoinResponse) -> Session:
         partition_id=msg.partition_id,
         num_partitions=msg.num_partitions,
         state=state_from_proto(msg.state),
+        secret=msg.session_secret,
     )
+
+
+def session_metadata(secret: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that proves a session (empty without a secret)."""
+    return ((SESSION_SECRET_METADATA, secret),) if secret else ()
+
+
+def session_secret_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The session secret a call carries, or "" when it carries none."""
+    for key, value in metadata or ():
+        if key == SESSION_SECRET_METADATA:
+            return value.decode(errors="replace") if isinstance(value, bytes) else value
+    return ""
 
 
 # --- heartbeat, poll, leave --------------------------------------------------------

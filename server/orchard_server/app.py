@@ -26,11 +26,14 @@ from orchard_server.admission import AdmissionPolicy
 from orchard_server.config import ServerConfig
 from orchard_server.federation import Federation
 from orchard_server.grpc_pool import GrpcClientPool
+from orchard_server.results import ResultPolicy
 from orchard_server.servicer import FederationServicer, Hosted
 
 log = logging.getLogger("orchard.server")
 
 SERVICE_NAME = serde.SERVICE_NAME
+#: Largest message the server reads: twice the largest chunk.
+MAX_MESSAGE_BYTES = 2 * serde.MAX_CHUNK_BYTES
 
 
 class OrchardServer:
@@ -44,7 +47,9 @@ class OrchardServer:
                 log.info("federation %r is switched off", fed_config.name)
                 continue
             pool = GrpcClientPool(
-                AdmissionPolicy.from_config(fed_config), heartbeat_timeout=config.heartbeat_timeout
+                AdmissionPolicy.from_config(fed_config),
+                heartbeat_timeout=config.heartbeat_timeout,
+                results=ResultPolicy.from_config(fed_config),
             )
             federation = Federation(fed_config, pool, config.state_dir)
             federation.restore_or_init()
@@ -59,6 +64,10 @@ class OrchardServer:
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.so_reuseport", 0),
+                # Room above the largest chunk (serde.MAX_CHUNK_BYTES), so an
+                # oversize chunk reaches serde and is refused with
+                # INVALID_ARGUMENT naming it, not cut by the transport.
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ]
         )
         pb_grpc.add_FederationServiceServicer_to_server(
@@ -68,6 +77,7 @@ class OrchardServer:
                 max_poll_seconds=self.config.max_poll_seconds,
                 max_upload_bytes=self.config.max_upload_bytes,
                 max_concurrent_uploads=self.config.max_concurrent_uploads,
+                stream_idle_timeout=self.config.stream_idle_timeout,
             ),
             server,
         )
@@ -81,8 +91,12 @@ class OrchardServer:
             self.port = server.add_insecure_port(self.config.address)
         else:
             assert self.config.tls_cert is not None and self.config.tls_key is not None
+            client_ca = self.config.tls_client_ca
             credentials = grpc.ssl_server_credentials(
-                [(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())]
+                [(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())],
+                # Mutual TLS: only clients with a certificate this CA signed get in.
+                root_certificates=client_ca.read_bytes() if client_ca else None,
+                require_client_auth=client_ca is not None,
             )
             self.port = server.add_secure_port(self.config.address, credentials)
             log.info(

@@ -1,4 +1,9 @@
-"""``orchard-server`` / ``python -m orchard_server``: run the aggregation server."""
+"""``orchard-server`` / ``python -m orchard_server``: run the aggregation server.
+
+``orchard-server enroll --credentials-file FILE NAME`` enrolls a client in a
+federation's credentials file (see :mod:`.credentials`) and prints its secret
+once.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from pathlib import Path
 from orchard_server.app import OrchardServer
 from orchard_server.checkpoint import CheckpointError
 from orchard_server.config import ConfigError, load_config
+from orchard_server.credentials import CredentialsError, enroll
 from orchard_server.initial import InitError
 from orchard_server.strategy import StrategyError
 
@@ -53,8 +59,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def enroll_main(argv: list[str]) -> int:
+    """``orchard-server enroll``: add or re-key a client; prints its secret once."""
+    parser = argparse.ArgumentParser(
+        prog="orchard-server enroll",
+        description="Enroll a client in a federation's credentials file (secrets are stored "
+        "hashed; the new secret is printed once, give it to the client as NAME:SECRET).",
+    )
+    parser.add_argument("--credentials-file", type=Path, required=True)
+    parser.add_argument("name", help="the client's name (its certificate's common name, for mTLS)")
+    args = parser.parse_args(argv)
+    try:
+        secret = enroll(args.credentials_file, args.name)
+    except CredentialsError as exc:
+        print(f"orchard-server enroll: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.name}:{secret}")
+    print(
+        f"enrolled {args.name!r} in {args.credentials_file}; the line above is its token "
+        "(--auth-token), shown only now",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0: all federations finished)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["enroll"]:
+        return enroll_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -75,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, overrides=overrides)
         server = OrchardServer(config)
-    except (ConfigError, CheckpointError, InitError, StrategyError) as exc:
+    except (ConfigError, CheckpointError, InitError, StrategyError, CredentialsError) as exc:
         print(f"orchard-server: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(server.run(linger=args.linger))

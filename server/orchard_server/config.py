@@ -22,6 +22,8 @@ from orchard.models import get_model_spec
 from orchard.spec import ModelSpec, SpecError, TensorSpec
 from orchard.typing import Config
 from orchard_server.admission import DEFAULT_MAX_CLIENTS
+from orchard_server.credentials import Credentials, CredentialsError
+from orchard_server.results import DEFAULT_MAX_EXAMPLES, ResultPolicy
 from orchard_server.strategy import (
     SelectionError,
     Strategy,
@@ -71,6 +73,9 @@ class FederationConfig:
     num_partitions: int = 0
     #: Seconds a round (fit, then evaluate) may take before missing clients are dropped.
     round_timeout: float = 600.0
+    #: Seconds the evaluator client has for a centralized evaluation (at most
+    #: round_timeout): an evaluator that stalls costs this, not a whole round.
+    evaluator_timeout: float = 120.0
     #: Seconds to wait for min_available_clients before giving up.
     wait_timeout: float = 300.0
     #: How often a round that got too few results is tried again before the
@@ -79,9 +84,19 @@ class FederationConfig:
     #: Evaluate the global model every N rounds (0: never).
     evaluate_every: int = 1
     auth_token: str = ""
+    #: Enrolled clients (JSON of name -> scrypt hash, written by ``orchard-server
+    #: enroll``): only they may join, proving their name by client certificate
+    #: or by the token NAME:SECRET. Exclusive with auth_token.
+    credentials_file: Path | None = None
     #: Most sessions the federation holds at once; a join beyond it is refused
     #: with RESOURCE_EXHAUSTED (a re-join of a connected instance takes no room).
     max_clients: int = DEFAULT_MAX_CLIENTS
+    #: Largest example count one result may report (see example_weighting).
+    max_examples_per_client: int = DEFAULT_MAX_EXAMPLES
+    #: How example counts weigh in averages: "examples" (FedAvg; a count above
+    #: max_examples_per_client is refused with INVALID_ARGUMENT), "capped"
+    #: (counts clipped to the cap) or "uniform" (every client weighs the same).
+    example_weighting: str = "examples"
     fit_config: Config = field(default_factory=dict)
     evaluate_config: Config = field(default_factory=dict)
 
@@ -103,7 +118,7 @@ class FederationConfig:
                 f"{where}: min_available_clients ({self.min_available_clients}) is below "
                 f"min_fit_clients ({self.min_fit_clients}); no round could ever start"
             )
-        for key in ("round_timeout", "wait_timeout"):
+        for key in ("round_timeout", "wait_timeout", "evaluator_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{where}: {key} must be > 0 seconds")
         if self.max_clients < self.min_available_clients:
@@ -111,6 +126,20 @@ class FederationConfig:
                 f"{where}: max_clients ({self.max_clients}) is below min_available_clients "
                 f"({self.min_available_clients}); no round could ever start"
             )
+        try:
+            ResultPolicy.from_config(self)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if self.credentials_file is not None:
+            if self.auth_token:
+                raise ConfigError(
+                    f"{where}: set auth_token or credentials_file, not both (an enrolled "
+                    "client's token is NAME:SECRET)"
+                )
+            try:
+                Credentials.load(self.credentials_file)
+            except CredentialsError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
         if self.init_file is not None and not self.init_file.is_file():
             raise ConfigError(f"{where}: init_file {self.init_file} does not exist")
         try:
@@ -157,10 +186,16 @@ class ServerConfig:
     insecure: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Mutual TLS: the CA that signs client certificates. When set, every client
+    #: must present one; its identity (common name) is the client's name.
+    tls_client_ca: Path | None = None
     #: Largest result a client may upload, in bytes (guards memory).
     max_upload_bytes: int = 8 << 30
     #: Results assembled at once; bounds server memory to this many model copies.
     max_concurrent_uploads: int = 4
+    #: Longest wait for the next message of an upload; a stalled upload is cut
+    #: off with DEADLINE_EXCEEDED, freeing its slot.
+    stream_idle_timeout: float = 60.0
     federations: tuple[FederationConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -176,9 +211,13 @@ class ServerConfig:
                 "TLS needs tls_cert and tls_key (ORCHARD_TLS_CERT, ORCHARD_TLS_KEY); "
                 "set insecure = true (ORCHARD_INSECURE=1) to serve plain text on purpose"
             )
-        for path in (self.tls_cert, self.tls_key):
+        if self.tls_client_ca is not None and self.insecure:
+            raise ConfigError("tls_client_ca (mutual TLS) needs TLS: unset insecure")
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
             if path is not None and not path.is_file():
                 raise ConfigError(f"TLS file {path} does not exist")
+        if self.stream_idle_timeout <= 0:
+            raise ConfigError("stream_idle_timeout must be > 0 seconds")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigError("heartbeat_timeout must exceed heartbeat_interval")
 
@@ -213,6 +252,7 @@ _ENV_SERVER_KEYS = {
     "ORCHARD_INSECURE": "insecure",
     "ORCHARD_TLS_CERT": "tls_cert",
     "ORCHARD_TLS_KEY": "tls_key",
+    "ORCHARD_TLS_CLIENT_CA": "tls_client_ca",
     "ORCHARD_HEARTBEAT_TIMEOUT": "heartbeat_timeout",
 }
 
@@ -228,6 +268,26 @@ def _parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+#: Keys whose values are text whatever they look like: ``--set auth_token=123``
+#: is the token "123", not a number to refuse.
+_TEXT_KEYS = frozenset(
+    f.name
+    for cls in (FederationConfig, ServerConfig)
+    for f in dataclasses.fields(cls)
+    if f.type in ("str", str)
+)
+#: Keys never echoed in an error message.
+_SECRET_KEYS = frozenset({"auth_token"})
+
+
+def _override_value(key: str, text: str) -> Any:
+    """The value of ``--set key=text``: text for text keys (quotes optional), else TOML."""
+    if key.rsplit(".", 1)[-1] in _TEXT_KEYS:
+        parsed = _parse_value(text)
+        return parsed if isinstance(parsed, str) else text
+    return _parse_value(text)
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -251,7 +311,14 @@ def _coerce(cls: type, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
         default = fields[key].default
         kind = type(default) if default is not dataclasses.MISSING else None
-        if key in ("state_dir", "tls_cert", "tls_key", "init_file"):
+        if key in (
+            "state_dir",
+            "tls_cert",
+            "tls_key",
+            "tls_client_ca",
+            "init_file",
+            "credentials_file",
+        ):
             out[key] = Path(value)
         elif key == "tensors":
             out[key] = _tensors(where, value)
@@ -270,8 +337,9 @@ def _coerce(cls: type, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"{where}: {key} must be a table")
             out[key] = _scalars(f"{where}.{key}", value)
         else:
+            shown = "(hidden)" if key in _SECRET_KEYS else repr(value)
             raise ConfigError(
-                f"{where}: {key} must be {kind.__name__ if kind else 'set'}, got {value!r}"
+                f"{where}: {key} must be {kind.__name__ if kind else 'set'}, got {shown}"
             )
     return out
 
@@ -344,7 +412,7 @@ def load_config(
         if not sep:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         root = {"server": server, "federations": federations}
-        _set_path(root, key.strip(), _parse_value(value.strip()))
+        _set_path(root, key.strip(), _override_value(key.strip(), value.strip()))
     unknown = set(data) - {"server", "federations"}
     if unknown:
         raise ConfigError(

@@ -77,6 +77,7 @@ async def fan_out(
                 fut.cancel()
                 _drop(
                     dropped,
+                    pool.federation,
                     task,
                     _name(infos, cid),
                     f"missed the round deadline of {task.timeout:g} s",
@@ -87,7 +88,7 @@ async def fan_out(
             try:
                 result = fut.result()
             except ClientDroppedError as exc:
-                _drop(dropped, task, _name(infos, cid), exc.reason)
+                _drop(dropped, pool.federation, task, _name(infos, cid), exc.reason)
                 continue
             if fold is not None:
                 try:
@@ -95,6 +96,7 @@ async def fan_out(
                 except AggregationError as exc:  # the aggregator is left unchanged
                     _drop(
                         dropped,
+                        pool.federation,
                         task,
                         _name(infos, cid),
                         f"update rejected by the aggregator: {exc}",
@@ -155,10 +157,17 @@ async def wait_for_clients(
             return len(pool.clients())
 
 
-def _drop(dropped: dict[str, str], task: Task, name: str, reason: str) -> None:
+def _drop(dropped: dict[str, str], federation: str, task: Task, name: str, reason: str) -> None:
     """Count ``name`` as dropped from ``task`` for ``reason``, in one log line."""
     dropped[name] = reason
-    log.warning("round %d: %s dropped from %s: %s", task.round, name, task.type.value, reason)
+    log.warning(
+        "federation %r round %d: %s dropped from %s: %s",
+        federation,
+        task.round,
+        name,
+        task.type.value,
+        reason,
+    )
 
 
 def _without_parameters(result: Result) -> Result:

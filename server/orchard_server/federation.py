@@ -19,9 +19,10 @@ fan-out is :mod:`.fanout`, evaluation :mod:`.evaluation`, the round records
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -216,7 +217,8 @@ class Federation:
         """One round: fit (tried again while too few results come back), step, evaluate."""
         select = self.strategy.select
         started = time.monotonic()
-        label = f"{rnd}/{self.config.num_rounds}"
+        # Log lines name their federation: one server runs several side by side.
+        label = f"federation {self.config.name!r} round {rnd}/{self.config.num_rounds}"
         fit: Fanout | None = None
         attempts = 0
         dropped: dict[str, str] = {}
@@ -254,13 +256,14 @@ class Federation:
                 "seed": self.config.seed * 100_003 + rnd,
             }
             aggregator = self.strategy.new_aggregator()
-            fit = await self._send(TaskType.FIT, rnd, selected, config, aggregator.add)
+            fold = functools.partial(_weighted_add, aggregator.add, self.pool.results.weight)
+            fit = await self._send(TaskType.FIT, rnd, selected, config, fold)
             dropped.update(fit.dropped)
             if len(fit.results) >= select.min_fit_clients:
                 aggregate = aggregator.result()
             else:
                 log.warning(
-                    "round %s: only %d of %d needed results (dropped: %s); %s",
+                    "%s: only %d of %d needed results (dropped: %s); %s",
                     label,
                     len(fit.results),
                     select.min_fit_clients,
@@ -280,9 +283,10 @@ class Federation:
             selected=len(fit.results) + len(fit.dropped),  # in the last attempt
             attempts=attempts,
             duration=fit.duration,
+            weight=self.pool.results.weight,
         )
         log.info(
-            "round %s: %d of %d clients answered in %.1f s%s",
+            "%s: %d of %d clients answered in %.1f s%s",
             label,
             len(fit.results),
             fit_record.selected,
@@ -296,6 +300,13 @@ class Federation:
             def send(kind: TaskType, ids: Sequence[str], cfg: Config) -> Awaitable[Fanout]:
                 return self._send(kind, rnd, ids, cfg)
 
+            # The evaluator has its own, shorter deadline: one stalled evaluator
+            # must not cost a whole round_timeout every round.
+            evaluator_timeout = min(self.config.evaluator_timeout, self.config.round_timeout)
+
+            def send_central(kind: TaskType, ids: Sequence[str], cfg: Config) -> Awaitable[Fanout]:
+                return self._send(kind, rnd, ids, cfg, timeout=evaluator_timeout)
+
             evaluate = await federated_evaluation(
                 rnd, pool=pool, select=select, rng=self._rng, config=config, send=send, label=label
             )
@@ -305,7 +316,7 @@ class Federation:
                 evaluate_fn=self.evaluate_fn,
                 pool=pool,
                 config=config,
-                send=send,
+                send=send_central,
                 label=label,
             )
         self.rounds_completed = rnd
@@ -327,16 +338,26 @@ class Federation:
         client_ids: Sequence[str],
         config: Config,
         fold: Fold | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Fanout:
-        """Fan one task with the current global parameters out to ``client_ids``."""
+        """Fan one task with the current global parameters out to ``client_ids``
+        (with ``timeout`` seconds to answer, round_timeout by default)."""
         task = Task(
             task_id="",
             type=kind,
             round=rnd,
             config=config,
-            timeout=self.config.round_timeout,
+            timeout=self.config.round_timeout if timeout is None else timeout,
             names=tuple(self.spec.names),
             parameters=self.parameters,
         )
         prefix = f"{self.config.name}-r{rnd}-{kind.value}"
         return await fan_out(self.pool, task, client_ids, task_prefix=prefix, fold=fold)
+
+
+def _weighted_add(
+    add: Callable[[NDArrays, int], None], weight: Callable[[int], int], arrays: NDArrays, n: int
+) -> None:
+    """Fold an update into the aggregate with the federation's weight of its example count."""
+    add(arrays, weight(n))

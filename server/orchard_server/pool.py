@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchard.client.numpy_client import ClientContext, NumPyClient, execute_task
-from orchard.messages import API_VERSION, JoinInfo, Result, Role, Task, TaskType
+from orchard.messages import API_VERSION, JoinInfo, Result, Role, Task
 from orchard.spec import ModelSpec, SpecError
 from orchard_server.admission import Admission, AdmissionPolicy
 from orchard_server.partitions import PartitionRegistry
+from orchard_server.results import InvalidResultError, ResultPolicy
 
 
 class ClientDroppedError(Exception):
@@ -40,31 +41,13 @@ class ClientInfo:
     role: Role
     partition_id: int
     instance_id: str
+    #: The proven identity (enrolled name or client certificate), else "".
+    identity: str = ""
 
     @property
     def sort_key(self) -> tuple[int, str, str]:
         """Stable order across restarts (session ids are random, partitions are not)."""
         return (self.partition_id, self.instance_id, self.client_id)
-
-
-def validate_result(spec: ModelSpec, task: Task, result: Result) -> None:
-    """Raise :class:`SpecError` unless a fit result matches the federation's spec.
-
-    Shared by every pool so a malformed update is refused the same way whether
-    it came over gRPC or from an in-process client.
-    """
-    if result.error or task.type is not TaskType.FIT:
-        return
-    if result.names and tuple(result.names) != tuple(spec.names):
-        for i, (want, got) in enumerate(zip(spec.names, result.names, strict=False)):
-            if want != got:
-                raise SpecError(f"tensor #{i}: expected {want!r}, got {got!r}")
-        raise SpecError(f"expected {len(spec.names)} tensors, got {len(result.names)}")
-    spec.validate(result.parameters)
-    if result.num_examples <= 0:
-        raise SpecError(
-            f"num_examples must be positive for a fit result, got {result.num_examples}"
-        )
 
 
 class ClientPool(abc.ABC):
@@ -74,9 +57,15 @@ class ClientPool(abc.ABC):
     leaves, which wakes :meth:`wait_for_clients`.
     """
 
-    def __init__(self, policy: AdmissionPolicy) -> None:
+    def __init__(self, policy: AdmissionPolicy, results: ResultPolicy | None = None) -> None:
         self._changed = asyncio.Event()
         self._policy = policy
+        self._results = results or ResultPolicy()
+
+    @property
+    def results(self) -> ResultPolicy:
+        """What a result may hold and how example counts weigh (checked on entry)."""
+        return self._results
 
     @property
     def policy(self) -> AdmissionPolicy:
@@ -147,6 +136,7 @@ class InMemoryClientPool(ClientPool):
         federation: str = "simulation",
         *,
         policy: AdmissionPolicy | None = None,
+        results: ResultPolicy | None = None,
     ) -> None:
         """``policy`` defaults to an open federation whose clients fix their partitions."""
         if policy is None:
@@ -160,7 +150,7 @@ class InMemoryClientPool(ClientPool):
                 f"policy of federation {policy.federation!r} (model {policy.spec.model_id!r}) "
                 f"does not fit pool {federation!r} (model {spec.model_id!r})"
             )
-        super().__init__(policy)
+        super().__init__(policy, results)
         self._admission = Admission([self])
         self._clients: dict[str, tuple[ClientInfo, NumPyClient]] = {}
         self._joins = 0
@@ -219,6 +209,10 @@ class InMemoryClientPool(ClientPool):
         self._membership_changed()
         return info
 
+    def may_take_over(self, instance_id: str, secret: str, identity: str = "") -> bool:
+        """In-process clients are the server's own code: any may replace an instance."""
+        return True
+
     def remove(self, client_id: str) -> None:
         """Disconnect a client."""
         self._clients.pop(client_id, None)
@@ -251,7 +245,7 @@ class InMemoryClientPool(ClientPool):
         if result.error:
             raise ClientDroppedError(client_id, f"task failed on the client: {result.error}")
         try:
-            validate_result(self.spec, task, result)
-        except SpecError as exc:
+            self.results.check(self.spec, task, result)
+        except (SpecError, InvalidResultError) as exc:
             raise ClientDroppedError(client_id, f"update rejected: {exc}") from None
         return result

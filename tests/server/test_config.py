@@ -144,3 +144,15 @@ def test_strategy_errors_name_the_federation_and_the_combination(
     text = BASE.replace("num_rounds = 4", f"num_rounds = 4\n{line}")
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text), environ={})
+
+
+def test_a_numeric_looking_token_is_text_and_never_printed(tmp_path: Path) -> None:
+    base = ["server.insecure=true", "federations.f.model=logreg"]
+    for text in ("12345", "1e3", "true", '"12345"'):
+        config = load_config(None, overrides=[*base, f"federations.f.auth_token={text}"])
+        assert config.federations[0].auth_token == text.strip('"')
+    # A file's wrong type is refused naming the key, never echoing the secret.
+    path = write(tmp_path, "[federations.f]\nmodel = 'logreg'\nauth_token = 987654321\n")
+    with pytest.raises(ConfigError, match="auth_token must be str, got \\(hidden\\)") as err:
+        load_config(path, overrides=["server.insecure=true"])
+    assert "987654321" not in str(err.value)

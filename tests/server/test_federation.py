@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,24 @@ def test_evaluator_role_does_centralized_evaluation(tmp_path: Path) -> None:
     assert record.centralized.source == "evaluator"
     assert record.centralized.num_examples > 0
     assert len(record.fit.participants) == 2  # the evaluator never trains
+
+
+class Stalling(LogRegClient):
+    def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:
+        time.sleep(3.0)  # alive, but never answers in time
+        return super().evaluate(parameters, config)
+
+
+def test_a_stalled_evaluator_costs_its_own_deadline_not_the_round(tmp_path: Path) -> None:
+    federation, pool = make(tmp_path, n=2, num_rounds=1, evaluator_timeout=0.3)
+    pool.add(lambda ctx: Stalling.for_partition(0), role=Role.EVALUATOR, name="evaluator")
+    started = time.monotonic()
+    assert run(federation) is FederationState.FINISHED
+    record = federation.history.rounds[0]
+    assert record.centralized is not None
+    assert "missed the round deadline of 0.3 s" in str(record.centralized.dropped), record
+    assert record.duration_s < 2.5  # round_timeout is 30 s
+    assert time.monotonic() - started < 10
 
 
 def test_the_checkpoint_keeps_the_partitions_admission_handed_out(tmp_path: Path) -> None:

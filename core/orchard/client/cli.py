@@ -164,6 +164,18 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         help="CA bundle that signed the server's certificate (ORCHARD_CA_CERT)",
     )
     t.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=Path(v) if (v := env_default("CLIENT_CERT")) else None,
+        help="this client's certificate for mutual TLS (ORCHARD_CLIENT_CERT)",
+    )
+    t.add_argument(
+        "--tls-key",
+        type=Path,
+        default=Path(v) if (v := env_default("CLIENT_KEY")) else None,
+        help="the key of --tls-cert (ORCHARD_CLIENT_KEY)",
+    )
+    t.add_argument(
         "--server-name",
         default=env_default("TLS_SERVER_NAME"),
         help="expected name in the server's certificate (ORCHARD_TLS_SERVER_NAME)",
@@ -248,6 +260,11 @@ def settings_from_args(args: argparse.Namespace, *, framework: str) -> ClientSet
         )
     if args.ca_cert is not None and not args.ca_cert.is_file():
         raise SystemExit(f"--ca-cert {args.ca_cert}: no such file")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("--tls-cert and --tls-key go together (mutual TLS)")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not path.is_file():
+            raise SystemExit(f"{flag} {path}: no such file")
     return ClientSettings(
         server=args.server,
         federation=args.federation,
@@ -255,7 +272,13 @@ def settings_from_args(args: argparse.Namespace, *, framework: str) -> ClientSet
         display_name=args.name or default_display_name(),
         role=Role(args.role),
         auth_token=args.auth_token,
-        tls=TlsSettings(ca_cert=args.ca_cert, insecure=args.insecure, server_name=args.server_name),
+        tls=TlsSettings(
+            ca_cert=args.ca_cert,
+            insecure=args.insecure,
+            server_name=args.server_name,
+            cert=args.tls_cert,
+            key=args.tls_key,
+        ),
         partition_id=args.partition_id,
         num_partitions=args.num_partitions,
         connect_timeout=args.connect_timeout,

@@ -84,6 +84,9 @@ class TlsSettings:
     ca_cert: Path | None = None
     insecure: bool = False
     server_name: str | None = None
+    #: Mutual TLS: this client's certificate and key (PEM), both or neither.
+    cert: Path | None = None
+    key: Path | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,7 +126,12 @@ def make_channel(settings: ClientSettings) -> grpc.Channel:
     root = settings.tls.ca_cert.read_bytes() if settings.tls.ca_cert else None
     if settings.tls.server_name:
         options.append(("grpc.ssl_target_name_override", settings.tls.server_name))
-    credentials = grpc.ssl_channel_credentials(root_certificates=root)
+    tls = settings.tls
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root,
+        private_key=tls.key.read_bytes() if tls.key else None,
+        certificate_chain=tls.cert.read_bytes() if tls.cert else None,
+    )
     return grpc.secure_channel(settings.server, credentials, options=options)
 
 
@@ -295,8 +303,10 @@ class ClientRuntime:
             if self._stop.is_set():
                 raise _Terminated
             stub = self._stub or self._connect()
+            # A re-join proves it owns its instance with its current session's secret.
+            owner = serde.session_metadata(self._session.secret if self._session else "")
             try:
-                response = stub.Join(request, timeout=10.0)
+                response = stub.Join(request, timeout=10.0, metadata=owner)
                 break
             except grpc.RpcError as exc:
                 code = exc.code()
@@ -364,7 +374,11 @@ class ClientRuntime:
             )
         )
         try:
-            call = stub.PullTask(request, timeout=self.settings.poll_seconds + 30.0)
+            call = stub.PullTask(
+                request,
+                timeout=self.settings.poll_seconds + 30.0,
+                metadata=serde.session_metadata(session.secret),
+            )
             self._call = call
             if self._session_lost.is_set():  # the heartbeat noticed before the call was stored
                 call.cancel()
@@ -395,8 +409,9 @@ class ClientRuntime:
         stub = self._stub
         assert stub is not None
         stream = serde.result_to_stream(result, self.settings.max_chunk_bytes)
+        proof = serde.session_metadata(self._require_session().secret)
         try:
-            response = stub.PushResult(stream, timeout=600.0)
+            response = stub.PushResult(stream, timeout=600.0, metadata=proof)
             log.debug("result %s accepted: %s", result.task_id, serde.push_ack_from_proto(response))
         except grpc.RpcError as exc:
             code = exc.code()
@@ -456,6 +471,7 @@ class ClientRuntime:
                     LeaveNotice(client_id=session.client_id, reason=reason, fatal=fatal)
                 ),
                 timeout=5.0,
+                metadata=serde.session_metadata(session.secret),
             )
             if fatal:
                 log.info(
@@ -504,12 +520,13 @@ class ClientRuntime:
         assert stub is not None
 
         request = serde.heartbeat_to_proto(session.client_id)
+        proof = serde.session_metadata(session.secret)
 
         def beat() -> None:
             interval = max(session.heartbeat_interval, 0.1)
             while not stop.wait(interval):
                 try:
-                    stub.Heartbeat(request, timeout=max(interval, 5.0))
+                    stub.Heartbeat(request, timeout=max(interval, 5.0), metadata=proof)
                 except grpc.RpcError as exc:
                     if exc.code() is grpc.StatusCode.NOT_FOUND:
                         # The server forgot the session: the main loop joins again
