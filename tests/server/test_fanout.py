@@ -134,6 +134,7 @@ def test_every_dropped_client_is_one_log_line_with_its_reason(
     with caplog.at_level(logging.WARNING, logger="orchard.server"):
         asyncio.run(fan_out(pool, task(timeout=0.3), ["a", "b", "slow"], task_prefix="t"))
     assert sorted(r.getMessage() for r in caplog.records) == [
-        "round 3: name-b (b) dropped from fit: left the federation",
-        "round 3: name-slow (slow) dropped from fit: missed the round deadline of 0.3 s",
+        "federation 'scripted' round 3: name-b (b) dropped from fit: left the federation",
+        "federation 'scripted' round 3: name-slow (slow) dropped from fit: missed the round deadline "
+        "of 0.3 s",
     ]
