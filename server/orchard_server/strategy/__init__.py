@@ -56,6 +56,7 @@ from orchard_server.strategy.selection import (
     SelectionError,
     SelectionPolicy,
     UniformSampling,
+    round_rng,
     sample_clients,
     sample_size,
 )
@@ -121,6 +122,7 @@ __all__ = [
     "median",
     "parse_options",
     "pseudo_gradient",
+    "round_rng",
     "sample_clients",
     "sample_size",
     "sgd",
