@@ -223,7 +223,7 @@ class Federation:
                 "round": rnd,
                 "seed": task_seed(self.config.seed, rnd),
             }
-            aggregator = self.strategy.new_aggregator()
+            aggregator = self.strategy.new_aggregator(self.parameters)
             fit = await self._send(TaskType.FIT, rnd, selected, config, aggregator.add)
             dropped.update(fit.dropped)
             if len(fit.results) >= select.min_fit_clients:
