@@ -34,12 +34,14 @@ from tests.helpers.datasets import write_mnist_files
 
 pytestmark = pytest.mark.slow
 
-ROUNDS = 6
+ROUNDS = 8
 KILLS = 10
-#: Seeds the kill delays: the run is the same every time (the moments are "random" but fixed).
+#: Seeds the kill moments: the run is the same every time (the moments are "random" but fixed).
 KILL_SEED = 2026
-#: Each kill comes this long (uniform, seconds) after the restarted server is healthy.
-DELAY = (0.2, 2.0)
+#: A kill comes this long (uniform, seconds) after its trigger: the restarted server
+#: answering its health check (clients still rejoining, a round starting) or, for
+#: every other kill, the next round recorded (the next round's tasks in flight).
+DELAY = (0.0, 1.5)
 FEDERATION = "mnist"
 CLIENTS = (("pytorch", 0), ("pytorch", 1), ("mxnet", 2), ("mxnet", 3))
 
@@ -119,6 +121,13 @@ def _rounds_done(state_dir: Path) -> int:
     return len(history["rounds"])
 
 
+def _wait_rounds(state_dir: Path, rounds: int, server: Process, launcher: Launcher) -> None:
+    deadline = time.monotonic() + 120
+    while _rounds_done(state_dir) < rounds and server.running:
+        assert time.monotonic() < deadline, f"no round {rounds} in 120 s\n{launcher.tails()}"
+        time.sleep(0.05)
+
+
 def test_server_killed_ten_times_ends_bit_identical_to_an_uninterrupted_run(
     tmp_path: Path, mxnet_interpreter: Path
 ) -> None:
@@ -142,7 +151,10 @@ def test_server_killed_ten_times_ends_bit_identical_to_an_uninterrupted_run(
         config = _config(data_dir, state, free_port())
         server = launcher.start_server(config, name="server-0").process
         clients = _start_clients(launcher, data_dir, mxnet_interpreter)
+        _wait_rounds(state, 1, server, launcher)  # every client has started and trained
         for kill in range(KILLS):
+            if kill % 2:
+                _wait_rounds(state, _rounds_done(state) + 1, server, launcher)
             time.sleep(rng.uniform(*DELAY))
             if not server.running:
                 break  # finished early: the remaining kills have nothing to hit
