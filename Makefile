@@ -77,10 +77,11 @@ test-main: $(BIN)/.ok
 test-mxnet: $(MXBIN)/.ok $(BIN)/.ok
 	ORCHARD_SERVER_PYTHON=$(abspath $(BIN)/python) $(MXBIN)/pytest tests/core tests/client_mxnet tests/contract $(PYTEST_ARGS)
 
-## bench: speed and memory benchmarks, JSON on stdout and in runs/bench.json
+## bench: speed and memory benchmarks, JSON on stdout and in runs/bench.json; soak in runs/soak.json
 bench: $(BIN)/.ok
 	mkdir -p runs
 	$(BIN)/python -m benchmarks | tee runs/bench.json
+	$(BIN)/python -m benchmarks.soak | tee runs/soak.json
 
 ## fuzz: longer fuzzing than make test's: serde under atheris, the servicer under hypothesis
 FUZZ_SECONDS ?= 120
