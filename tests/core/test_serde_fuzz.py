@@ -6,6 +6,7 @@ for a few seconds too; ``make fuzz`` runs the latter for longer.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 
 import numpy as np
@@ -46,6 +47,21 @@ def test_every_decoder_has_a_seed_and_every_seed_decodes() -> None:
     for seed in seed_corpus():
         _, decode = DECODERS[seed[0]]
         decode(seed[1:])  # valid: must not even be refused
+
+
+def test_found_by_fuzzing_a_zero_byte_tensor_numpy_cannot_shape_is_refused() -> None:
+    """atheris found it: 0 bytes announced, but dimensions NumPy cannot allocate."""
+    from orchard.v1 import tensor_pb2 as tpb
+
+    header = tpb.ParametersHeader(total_bytes=0)
+    header.tensors.add(name="w", dtype=tpb.DATA_TYPE_FLOAT32, shape=[0, 2**62, 2**62])
+    with pytest.raises(serde.SerdeError, match=r"'w'.*cannot be allocated"):
+        serde.ParametersAssembler(header)
+    crash = base64.b64decode(
+        "ClsKWQoBYxIBdBgBKAQxAAAAAAAA4D8aOgsKBG5vdGUQCGFjY3VyYWN5EgkRGggAAIBAAACgQA4SDAgBGggB"
+        "AAAA/v///wwSCggBGBgYGBgYGBgYGBAIGgQDAAAA"
+    )
+    serde_target(crash)
 
 
 arrays_strategy = st.lists(

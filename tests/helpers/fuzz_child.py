@@ -21,7 +21,9 @@ def main() -> None:
     libFuzzer prints the figures and exits; new inputs it finds join the corpus.
     """
     seconds, corpus = int(sys.argv[1]), sys.argv[2]
-    flags = [f"-max_total_time={seconds}", "-rss_limit_mb=4096"]
+    # Crash inputs go beside the corpus, not into the working directory (the
+    # parent prints them from the log, base64 included).
+    flags = [f"-max_total_time={seconds}", "-rss_limit_mb=4096", f"-artifact_prefix={corpus}/"]
     atheris.Setup([sys.argv[0], *flags, corpus], serde_target)
     atheris.Fuzz()
 
