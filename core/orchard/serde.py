@@ -202,6 +202,21 @@ def iter_chunks(
             )
 
 
+def _allocate(spec: TensorSpec) -> np.ndarray:
+    """An empty little-endian array for ``spec``; a shape NumPy cannot hold is a SerdeError.
+
+    A tensor with a zero dimension has no bytes, but NumPy still refuses
+    shapes whose other dimensions multiply past its index range (found by
+    fuzzing: a header announcing 0 bytes for such a shape passed every count).
+    """
+    try:
+        return np.empty(spec.shape, dtype=np.dtype(spec.dtype).newbyteorder("<"))
+    except (ValueError, MemoryError) as exc:
+        raise SerdeError(
+            f"tensor {spec.name!r}: shape {list(spec.shape)} cannot be allocated ({exc})"
+        ) from None
+
+
 class ParametersAssembler:
     """Rebuilds arrays from a header and its chunks, checking every byte's place.
 
@@ -220,9 +235,7 @@ class ParametersAssembler:
             )
         if max_bytes is not None and expected > max_bytes:
             raise SerdeError(f"parameters of {expected} bytes exceed the limit of {max_bytes}")
-        self._arrays = [
-            np.empty(s.shape, dtype=np.dtype(s.dtype).newbyteorder("<")) for s in self.specs
-        ]
+        self._arrays = [_allocate(s) for s in self.specs]
         # Flat byte views of the arrays: chunks are written through them in place.
         self._views = [a.reshape(-1).view(np.uint8) for a in self._arrays]
         self._index = 0

@@ -56,11 +56,12 @@ class FederationConfig:
     #: A named strategy (fedavg, fedavgm, fedadam, ...); see orchard_server.strategy.
     strategy: str = "fedavg"
     #: Replace or restate a piece of the named strategy: "mean", "median",
-    #: "trimmed_mean" ("" keeps the strategy's own).
+    #: "trimmed_mean", "krum" ("" keeps the strategy's own).
     aggregator: str = ""
     #: Likewise for the server optimizer: "sgd", "adam", "yogi", "adagrad".
     server_optimizer: str = ""
-    #: Hyperparameters of the strategy, or of the pieces in effect when composed.
+    #: Hyperparameters of the strategy, or of the pieces in effect when composed;
+    #: ``clip_norm`` (update-norm clipping) is accepted by every strategy.
     strategy_options: Config = field(default_factory=dict)
     seed: int = 0
     init_file: Path | None = None

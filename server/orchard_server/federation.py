@@ -42,11 +42,24 @@ from orchard_server.runs import archive_finished_run
 from orchard_server.strategy import (
     State,
     Strategy,
+    round_rng,
 )
 
 log = logging.getLogger("orchard.server")
 
-__all__ = ["EvaluateFn", "Federation", "FederationFailedError"]
+__all__ = ["EvaluateFn", "Federation", "FederationFailedError", "task_seed"]
+
+
+def task_seed(seed: int, rnd: int) -> int:
+    """The ``seed`` every fit task of round ``rnd`` carries, in ``[0, 2**63)``.
+
+    From the federation seed and the round only; each client mixes in its
+    partition (:func:`orchard.client.training.fit_seed`), so its shuffling
+    depends on (seed, round, partition) and never on process state: a fit
+    redone after a server restart shuffles as the aborted one did.
+    """
+    state = np.random.SeedSequence([seed % 2**63, rnd]).generate_state(1, dtype=np.uint64)
+    return int(state[0]) % 2**63
 
 
 class FederationFailedError(RuntimeError):
@@ -81,7 +94,6 @@ class Federation:
         self.rounds_completed = 0
         self.history = History(federation=config.name)
         self.parameters: NDArrays = []
-        self._rng = np.random.default_rng(config.seed)
         self._opt_state: State | None = None
         #: Set by :meth:`fail`: a client reported that it can never take part.
         self._fatal = asyncio.Event()
@@ -132,7 +144,6 @@ class Federation:
         self.parameters = resumed.parameters
         self.rounds_completed = resumed.round
         self._opt_state = resumed.opt_state
-        self._rng.bit_generator.state = resumed.rng_state
         self.history = resumed.history
         # The pool's admission hands out partitions; the checkpoint keeps them.
         self.pool.partitions.restore(resumed.meta.get("partitions", {}))
@@ -160,7 +171,6 @@ class Federation:
             round=self.rounds_completed,
             parameters=self.parameters,
             opt_state=self._opt_state,
-            rng=self._rng,
             history=self.history,
             meta=meta,
         )
@@ -248,14 +258,18 @@ class Federation:
                     f"{have} of {need} connected (min_available_clients)"
                 )
             self.state = FederationState.RUNNING
-            selected = select.select_fit([c.client_id for c in self.pool.clients()], self._rng)
+            # Clients in the pool's stable order (partition, instance id) and a
+            # generator of (seed, round, attempt) alone: a resumed server re-draws
+            # the same clients (sampling docs in strategy.selection).
+            rng = round_rng(self.config.seed, rnd, attempt=attempts, purpose="fit")
+            selected = select.select_fit([c.client_id for c in self.pool.clients()], rng)
             config: Config = {
                 **self.config.fit_config,
                 **self.strategy.fit_config,
                 "round": rnd,
-                "seed": self.config.seed * 100_003 + rnd,
+                "seed": task_seed(self.config.seed, rnd),
             }
-            aggregator = self.strategy.new_aggregator()
+            aggregator = self.strategy.new_aggregator(self.parameters)
             fold = functools.partial(_weighted_add, aggregator.add, self.pool.results.weight)
             fit = await self._send(TaskType.FIT, rnd, selected, config, fold)
             dropped.update(fit.dropped)
@@ -308,7 +322,13 @@ class Federation:
                 return self._send(kind, rnd, ids, cfg, timeout=evaluator_timeout)
 
             evaluate = await federated_evaluation(
-                rnd, pool=pool, select=select, rng=self._rng, config=config, send=send, label=label
+                rnd,
+                pool=pool,
+                select=select,
+                rng=round_rng(self.config.seed, rnd, purpose="evaluate"),
+                config=config,
+                send=send,
+                label=label,
             )
             centralized = await centralized_evaluation(
                 rnd,

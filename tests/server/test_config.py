@@ -124,7 +124,10 @@ def test_a_strategy_is_composed_from_pieces_in_the_federation_table(tmp_path: Pa
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ('aggregator = "krum"', "federation 'mnist': unknown aggregator 'krum'; valid aggregators"),
+        (
+            'aggregator = "bulyan"',
+            "federation 'mnist': unknown aggregator 'bulyan'; valid aggregators",
+        ),
         (
             'strategy = "fedadam"\nserver_optimizer = "sgd"',
             "federation 'mnist': strategy 'fedadam' is defined by its server_optimizer 'adam'",

@@ -19,7 +19,7 @@ from orchard.messages import API_VERSION, FederationState, JoinInfo, Role
 from orchard.typing import Config, Metrics, NDArrays
 from orchard_server.admission import AdmissionPolicy
 from orchard_server.config import FederationConfig
-from orchard_server.federation import Federation
+from orchard_server.federation import Federation, task_seed
 from orchard_server.pool import InMemoryClientPool
 from orchard_server.records import RoundRecord
 from orchard_server.strategy import CoordinateMedian, Strategy, UniformSampling, sgd
@@ -123,7 +123,7 @@ def test_fedavg_round_is_the_weighted_mean_of_client_updates(tmp_path: Path) -> 
     config = {
         **federation.config.fit_config,
         "round": 1,
-        "seed": federation.config.seed * 100_003 + 1,
+        "seed": task_seed(federation.config.seed, 1),
     }
     expected_parts = []
     for i in range(3):
@@ -156,6 +156,34 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path: Path) -> 
     for a, b in zip(whole.parameters, second.parameters, strict=True):
         np.testing.assert_array_equal(a, b)
     assert len(second.history.rounds) == 4
+
+
+def test_seeded_runs_with_a_fraction_sample_the_same_clients_whatever_the_join_order(
+    tmp_path: Path,
+) -> None:
+    """Defect 5: session ids (here ``sim-N`` by join order) must not decide the draw.
+
+    The same six partitions join in opposite orders, so every partition gets
+    another session id; with ``fraction_fit = 0.5`` both runs must still pick
+    the same partitions each round and end with the same model, bit for bit.
+    """
+    models, picked = [], []
+    for name, order in (("forward", range(6)), ("backward", reversed(range(6)))):
+        config = fed_config(num_rounds=3, fraction_fit=0.5, fraction_evaluate=0.5)
+        pool = InMemoryClientPool(SPEC)
+        for i in order:
+            pool.add(logreg, partition_id=i, num_partitions=6, name=f"p{i}")
+        federation = Federation(config, pool, tmp_path / name)
+        assert run(federation) is FederationState.FINISHED
+        models.append(federation.parameters)
+        picked.append(
+            [sorted(o.partition for o in r.fit.participants) for r in federation.history.rounds]
+        )
+    assert picked[0] == picked[1]
+    assert all(len(r) == 3 for r in picked[0])
+    assert len({tuple(r) for r in picked[0]}) > 1  # each round draws anew
+    for a, b in zip(*models, strict=True):
+        assert a.tobytes() == b.tobytes()
 
 
 def test_failing_and_nan_clients_are_dropped_and_the_round_goes_on(tmp_path: Path) -> None:

@@ -247,7 +247,6 @@ class AdapterClient(NumPyClient, Generic[ModelT, SplitT]):
         self.model = adapter.build_model(model_id, seed=seed)
         self.data = data
         self.role = role
-        self._fits = 0
 
     def get_parameters(self, config: Config) -> NDArrays:
         """The local model's tensors, in spec order."""
@@ -264,8 +263,7 @@ class AdapterClient(NumPyClient, Generic[ModelT, SplitT]):
             raise ConfigError("this client is an evaluator: it holds no training data to fit on")
         cfg = TrainConfig.from_config(config)
         self.adapter.set_parameters(self.model, parameters)
-        seed = fit_seed(cfg.seed, self.data.partition_id, self._fits)
-        self._fits += 1
+        seed = fit_seed(cfg.seed, self.data.partition_id)
         train_set = self.data.train
         log.info("%s", cfg.describe(len(train_set)))
         result = self.adapter.train(
