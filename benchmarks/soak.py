@@ -113,6 +113,9 @@ class Session:
         self.settings = settings
         self.ledger = ledger
         self.client_id = ""
+        #: The session secret's call metadata; sent on re-joins too, so a client that
+        #: crashed can take its own still-connected session over.
+        self.proof: tuple[tuple[str, str], ...] = ()
         self.task: asyncio.Task[None] | None = None
         self.finished = False
 
@@ -134,7 +137,9 @@ class Session:
         delay = 0.2
         while True:
             try:
-                answer = await self.stub.Join(serde.join_to_proto(info), timeout=30)
+                answer = await self.stub.Join(
+                    serde.join_to_proto(info), timeout=30, metadata=self.proof
+                )
                 break
             except grpc.aio.AioRpcError as err:
                 if err.code() not in (
@@ -144,14 +149,18 @@ class Session:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        self.client_id = serde.session_from_proto(answer).client_id
+        session = serde.session_from_proto(answer)
+        self.client_id = session.client_id
+        self.proof = serde.session_metadata(session.secret)
         self.ledger.joins += 1
 
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             try:
-                await self.stub.Heartbeat(serde.heartbeat_to_proto(self.client_id), timeout=10)
+                await self.stub.Heartbeat(
+                    serde.heartbeat_to_proto(self.client_id), timeout=10, metadata=self.proof
+                )
             except grpc.aio.AioRpcError:
                 return  # the poll loop sees the same trouble and rejoins
 
@@ -162,7 +171,9 @@ class Session:
             while not self.finished:
                 poll = TaskPoll(client_id=self.client_id, wait_seconds=5.0, max_chunk_bytes=0)
                 try:
-                    stream = self.stub.PullTask(serde.poll_to_proto(poll), timeout=30)
+                    stream = self.stub.PullTask(
+                        serde.poll_to_proto(poll), timeout=30, metadata=self.proof
+                    )
                     messages = [m async for m in stream]
                 except grpc.aio.AioRpcError as err:
                     if err.code() is grpc.StatusCode.NOT_FOUND:  # dropped: join again
@@ -200,7 +211,9 @@ class Session:
             parameters=params,
         )
         try:
-            await self.stub.PushResult(serde.result_to_stream(result), timeout=30)
+            await self.stub.PushResult(
+                serde.result_to_stream(result), timeout=30, metadata=self.proof
+            )
         except grpc.aio.AioRpcError:
             return  # the round closed or the session was replaced: not acknowledged
         if task.type is TaskType.FIT:
@@ -218,7 +231,7 @@ class Session:
             self.ledger.leaves += 1
             notice = LeaveNotice(client_id=self.client_id, reason="soak churn")
             with contextlib.suppress(grpc.aio.AioRpcError):  # already dropped: moot
-                await self.stub.Leave(serde.leave_to_proto(notice), timeout=10)
+                await self.stub.Leave(serde.leave_to_proto(notice), timeout=10, metadata=self.proof)
         await asyncio.sleep(pause)
         self.ledger.rejoins += 1
         self.start()

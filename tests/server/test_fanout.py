@@ -135,6 +135,7 @@ def test_every_dropped_client_is_one_log_line_with_its_reason(
         asyncio.run(fan_out(pool, task(timeout=0.3), ["a", "b", "slow"], task_prefix="t"))
     assert sorted(r.getMessage() for r in caplog.records) == [
         "federation 'scripted' round 3: name-b (b) dropped from fit: left the federation",
-        "federation 'scripted' round 3: name-slow (slow) dropped from fit: missed the round deadline "
+        "federation 'scripted' round 3: name-slow (slow) dropped from fit: "
+        "missed the round deadline "
         "of 0.3 s",
     ]
