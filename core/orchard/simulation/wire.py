@@ -96,7 +96,7 @@ def spec_from_json(data: Mapping[str, Any]) -> ModelSpec:
 
 def encode(header: Mapping[str, Any], arrays: Sequence[NDArray] = ()) -> list[bytes | memoryview]:
     """The buffers of one frame (written in order; arrays are not copied)."""
-    flat = [np.ascontiguousarray(a) for a in arrays]
+    flat = [np.asarray(a, order="C") for a in arrays]  # (ascontiguousarray makes 0-d 1-d)
     body = dict(header)
     body["arrays"] = [[a.dtype.str, list(a.shape)] for a in flat]
     raw = json.dumps(body, separators=(",", ":")).encode()
