@@ -10,7 +10,9 @@ client per task costs a partition lookup, not a file read.
 Node config keys (``[simulation.node_config]``): ``framework`` (pytorch,
 mxnet), ``model``, ``dataset``, ``data_dir``, ``download`` (false),
 ``verify`` (true), ``val_fraction`` (0.1), ``partitioning`` (iid, shards,
-dirichlet), ``partition_seed`` (0), ``alpha``, ``shards_per_client`` (2),
+dirichlet), ``partitions`` (0: one per client; more splits the data finer
+than the clients, e.g. 10 clients on McMahan's 100 shares), ``partition_seed``
+(0), ``alpha``, ``shards_per_client`` (2),
 ``device`` (cpu), ``seed`` (0: initial weights, unused once the server's
 parameters arrive), and for FedProx's systems heterogeneity
 ``straggler_fraction`` (0) and ``drop_stragglers`` (false).
@@ -123,7 +125,12 @@ def adapter_client(context: SimulationContext) -> NumPyClient:
     adapter = _adapter(framework, str(_get(cfg, "device", "cpu")))
     settings = data_settings(cfg)
     trainer = context.role is Role.TRAINER
-    spec = partition_spec(cfg, context.num_partitions) if trainer else None
+    count = int(_get(cfg, "partitions", 0)) or context.num_partitions
+    if count < context.num_partitions:
+        raise ConfigError(
+            f"node_config partitions={count} is below the {context.num_partitions} clients"
+        )
+    spec = partition_spec(cfg, count) if trainer else None
     preloaded = {"test": _split(settings, "test")}
     if trainer:
         preloaded["train"] = _split(settings, "train")

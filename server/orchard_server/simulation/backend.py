@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import sys
@@ -101,6 +102,22 @@ class Backend(abc.ABC):
         """Process ids of the workers (memory accounting in benchmarks)."""
 
 
+#: Linux's fcntl to resize a pipe (F_SETPIPE_SZ), and the size asked for.
+_F_SETPIPE_SZ = 1031
+_PIPE_BYTES = 1 << 20
+
+
+def _widen_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Ask for 1 MiB pipes (Linux; default 64 KiB): 16x fewer reads and writes per model."""
+    for stream in (proc.stdin, proc.stdout):
+        transport = getattr(stream, "transport", None) or getattr(stream, "_transport", None)
+        pipe = transport.get_extra_info("pipe") if transport is not None else None
+        if pipe is None:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
+
+
 class _Process:
     """One local worker process and its pipes."""
 
@@ -125,6 +142,7 @@ class _Process:
             )
         except OSError as exc:
             raise WorkerStartError(f"cannot start a worker with {python}: {exc}") from None
+        _widen_pipes(proc)
         worker = cls(proc)
         try:
             await worker._send(encode(setup.init_header()))
