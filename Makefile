@@ -81,6 +81,7 @@ test-mxnet: $(MXBIN)/.ok $(BIN)/.ok
 bench: $(BIN)/.ok
 	mkdir -p runs
 	$(BIN)/python -m benchmarks | tee runs/bench.json
+	$(BIN)/python -m benchmarks.simulation | tee runs/bench-simulation.jsonl
 
 clean:
 	rm -rf $(VENV) $(MXVENV) .tools/node_modules .mypy_cache .ruff_cache .pytest_cache runs

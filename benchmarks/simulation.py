@@ -128,11 +128,8 @@ def _null_federation(name: str, clients: int, rounds: int, fraction: float) -> F
 def _run(
     federation: FederationConfig, simulation: SimulationConfig, backend: Backend | None = None
 ) -> tuple[Any, float]:
-    with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
-        with _PeakMemory() as memory:
-            result = asyncio.run(
-                simulate(federation, simulation, state_dir=Path(tmp), backend=backend)
-            )
+    with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp, _PeakMemory() as memory:
+        result = asyncio.run(simulate(federation, simulation, state_dir=Path(tmp), backend=backend))
     return result, memory.peak_mb
 
 
@@ -245,13 +242,17 @@ def cases(args: argparse.Namespace) -> list[tuple[str, Callable[[], dict[str, An
         ("sim_null_round_local", lambda: bench_null_round("local", 100, args.rounds, args.workers)),
         (
             "sim_null_round_ray",
-            lambda: bench_null_round("ray", 100, args.rounds, args.workers) if has_ray else skip_ray,
+            lambda: (
+                bench_null_round("ray", 100, args.rounds, args.workers) if has_ray else skip_ray
+            ),
         ),
         (
             "sim_fedavg_overhead",
-            lambda: bench_fedavg_overhead(args.workers, args.data_dir)
-            if args.data_dir.is_dir()
-            else skip_data,
+            lambda: (
+                bench_fedavg_overhead(args.workers, args.data_dir)
+                if args.data_dir.is_dir()
+                else skip_data
+            ),
         ),
         ("sim_10k_clients", lambda: bench_10k_clients(args.rounds, args.workers)),
     ]

@@ -163,7 +163,9 @@ class StragglerDroppedError(RuntimeError):
 class StragglerClient(NumPyClient):
     """Li et al. 2020's systems heterogeneity around a client (see the module docs)."""
 
-    def __init__(self, inner: NumPyClient, *, partition_id: int, fraction: float, drop: bool) -> None:
+    def __init__(
+        self, inner: NumPyClient, *, partition_id: int, fraction: float, drop: bool
+    ) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise ConfigError(f"straggler_fraction must be in [0, 1], got {fraction}")
         self.inner = inner

@@ -94,7 +94,9 @@ def load_client_fn(ref: str) -> ClientFn:
         raise ClientFnError(f"client_fn {ref!r} must look like 'package.module:function'")
     try:
         if target.endswith(".py"):
-            spec = importlib.util.spec_from_file_location(f"_orchard_client_fn_{abs(hash(target))}", target)
+            spec = importlib.util.spec_from_file_location(
+                f"_orchard_client_fn_{abs(hash(target))}", target
+            )
             if spec is None or spec.loader is None:
                 raise ClientFnError(f"client_fn {ref!r}: cannot load {target}")
             module = importlib.util.module_from_spec(spec)
@@ -111,5 +113,5 @@ def load_client_fn(ref: str) -> ClientFn:
             raise ClientFnError(f"client_fn {ref!r}: {target} has no attribute {name!r}")
     if not callable(obj):
         raise ClientFnError(f"client_fn {ref!r} is not callable")
-    fn: ClientFn = obj  # type: ignore[assignment]
+    fn: ClientFn = obj
     return fn

@@ -101,7 +101,7 @@ def encode(header: Mapping[str, Any], arrays: Sequence[NDArray] = ()) -> list[by
     body["arrays"] = [[a.dtype.str, list(a.shape)] for a in flat]
     raw = json.dumps(body, separators=(",", ":")).encode()
     parts: list[bytes | memoryview] = [_LENGTH.pack(len(raw)), raw]
-    parts.extend(memoryview(a.reshape(-1).view(np.uint8)) for a in flat if a.size)
+    parts.extend(a.reshape(-1).view(np.uint8).data for a in flat if a.size)
     return parts
 
 
@@ -120,7 +120,9 @@ def header_length(prefix: bytes) -> int:
     return int(length)
 
 
-def parse_header(raw: bytes) -> tuple[dict[str, Any], list[tuple[np.dtype[Any], tuple[int, ...], int]]]:
+def parse_header(
+    raw: bytes,
+) -> tuple[dict[str, Any], list[tuple[np.dtype[Any], tuple[int, ...], int]]]:
     """The header and the (dtype, shape, nbytes) of each array that follows."""
     try:
         header = json.loads(raw)

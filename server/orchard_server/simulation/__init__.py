@@ -10,7 +10,12 @@ the same :class:`~orchard_server.federation.Federation`. See
 """
 
 from orchard.simulation.context import ClientState, SimulationContext
-from orchard_server.simulation.backend import Backend, LocalBackend, WorkerLostError, WorkerStartError
+from orchard_server.simulation.backend import (
+    Backend,
+    LocalBackend,
+    WorkerLostError,
+    WorkerStartError,
+)
 from orchard_server.simulation.config import (
     ClientGroup,
     Resources,

@@ -1,4 +1,4 @@
-"""Reproductions of the classic papers, one command each: ``python -m orchard_server.simulation.baselines``.
+"""The classic papers, one command each: ``python -m orchard_server.simulation.baselines``.
 
 * ``tutorial``: the seed tutorial (PyTorch, CIFAR-10): 10 partitions each
   split 90/10 into train and validation, FedAvg with fraction_fit=1.0,
@@ -100,7 +100,9 @@ def _node_config(args: argparse.Namespace, **extra: float | int | str | bool) ->
     }
 
 
-def _simulation(args: argparse.Namespace, num_clients: int, node_config: Config) -> SimulationConfig:
+def _simulation(
+    args: argparse.Namespace, num_clients: int, node_config: Config
+) -> SimulationConfig:
     python = args.python or ""
     if not python and args.framework == "mxnet" and args.backend == "local":
         from orchard.launch.kinds import find_python, get_kind
@@ -153,14 +155,20 @@ def fedavg_settings(args: argparse.Namespace) -> list[Setting]:
             val_fraction=0.0,
         )
         label = f"{'IID' if scheme == 'iid' else 'non-IID'} B={b} E={epochs}"
-        out.append(Setting(name=name, label=label, federation=fed, simulation=_simulation(args, args.clients, node)))
+        out.append(
+            Setting(
+                name=name,
+                label=label,
+                federation=fed,
+                simulation=_simulation(args, args.clients, node),
+            )
+        )
     return out
 
 
 def fedprox_settings(args: argparse.Namespace) -> list[Setting]:
     """FedAvg (stragglers dropped) and FedProx for each mu, at each straggler share."""
     out = []
-    per_round = max(1, round(args.fraction * args.clients))
     for stragglers in args.stragglers:
         runs: list[tuple[str, float, bool]] = [("FedAvg", 0.0, True)]
         runs += [(f"FedProx mu={mu:g}", mu, False) for mu in args.mu]
@@ -292,8 +300,8 @@ def fedavg_table(runs: Sequence[tuple[Setting, History]], args: argparse.Namespa
     """Markdown: rounds to reach the target per setting, beside McMahan et al.'s Table 2."""
     lines = [
         f"Rounds to reach {args.target:.0%} test accuracy ({args.dataset}, {args.framework}, "
-        f"K={args.clients}, C={args.fraction:g}, lr {args.lr:g}); '>N' means not within the N rounds "
-        "run. Paper: McMahan et al. 2017, Table 2 (MNIST CNN, 99%).",
+        f"K={args.clients}, C={args.fraction:g}, lr {args.lr:g}); '>N' means not within "
+        "the N rounds run. Paper: McMahan et al. 2017, Table 2 (MNIST CNN, 99%).",
         "",
         "| setting | rounds run | best accuracy | rounds to target | paper (MNIST, 99%) |",
         "|---|---|---|---|---|",
@@ -308,15 +316,17 @@ def fedavg_table(runs: Sequence[tuple[Setting, History]], args: argparse.Namespa
         accs = [a for a in map(_accuracy, history.rounds) if a is not None]
         best = f"{max(accs):.4f}" if accs else "-"
         ran = len(history.rounds)
-        lines.append(
-            f"| {setting.label} | {ran} | {best} | {reached if reached else f'>{ran}'} | {paper_text} |"
-        )
+        rounds = str(reached) if reached else f">{ran}"
+        lines.append(f"| {setting.label} | {ran} | {best} | {rounds} | {paper_text} |")
     return "\n".join(lines) + "\n"
 
 
 def fedprox_table(runs: Sequence[tuple[Setting, History]]) -> str:
     """Markdown: final and best accuracy and last training loss per setting."""
-    lines = ["| setting | rounds | final accuracy | best accuracy | final training loss |", "|---|---|---|---|---|"]
+    lines = [
+        "| setting | rounds | final accuracy | best accuracy | final training loss |",
+        "|---|---|---|---|---|",
+    ]
     for setting, history in runs:
         accs = [a for a in map(_accuracy, history.rounds) if a is not None]
         losses = [x for x in map(_train_loss, history.rounds) if x is not None]
@@ -344,28 +354,38 @@ async def run_settings(settings: Sequence[Setting], out: Path) -> list[tuple[Set
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchard_server.simulation.baselines",
-        description="Reproduce the seed tutorial, FedAvg (McMahan et al. 2017) or FedProx (Li et al. 2020).",
+        description="Reproduce the seed tutorial, FedAvg (McMahan 2017) or FedProx (Li 2020).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, *, dataset: str, rounds: int) -> None:
         p.add_argument("--framework", choices=("pytorch", "mxnet"), default="pytorch")
         p.add_argument("--dataset", default=dataset, help=f"default {dataset}")
-        p.add_argument("--data-dir", type=Path, help="dataset files or cache (default: Debian's Fashion-MNIST, else ./data)")
+        p.add_argument(
+            "--data-dir",
+            type=Path,
+            help="dataset files or cache (default: Debian's Fashion-MNIST, else ./data)",
+        )
         p.add_argument("--download", action="store_true", help="download the dataset if missing")
         p.add_argument("--no-verify", action="store_true", help="skip checksums (generated files)")
         p.add_argument("--rounds", type=int, default=rounds)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--backend", choices=("local", "ray"), default="local")
         p.add_argument("--workers", type=int, default=0, help="0: one per core")
-        p.add_argument("--python", help="interpreter of the workers (default: this one; MXNet's env for mxnet)")
-        p.add_argument("--eval-every", type=int, default=1, help="test-set evaluation every N rounds")
+        p.add_argument(
+            "--python", help="interpreter of the workers (default: this one; MXNet's env for mxnet)"
+        )
+        p.add_argument(
+            "--eval-every", type=int, default=1, help="test-set evaluation every N rounds"
+        )
         p.add_argument("--round-timeout", type=float, default=3600.0)
         p.add_argument("--out", type=Path, help="output folder (default runs/baselines/COMMAND)")
 
     tutorial = sub.add_parser("tutorial", help="the seed tutorial: PyTorch on CIFAR-10")
     common(tutorial, dataset="cifar10", rounds=5)
-    tutorial.add_argument("--centralized", action="store_true", help="also evaluate on the test set")
+    tutorial.add_argument(
+        "--centralized", action="store_true", help="also evaluate on the test set"
+    )
 
     fedavg = sub.add_parser("fedavg", help="McMahan et al. 2017 (MNIST CNN)")
     common(fedavg, dataset="mnist", rounds=50)
@@ -378,7 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     fedavg.add_argument("--partitioning", nargs="+", choices=("iid", "shards"), default=["iid"])
     fedavg.add_argument("--iid", dest="partitioning", action="store_const", const=["iid"])
     fedavg.add_argument("--non-iid", dest="partitioning", action="store_const", const=["shards"])
-    fedavg.add_argument("--target", type=float, default=0.99, help="accuracy the table counts rounds to")
+    fedavg.add_argument(
+        "--target", type=float, default=0.99, help="accuracy the table counts rounds to"
+    )
 
     fedprox = sub.add_parser("fedprox", help="Li et al. 2020 (systems heterogeneity)")
     common(fedprox, dataset="mnist", rounds=50)
@@ -396,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     out: Path = args.out or Path("runs/baselines") / args.command
     if args.command == "tutorial":
         settings = tutorial_settings(args)

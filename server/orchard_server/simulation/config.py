@@ -201,7 +201,9 @@ def simulation_from_table(table: Mapping[str, Any]) -> SimulationConfig:
             out[key] = _scalars(f"{where}.node_config", value)
         elif key == "groups":
             if not isinstance(value, list):
-                raise ConfigError(f"{where}.groups must be an array of tables [[simulation.groups]]")
+                raise ConfigError(
+                    f"{where}.groups must be an array of tables [[simulation.groups]]"
+                )
             out[key] = tuple(_group(f"{where}.groups[{i}]", g) for i, g in enumerate(value))
         else:
             known = sorted([*_SIM_KEYS, "resources", "node_config", "groups"])
@@ -222,7 +224,9 @@ def _group(where: str, table: Any) -> ClientGroup:
         elif key == "node_config":
             out[key] = _scalars(f"{where}.node_config", value)
         else:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join([*kinds, 'node_config'])})")
+            raise ConfigError(
+                f"{where}: unknown key {key!r} (known: {', '.join([*kinds, 'node_config'])})"
+            )
     if "num_clients" not in out:
         raise ConfigError(f"{where}.num_clients is required")
     return ClientGroup(**out)

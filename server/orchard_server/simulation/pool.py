@@ -1,4 +1,4 @@
-"""The simulation's :class:`~orchard_server.pool.ClientPool`: virtual clients admitted like real ones.
+"""The simulation's :class:`~orchard_server.pool.ClientPool`: virtual clients, admitted as real.
 
 Every virtual client joins through the federation's
 :class:`~orchard_server.admission.Admission` (version, credentials, room,
@@ -65,7 +65,12 @@ class SimulationPool(ClientPool):
                 )
                 partition += 1
         if evaluator:
-            self._join("virtual-evaluator", 0, frameworks[0] if frameworks else "simulation", Role.EVALUATOR)
+            self._join(
+                "virtual-evaluator",
+                0,
+                frameworks[0] if frameworks else "simulation",
+                Role.EVALUATOR,
+            )
         self._membership_changed()
 
     def _join(
@@ -126,7 +131,9 @@ class SimulationPool(ClientPool):
             state=self._states.get(client_id, {}) if self.keep_state else None,
         )
         try:
-            out = await asyncio.wait_for(self.backend.run(self._group[client_id], job), task.timeout)
+            out = await asyncio.wait_for(
+                self.backend.run(self._group[client_id], job), task.timeout
+            )
         except TimeoutError:
             raise ClientDroppedError(
                 client_id, f"missed the deadline of {task.timeout:g} s"

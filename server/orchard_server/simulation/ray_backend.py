@@ -17,7 +17,12 @@ import logging
 from typing import Any
 
 from orchard.simulation.job import Job, JobResult, WorkerRuntime
-from orchard_server.simulation.backend import Backend, WorkerLostError, WorkerSetup, WorkerStartError
+from orchard_server.simulation.backend import (
+    Backend,
+    WorkerLostError,
+    WorkerSetup,
+    WorkerStartError,
+)
 from orchard_server.simulation.config import Resources
 
 __all__ = ["RayBackend"]
@@ -128,7 +133,9 @@ class RayBackend(Backend):
             total = self._workers or cpus
             share = max(1, total // len(self._setups))
             sizes = [min(share, s.group.num_clients + 1) for s in self._setups]
-        self._pools = [_ActorPool(s, n, self._resources) for s, n in zip(self._setups, sizes, strict=True)]
+        self._pools = [
+            _ActorPool(s, n, self._resources) for s, n in zip(self._setups, sizes, strict=True)
+        ]
         try:
             await asyncio.gather(*(p.start() for p in self._pools))
         except BaseException:

@@ -159,10 +159,22 @@ def run_simulation(
     )
     if state_dir is not None:
         return asyncio.run(
-            simulate(federation, simulation, state_dir=state_dir, strategy=strategy, evaluate_fn=evaluate_fn)
+            simulate(
+                federation,
+                simulation,
+                state_dir=state_dir,
+                strategy=strategy,
+                evaluate_fn=evaluate_fn,
+            )
         )
     with tempfile.TemporaryDirectory(prefix="orchard-sim-") as tmp:
         result = asyncio.run(
-            simulate(federation, simulation, state_dir=Path(tmp), strategy=strategy, evaluate_fn=evaluate_fn)
+            simulate(
+                federation,
+                simulation,
+                state_dir=Path(tmp),
+                strategy=strategy,
+                evaluate_fn=evaluate_fn,
+            )
         )
     return dataclasses.replace(result, directory=None)

@@ -44,7 +44,9 @@ class ProbeClient(NumPyClient):
             ctx.state.arrays["count"] = count
             metrics["state"] = int(count)
         rng = np.random.default_rng([int(config["seed"]), ctx.partition_id])
-        new = [p + rng.standard_normal(p.shape).astype(p.dtype) * 0.01 for p in parameters]
+        new = [
+            p + np.asarray(rng.standard_normal(p.shape), dtype=p.dtype) * 0.01 for p in parameters
+        ]
         return new, 10 + ctx.partition_id, metrics
 
     def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:

@@ -71,7 +71,7 @@ def test_bad_simulation_keys_are_named(tmp_path: Path, extra: str, message: str)
 
 def test_a_file_without_a_simulation_table_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "sim.toml"
-    path.write_text(SIM_TOML.split("[simulation]")[0])
+    path.write_text(SIM_TOML.split("[simulation]", maxsplit=1)[0])
     with pytest.raises(ConfigError, match=r"no \[simulation\] table"):
         load_simulation_config(path)
 
@@ -79,9 +79,13 @@ def test_a_file_without_a_simulation_table_is_refused(tmp_path: Path) -> None:
 def test_groups_must_add_up_and_merge_the_shared_node_config() -> None:
     groups = (
         ClientGroup(client_fn="a:b", num_clients=2, node_config={"framework": "pytorch"}),
-        ClientGroup(client_fn="a:b", num_clients=3, python="/x/python", node_config={"framework": "mxnet"}),
+        ClientGroup(
+            client_fn="a:b", num_clients=3, python="/x/python", node_config={"framework": "mxnet"}
+        ),
     )
-    sim = SimulationConfig(num_clients=5, groups=groups, node_config={"dataset": "mnist"}, workers=4)
+    sim = SimulationConfig(
+        num_clients=5, groups=groups, node_config={"dataset": "mnist"}, workers=4
+    )
     merged = sim.client_groups()
     assert [g.node_config for g in merged] == [
         {"dataset": "mnist", "framework": "pytorch"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,8 +15,8 @@ from orchard_server.simulation import run_simulation
 from tests.server.simulation.conftest import PROBE, small_federation
 
 
-def _fit_metrics(result_history: object, rnd: int) -> list[dict[str, object]]:
-    record = result_history.rounds[rnd - 1]  # type: ignore[attr-defined]
+def _fit_metrics(result_history: Any, rnd: int) -> list[dict[str, Any]]:
+    record = result_history.rounds[rnd - 1]
     return [dict(c.metrics) for c in record.fit.participants]
 
 
@@ -45,9 +46,10 @@ def test_same_model_whatever_the_number_of_workers() -> None:
     two = run_simulation(PROBE, 4, small_federation(), workers=3)
     for a, b in zip(one.parameters, two.parameters, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    assert not np.array_equal(one.parameters[0], run_simulation(
-        PROBE, 4, small_federation(seed=8), workers=1
-    ).parameters[0])
+    assert not np.array_equal(
+        one.parameters[0],
+        run_simulation(PROBE, 4, small_federation(seed=8), workers=1).parameters[0],
+    )
 
 
 def test_admission_refuses_more_clients_than_the_federation_holds() -> None:
