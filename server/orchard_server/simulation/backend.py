@@ -181,6 +181,10 @@ class _Process:
             await self._send(job_frame(job))
             return decode_result(await self._read())
         except (ProtocolError, ConnectionError) as exc:
+            # The pipe closes just before the process ends: give it a moment to
+            # report its own exit code before stopping it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 2.0)
             code = await self.stop()
             raise WorkerLostError(
                 f"its worker process (pid {self.proc.pid}) died with exit code {code}: {exc}"
