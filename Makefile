@@ -82,6 +82,7 @@ bench: $(BIN)/.ok
 	mkdir -p runs
 	$(BIN)/python -m benchmarks | tee runs/bench.json
 	$(BIN)/python -m benchmarks.soak | tee runs/soak.json
+	$(BIN)/python -m benchmarks.simulation | tee runs/bench-simulation.jsonl
 
 ## fuzz: longer fuzzing than make test's: serde under atheris, the servicer under hypothesis
 FUZZ_SECONDS ?= 120

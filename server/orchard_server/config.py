@@ -392,7 +392,6 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> ServerConfig:
     """Read, override and validate the configuration."""
-    env = os.environ if environ is None else environ
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -402,6 +401,17 @@ def load_config(
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
+    return config_from_data(data, overrides=overrides, environ=environ)
+
+
+def config_from_data(
+    data: Mapping[str, Any],
+    *,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Override and validate a parsed TOML document (the simulation reads its own file)."""
+    env = os.environ if environ is None else environ
     server = dict(data.get("server", {}))
     for var, key in _ENV_SERVER_KEYS.items():
         if env.get(var):

@@ -1,9 +1,11 @@
 """The client pool: how the round loop reaches clients, without knowing gRPC.
 
 The round loop only calls :class:`ClientPool`. The gRPC servicer implements it
-for deployments (:mod:`orchard_server.grpc_pool`); :class:`InMemoryClientPool`
-drives NumPyClients in this process for unit tests and simulation, so both
-share every line of server logic.
+for deployments (:mod:`orchard_server.grpc_pool`), the simulation engine for
+virtual clients run by worker processes or Ray actors
+(:mod:`orchard_server.simulation.pool`), and :class:`InMemoryClientPool`
+drives NumPyClient objects in this process's threads, for tests whose fake
+clients cannot cross a process boundary; all share every line of server logic.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ class InMemoryClientPool(ClientPool):
     """NumPyClients in this process, each run in a worker thread.
 
     Every client is admitted by the same :class:`Admission` as a gRPC join, so
-    a simulation refuses (and assigns partitions) exactly as a deployment.
+    it is refused (and assigned partitions) exactly as a deployed one.
     Parameters still go through a copy (as they would through the wire), so a
     client cannot alias the server's global model.
     """
