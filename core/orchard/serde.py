@@ -10,8 +10,9 @@ writes chunks straight into preallocated arrays (:class:`ParametersAssembler`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 
+import grpc
 import numpy as np
 
 from orchard.messages import (
@@ -197,6 +198,78 @@ def iter_chunks(
             yield tpb.TensorChunk(
                 tensor_index=index, offset=offset, data=raw[offset : offset + chunk_bytes].tobytes()
             )
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative integer."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+#: Wire tag of ``chunk`` (field 2, length-delimited) in both PullTaskResponse and
+#: PushResultRequest, and of TensorChunk's fields 1 (varint), 2 (varint), 3 (bytes).
+_CHUNK_TAG, _INDEX_TAG, _OFFSET_TAG, _DATA_TAG = b"\x12", b"\x08", b"\x10", b"\x1a"
+
+
+def _frame_chunk(index: int, offset: int, data: memoryview) -> bytes:
+    """A serialized ``{chunk: TensorChunk}`` message around ``data``, with one copy.
+
+    Byte for byte what protobuf's ``SerializeToString`` writes for the same
+    message (fields in number order, zero values left out; tested), but
+    without copying ``data`` into a message first and again out of it.
+    """
+    inner = b""
+    if index:
+        inner += _INDEX_TAG + _varint(index)
+    if offset:
+        inner += _OFFSET_TAG + _varint(offset)
+    inner += _DATA_TAG + _varint(len(data))
+    prefix = _CHUNK_TAG + _varint(len(inner) + len(data)) + inner
+    return b"".join((prefix, data))
+
+
+def iter_encoded_chunks(
+    arrays: NDArrays, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[bytes]:
+    """The chunks of ``arrays`` as serialized stream messages, one at a time.
+
+    Each is valid as a serialized ``PullTaskResponse`` and ``PushResultRequest``
+    alike (both carry the chunk as field 2). Each byte is copied once, straight
+    from the arrays into the message; no protobuf object is built.
+    """
+    if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
+        raise SerdeError(f"chunk size {chunk_bytes} outside 1..{MAX_CHUNK_BYTES}")
+    for index, array in enumerate(arrays):
+        raw = memoryview(_little_endian(np.asarray(array)).reshape(-1).view(np.uint8))
+        for offset in range(0, len(raw), chunk_bytes):
+            yield _frame_chunk(index, offset, raw[offset : offset + chunk_bytes])
+
+
+def encode_chunks(arrays: NDArrays, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[bytes, ...]:
+    """Every chunk of ``arrays``, encoded once (:func:`iter_encoded_chunks`).
+
+    A server encodes a round's global model once and sends the same bytes to
+    every client (:func:`serialize_pull_response` passes them through).
+    """
+    return tuple(iter_encoded_chunks(arrays, chunk_bytes))
+
+
+def serialize_pull_response(message: pb.PullTaskResponse | bytes) -> bytes:
+    """gRPC's serializer for PullTask: messages are serialized, pre-encoded bytes pass."""
+    if isinstance(message, bytes):
+        return message
+    return message.SerializeToString()
+
+
+def serialize_push_request(message: pb.PushResultRequest | bytes) -> bytes:
+    """gRPC's serializer for PushResult: messages are serialized, pre-encoded bytes pass."""
+    if isinstance(message, bytes):
+        return message
+    return message.SerializeToString()
 
 
 class ParametersAssembler:
@@ -463,11 +536,9 @@ def leave_response() -> pb.LeaveResponse:
 # --- tasks ------------------------------------------------------------------------
 
 
-def task_to_stream(
-    task: Task, chunk_bytes: int = DEFAULT_CHUNK_BYTES
-) -> Iterator[pb.PullTaskResponse]:
-    """A task as a PullTask stream: header, then chunks."""
-    yield pb.PullTaskResponse(
+def task_header_to_proto(task: Task) -> pb.PullTaskResponse:
+    """The first message of a task's PullTask stream (its chunks follow)."""
+    return pb.PullTaskResponse(
         task=pb.TaskHeader(
             task_id=task.task_id,
             type=_TASK_TO_PROTO[task.type],
@@ -477,8 +548,27 @@ def task_to_stream(
             parameters=parameters_header(task.names, task.parameters),
         )
     )
+
+
+def task_to_stream(
+    task: Task, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[pb.PullTaskResponse]:
+    """A task as a PullTask stream of messages: header, then chunks (tools and tests;
+    the server sends the header and chunks from :func:`encode_chunks` instead)."""
+    yield task_header_to_proto(task)
     for chunk in iter_chunks(task.parameters, chunk_bytes):
         yield pb.PullTaskResponse(chunk=chunk)
+
+
+def encode_task(task: Task, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[bytes]:
+    """A whole task stream as serialized messages, as the server sends it."""
+    header = task_header_to_proto(task).SerializeToString()
+    return [header, *iter_encoded_chunks(task.parameters, chunk_bytes)]
+
+
+def task_from_bytes(messages: Iterable[bytes]) -> Task | Idle | Finished:
+    """Parse serialized PullTask messages (:func:`encode_task`) into a task."""
+    return task_from_stream(pb.PullTaskResponse.FromString(m) for m in messages)
 
 
 def idle_to_proto(idle: Idle) -> pb.PullTaskResponse:
@@ -532,10 +622,19 @@ def task_from_stream(stream: Iterator[pb.PullTaskResponse]) -> Task | Idle | Fin
 def result_to_stream(
     result: Result, chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> Iterator[pb.PushResultRequest]:
-    """A result as a PushResult stream: header, then chunks."""
+    """A result as a PushResult stream of messages: header, then chunks (tools and tests)."""
     yield pb.PushResultRequest(header=result_header_to_proto(result))
     for chunk in iter_chunks(result.parameters, chunk_bytes):
         yield pb.PushResultRequest(chunk=chunk)
+
+
+def result_to_wire(
+    result: Result, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[pb.PushResultRequest | bytes]:
+    """A result as the client runtime sends it: the header message, then chunks
+    encoded lazily with one copy each (send with :func:`serialize_push_request`)."""
+    yield pb.PushResultRequest(header=result_header_to_proto(result))
+    yield from iter_encoded_chunks(result.parameters, chunk_bytes)
 
 
 def result_header_to_proto(result: Result) -> pb.ResultHeader:
@@ -642,6 +741,19 @@ def result_from_stream(stream: Iterator[pb.PushResultRequest]) -> Result:
     for message in stream:
         reader.add(message)
     return reader.finish()
+
+
+def push_result_method(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
+    """PushResult on ``channel``, taking :func:`result_to_wire`'s pre-encoded chunks.
+
+    The generated stub would serialize every request message; this callable
+    lets the chunk bytes through as they are.
+    """
+    return channel.stream_unary(
+        f"/{SERVICE_NAME}/PushResult",
+        request_serializer=serialize_push_request,
+        response_deserializer=pb.PushResultResponse.FromString,
+    )
 
 
 def push_ack_to_proto(message: str) -> pb.PushResultResponse:

@@ -20,12 +20,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from orchard import serde
 from orchard.messages import FederationState
-from orchard.v1 import federation_service_pb2_grpc as pb_grpc
 from orchard_server.admission import AdmissionPolicy
 from orchard_server.config import ServerConfig
 from orchard_server.federation import Federation
 from orchard_server.grpc_pool import GrpcClientPool
-from orchard_server.servicer import FederationServicer, Hosted
+from orchard_server.servicer import FederationServicer, Hosted, add_to_server
 
 log = logging.getLogger("orchard.server")
 
@@ -57,7 +56,7 @@ class OrchardServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_FederationServiceServicer_to_server(
+        add_to_server(
             FederationServicer(
                 self.hosted,
                 heartbeat_interval=self.config.heartbeat_interval,

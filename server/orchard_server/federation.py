@@ -272,6 +272,7 @@ class Federation:
                 evaluate=evaluate,
                 centralized=centralized,
                 duration_s=round(time.monotonic() - started, 3),
+                finished_at=round(time.time(), 6),
             )
         )
         await asyncio.to_thread(self._save)

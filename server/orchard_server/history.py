@@ -143,6 +143,7 @@ def _round_from_json(data: object, index: int) -> RoundRecord:
             dropped=ce.dropped(),
         ),
         duration_s=r.number("duration_s") or 0.0,
+        finished_at=r.number("finished_at"),
     )
 
 

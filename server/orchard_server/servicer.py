@@ -17,6 +17,7 @@ import grpc
 from orchard import serde
 from orchard.messages import API_VERSION, FederationState, FederationStatus, Finished, Idle, Session
 from orchard.spec import ModelSpec, SpecError, TensorSpec
+from orchard.typing import NDArrays
 from orchard.v1 import federation_service_pb2 as pb
 from orchard.v1 import federation_service_pb2_grpc as pb_grpc
 from orchard_server.admission import Admission, AdmissionError, Refusal, check_version
@@ -65,6 +66,9 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         self._max_poll = max_poll_seconds
         self._max_upload = max_upload_bytes
         self._uploads = asyncio.Semaphore(max_concurrent_uploads)
+        #: The last encoded global model per federation (shared by every client of a round).
+        self._encoded: dict[str, _Encoded] = {}
+        self._encoding: dict[str, asyncio.Lock] = {}
 
     def _find(self, client_id: str) -> Hosted | None:
         for hosted in self._hosted.values():
@@ -116,7 +120,7 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
 
     async def PullTask(
         self, request: pb.PullTaskRequest, context: Context
-    ) -> AsyncIterator[pb.PullTaskResponse]:
+    ) -> AsyncIterator[pb.PullTaskResponse | bytes]:
         try:
             poll = serde.poll_from_proto(request)
         except serde.SerdeError as exc:
@@ -135,8 +139,27 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             else:
                 yield serde.idle_to_proto(Idle(state=fed.state))
             return
-        for message in serde.task_to_stream(task, poll.max_chunk_bytes):
-            yield message
+        chunks = await self._chunks(fed.config.name, task.parameters, poll.max_chunk_bytes)
+        yield serde.task_header_to_proto(task)
+        for chunk in chunks:
+            yield chunk
+
+    async def _chunks(self, name: str, parameters: NDArrays, chunk_bytes: int) -> tuple[bytes, ...]:
+        """The chunk messages of ``parameters``, encoded once and shared by every client.
+
+        Every task of a round carries the same parameter list object, so the
+        first poll encodes (in a worker thread, the event loop keeps serving)
+        and the others reuse the bytes: one copy of the model per round instead
+        of two per client. Only the latest encoding is kept.
+        """
+        lock = self._encoding.setdefault(name, asyncio.Lock())
+        async with lock:
+            cached = self._encoded.get(name)
+            if cached is None or not cached.matches(parameters, chunk_bytes):
+                self._encoded.pop(name, None)  # free the old bytes before encoding anew
+                chunks = await asyncio.to_thread(serde.encode_chunks, parameters, chunk_bytes)
+                cached = self._encoded[name] = _Encoded(parameters, chunk_bytes, chunks)
+            return cached.chunks
 
     async def PushResult(
         self, request_iterator: AsyncIterator[pb.PushResultRequest], context: Context
@@ -178,6 +201,65 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {notice.client_id!r}")
         hosted.pool.drop(notice.client_id, f"left ({notice.reason or 'no reason given'})")
         return serde.leave_response()
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    """A parameter list and its encoded chunks."""
+
+    parameters: NDArrays
+    chunk_bytes: int
+    chunks: tuple[bytes, ...]
+
+    def matches(self, parameters: NDArrays, chunk_bytes: int) -> bool:
+        """Whether these are the chunks of that very list at that chunk size.
+
+        Identity, not equality: the round loop never changes a parameter list
+        in place (each server step builds a new one), and this object keeps
+        the list alive, so its identity cannot be reused meanwhile.
+        """
+        return self.parameters is parameters and self.chunk_bytes == chunk_bytes
+
+
+def add_to_server(servicer: FederationServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` like the generated ``add_FederationServiceServicer_to_server``,
+    except that PullTask's pre-encoded chunks (bytes) pass the serializer untouched."""
+    handlers = {
+        "Join": grpc.unary_unary_rpc_method_handler(
+            servicer.Join,
+            request_deserializer=pb.JoinRequest.FromString,
+            response_serializer=pb.JoinResponse.SerializeToString,
+        ),
+        "Heartbeat": grpc.unary_unary_rpc_method_handler(
+            servicer.Heartbeat,
+            request_deserializer=pb.HeartbeatRequest.FromString,
+            response_serializer=pb.HeartbeatResponse.SerializeToString,
+        ),
+        "PullTask": grpc.unary_stream_rpc_method_handler(
+            servicer.PullTask,
+            request_deserializer=pb.PullTaskRequest.FromString,
+            response_serializer=serde.serialize_pull_response,
+        ),
+        "PushResult": grpc.stream_unary_rpc_method_handler(
+            servicer.PushResult,
+            request_deserializer=pb.PushResultRequest.FromString,
+            response_serializer=pb.PushResultResponse.SerializeToString,
+        ),
+        "Leave": grpc.unary_unary_rpc_method_handler(
+            servicer.Leave,
+            request_deserializer=pb.LeaveRequest.FromString,
+            response_serializer=pb.LeaveResponse.SerializeToString,
+        ),
+    }
+    missing = set(pb.DESCRIPTOR.services_by_name["FederationService"].methods_by_name) - set(
+        handlers
+    )
+    if missing:  # a new RPC in the proto must be registered here too
+        raise RuntimeError(f"FederationService methods without a handler: {sorted(missing)}")
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(serde.SERVICE_NAME, handlers),)
+    )
+    server.add_registered_method_handlers(serde.SERVICE_NAME, handlers)
 
 
 def _check_header(hosted: Hosted, specs: tuple[TensorSpec, ...]) -> None:

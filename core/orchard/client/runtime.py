@@ -388,11 +388,11 @@ class ClientRuntime:
 
     def _push(self, result: Result) -> None:
         """Upload a result; a rejection is logged, not fatal."""
-        stub = self._stub
-        assert stub is not None
-        stream = serde.result_to_stream(result, self.settings.max_chunk_bytes)
+        channel = self._channel
+        assert channel is not None and self._stub is not None
+        stream = serde.result_to_wire(result, self.settings.max_chunk_bytes)
         try:
-            response = stub.PushResult(stream, timeout=600.0)
+            response = serde.push_result_method(channel)(stream, timeout=600.0)
             log.debug("result %s accepted: %s", result.task_id, serde.push_ack_from_proto(response))
         except grpc.RpcError as exc:
             code = exc.code()

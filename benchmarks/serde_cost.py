@@ -1,0 +1,87 @@
+"""What encoding and decoding parameters costs, against a plain memory copy.
+
+Encodes a float32 parameter set the way a sender does (header + chunk
+messages, serialized to bytes), parses the bytes back into messages and
+rebuilds the arrays the way a receiver does (:class:`orchard.serde.ParametersAssembler`),
+and divides by the time of one ``np.copyto`` of the same bytes (issue 12: at
+most 1.5x). Medians over several repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchard import serde
+
+NAME = "serde"
+
+
+def _median_time(fn: Any, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(parameters: int, tensors: int, repeat: int) -> dict[str, Any]:
+    """Encode + decode of ``parameters`` float32 values in ``tensors`` tensors."""
+    rng = np.random.default_rng(0)
+    sizes = [parameters // tensors] * tensors
+    sizes[-1] += parameters - sum(sizes)
+    arrays = [rng.standard_normal(n, dtype=np.float32) for n in sizes]
+    names = [f"t{i}" for i in range(tensors)]
+    target = [np.empty_like(a) for a in arrays]
+
+    def copy() -> None:
+        for dst, src in zip(target, arrays, strict=True):
+            np.copyto(dst, src)
+
+    encoded: list[bytes] = []
+
+    def encode() -> None:
+        encoded[:] = serde.encode_parameters(names, arrays)
+
+    def decode() -> None:
+        names_out, out = serde.decode_parameters(encoded)
+        assert names_out == tuple(names) and len(out) == tensors
+
+    copy_s = _median_time(copy, repeat)
+    encode_s = _median_time(encode, repeat)
+    decode_s = _median_time(decode, repeat)
+    _, check = serde.decode_parameters(encoded)
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, check, strict=True))
+    nbytes = parameters * 4
+    return {
+        "parameters": parameters,
+        "tensors": tensors,
+        "model_mb": round(nbytes / 1e6, 1),
+        "chunks": len(encoded) - 1,
+        "memcpy_s": round(copy_s, 4),
+        "encode_s": round(encode_s, 4),
+        "decode_s": round(decode_s, 4),
+        "encode_plus_decode_over_memcpy": round((encode_s + decode_s) / copy_s, 2),
+        "encode_mb_per_s": round(nbytes / 1e6 / encode_s),
+        "decode_mb_per_s": round(nbytes / 1e6 / decode_s),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This suite's options."""
+    group = parser.add_argument_group(NAME)
+    group.add_argument("--serde-parameters", type=int, default=11_200_000)
+    group.add_argument("--serde-repeat", type=int, default=7)
+
+
+def run(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]]:
+    """One line per tensor layout: one big tensor and a many-tensor model."""
+    for tensors in (1, 16):
+        yield measure(args.serde_parameters, tensors, args.serde_repeat)
