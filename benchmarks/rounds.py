@@ -19,6 +19,7 @@ the numbers and where the time goes.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Iterator
@@ -81,7 +82,9 @@ def parse_cases(text: str) -> list[tuple[Workload, int]]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, count = item.partition(":")
         if name not in WORKLOADS:
-            raise SystemExit(f"unknown workload {name!r} in {item!r}; known: {', '.join(WORKLOADS)}")
+            raise SystemExit(
+                f"unknown workload {name!r} in {item!r}; known: {', '.join(WORKLOADS)}"
+            )
         if not count.isdigit() or int(count) < 1:
             raise SystemExit(f"case {item!r}: the client count must be a positive integer")
         cases.append((WORKLOADS[name], int(count)))
@@ -102,7 +105,7 @@ def _proc_kb(pid: int, field: str) -> int:
 def cadences(rounds: list[dict[str, Any]]) -> list[float]:
     """Seconds between consecutive rounds' ``finished_at``."""
     ends = [r.get("finished_at") for r in rounds]
-    return [b - a for a, b in zip(ends, ends[1:], strict=False) if a is not None and b is not None]
+    return [b - a for a, b in itertools.pairwise(ends) if a is not None and b is not None]
 
 
 def run_case(
@@ -140,9 +143,7 @@ def run_case(
         pid = server.process.pid
         baseline_kb = _proc_kb(pid, "VmRSS")
         for i in range(clients):
-            launcher.start_client(
-                "echo", ClientOptions(federation=workload.name, name=f"echo-{i}")
-            )
+            launcher.start_client("echo", ClientOptions(federation=workload.name, name=f"echo-{i}"))
         peak_kb = 0
 
         def sample() -> None:

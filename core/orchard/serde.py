@@ -11,6 +11,7 @@ writes chunks straight into preallocated arrays (:class:`ParametersAssembler`).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -244,7 +245,7 @@ def iter_encoded_chunks(
     if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
         raise SerdeError(f"chunk size {chunk_bytes} outside 1..{MAX_CHUNK_BYTES}")
     for index, array in enumerate(arrays):
-        raw = memoryview(_little_endian(np.asarray(array)).reshape(-1).view(np.uint8))
+        raw = memoryview(_little_endian(np.asarray(array)).reshape(-1).view(np.uint8).data)
         for offset in range(0, len(raw), chunk_bytes):
             yield _frame_chunk(index, offset, raw[offset : offset + chunk_bytes])
 
@@ -256,6 +257,84 @@ def encode_chunks(arrays: NDArrays, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> t
     every client (:func:`serialize_pull_response` passes them through).
     """
     return tuple(iter_encoded_chunks(arrays, chunk_bytes))
+
+
+@dataclass(frozen=True, slots=True)
+class RawChunk:
+    """A chunk read straight from its serialized message: ``data`` views the message's bytes.
+
+    :func:`deserialize_pull_response` and :func:`deserialize_push_request` make
+    these, so a chunk's bytes are copied once (into the receiver's array)
+    instead of three times (into a message, out of it, into the array).
+    """
+
+    tensor_index: int
+    offset: int
+    data: memoryview
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """A varint at ``pos`` and the position after it; IndexError or ValueError if malformed."""
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _parse_chunk(buf: bytes) -> RawChunk | None:
+    """The chunk of a serialized ``{chunk: TensorChunk}`` message, or None when the
+    message is anything else (then protobuf parses it, and judges it)."""
+    try:
+        if not buf or buf[0] != _CHUNK_TAG[0]:
+            return None
+        length, pos = _read_varint(buf, 1)
+        if pos + length != len(buf):  # more fields than the chunk: let protobuf decide
+            return None
+        index = offset = 0
+        start = end = pos
+        while pos < len(buf):
+            key, pos = _read_varint(buf, pos)
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                value, pos = _read_varint(buf, pos)
+                if field == 1:
+                    index = value & 0xFFFFFFFF
+                elif field == 2:
+                    offset = value
+            elif wire == 2:
+                size, pos = _read_varint(buf, pos)
+                if field == 3:
+                    start, end = pos, pos + size
+                pos += size
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            else:
+                return None
+            if (field in (1, 2) and wire != 0) or (field == 3 and wire != 2):
+                return None
+        if pos != len(buf):
+            return None
+        return RawChunk(index, offset, memoryview(buf)[start:end])
+    except (IndexError, ValueError):
+        return None
+
+
+def deserialize_pull_response(data: bytes) -> pb.PullTaskResponse | RawChunk:
+    """gRPC's deserializer for PullTask: chunks as :class:`RawChunk`, the rest as messages."""
+    return _parse_chunk(data) or pb.PullTaskResponse.FromString(data)
+
+
+def deserialize_push_request(data: bytes) -> pb.PushResultRequest | RawChunk:
+    """gRPC's deserializer for PushResult: chunks as :class:`RawChunk`, the rest as messages."""
+    return _parse_chunk(data) or pb.PushResultRequest.FromString(data)
 
 
 def serialize_pull_response(message: pb.PullTaskResponse | bytes) -> bytes:
@@ -308,7 +387,7 @@ class ParametersAssembler:
             self._index += 1
             self._filled = 0
 
-    def add(self, chunk: tpb.TensorChunk) -> None:
+    def add(self, chunk: tpb.TensorChunk | RawChunk) -> None:
         """Place one chunk; chunks must come in tensor order and offset order."""
         self._skip_empty()
         if self._index >= len(self.specs):
@@ -567,8 +646,8 @@ def encode_task(task: Task, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[byte
 
 
 def task_from_bytes(messages: Iterable[bytes]) -> Task | Idle | Finished:
-    """Parse serialized PullTask messages (:func:`encode_task`) into a task."""
-    return task_from_stream(pb.PullTaskResponse.FromString(m) for m in messages)
+    """Parse serialized PullTask messages (:func:`encode_task`) into a task, as a client does."""
+    return task_from_stream(deserialize_pull_response(m) for m in messages)
 
 
 def idle_to_proto(idle: Idle) -> pb.PullTaskResponse:
@@ -583,11 +662,15 @@ def finished_to_proto(finished: Finished) -> pb.PullTaskResponse:
     )
 
 
-def task_from_stream(stream: Iterator[pb.PullTaskResponse]) -> Task | Idle | Finished:
+def task_from_stream(
+    stream: Iterator[pb.PullTaskResponse | RawChunk],
+) -> Task | Idle | Finished:
     """Read one PullTask stream into a task, an idle or a finished value."""
     first = next(stream, None)
     if first is None:
         raise SerdeError("PullTask stream ended without a message")
+    if isinstance(first, RawChunk):
+        raise SerdeError("PullTask stream starts with a chunk, expected a task header")
     kind = first.WhichOneof("item")
     if kind == "idle":
         return Idle(state=state_from_proto(first.idle.state))
@@ -600,6 +683,9 @@ def task_from_stream(stream: Iterator[pb.PullTaskResponse]) -> Task | Idle | Fin
         raise SerdeError(f"task {header.task_id!r}: unknown task type {header.type}")
     assembler = ParametersAssembler(header.parameters)
     for msg in stream:
+        if isinstance(msg, RawChunk):
+            assembler.add(msg)
+            continue
         if msg.WhichOneof("item") != "chunk":
             raise SerdeError(
                 f"task {header.task_id!r}: expected chunks, got {msg.WhichOneof('item')!r}"
@@ -692,15 +778,15 @@ class ResultReader:
     :class:`SerdeError` naming the tensor.
     """
 
-    def __init__(self, first: pb.PushResultRequest | None) -> None:
-        if first is None or first.WhichOneof("item") != "header":
+    def __init__(self, first: pb.PushResultRequest | RawChunk | None) -> None:
+        if first is None or isinstance(first, RawChunk) or first.WhichOneof("item") != "header":
             raise SerdeError("PushResult must start with a ResultHeader")
         self._header = first.header
         self._assembler: ParametersAssembler | None = None
         self.ref = ResultRef(client_id=first.header.client_id, task_id=first.header.task_id)
 
     @classmethod
-    async def start(cls, stream: AsyncIterator[pb.PushResultRequest]) -> ResultReader:
+    async def start(cls, stream: AsyncIterator[pb.PushResultRequest | RawChunk]) -> ResultReader:
         """A reader over ``stream`` whose header has been read."""
         return cls(await anext(aiter(stream), None))
 
@@ -709,17 +795,22 @@ class ResultReader:
         self._assembler = ParametersAssembler(self._header.parameters, max_bytes=max_bytes)
         return self._assembler.specs
 
-    def add(self, message: pb.PushResultRequest) -> None:
+    def add(self, message: pb.PushResultRequest | RawChunk) -> None:
         """Place the chunk ``message`` carries."""
         if self._assembler is None:
             self.announced()
         assert self._assembler is not None
+        if isinstance(message, RawChunk):
+            self._assembler.add(message)
+            return
         if message.WhichOneof("item") != "chunk":
             raise SerdeError("only chunks may follow the result header")
         self._assembler.add(message.chunk)
 
     async def read_chunks(
-        self, stream: AsyncIterator[pb.PushResultRequest], on_chunk: Callable[[], object]
+        self,
+        stream: AsyncIterator[pb.PushResultRequest | RawChunk],
+        on_chunk: Callable[[], object],
     ) -> None:
         """Place every remaining chunk of ``stream``, calling ``on_chunk`` after each."""
         async for message in stream:
@@ -735,7 +826,7 @@ class ResultReader:
         return result_from_header(self._header, arrays, self._assembler.names)
 
 
-def result_from_stream(stream: Iterator[pb.PushResultRequest]) -> Result:
+def result_from_stream(stream: Iterator[pb.PushResultRequest | RawChunk]) -> Result:
     """Read a whole PushResult stream synchronously (tools and tests; the server awaits)."""
     reader = ResultReader(next(stream, None))
     for message in stream:
@@ -743,7 +834,9 @@ def result_from_stream(stream: Iterator[pb.PushResultRequest]) -> Result:
     return reader.finish()
 
 
-def push_result_method(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
+def push_result_method(
+    channel: grpc.Channel,
+) -> grpc.StreamUnaryMultiCallable[pb.PushResultRequest | bytes, pb.PushResultResponse]:
     """PushResult on ``channel``, taking :func:`result_to_wire`'s pre-encoded chunks.
 
     The generated stub would serialize every request message; this callable
@@ -753,6 +846,17 @@ def push_result_method(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
         f"/{SERVICE_NAME}/PushResult",
         request_serializer=serialize_push_request,
         response_deserializer=pb.PushResultResponse.FromString,
+    )
+
+
+def pull_task_method(
+    channel: grpc.Channel,
+) -> grpc.UnaryStreamMultiCallable[pb.PullTaskRequest, pb.PullTaskResponse | RawChunk]:
+    """PullTask on ``channel``, reading chunks in place (:func:`deserialize_pull_response`)."""
+    return channel.unary_stream(
+        f"/{SERVICE_NAME}/PullTask",
+        request_serializer=pb.PullTaskRequest.SerializeToString,
+        response_deserializer=deserialize_pull_response,
     )
 
 

@@ -115,6 +115,8 @@ class OrchardServer:
             log.info("stopping on signal; federations resume from their last checkpoint")
             for task in loops:
                 task.cancel()
+            # Each federation writes its last completed round before it returns.
+            await asyncio.gather(*loops, return_exceptions=True)
         else:
             await self._linger(linger)
         stopper.cancel()

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from orchard.allocator import tune_allocator
 from orchard_server.app import OrchardServer
 from orchard_server.checkpoint import CheckpointError
 from orchard_server.config import ConfigError, load_config
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0: all federations finished)."""
     args = build_parser().parse_args(argv)
+    tune_allocator()  # megabyte chunks without a page fault per byte (orchard.allocator)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

@@ -5,7 +5,8 @@ same code runs deployments and in-process simulations. Each round: wait
 (bounded) for enough clients, sample, send fit tasks, fold results into the
 strategy's aggregator as they arrive (memory O(model) for mean-type
 strategies), apply the server optimizer, evaluate, then write the history and
-a checkpoint atomically. Restarting with the same config resumes from the last
+a checkpoint atomically (in a background thread, :mod:`.writer`, so the next
+round starts at once). Restarting with the same config resumes from the last
 completed round.
 
 The loop and its retries live here; the other jobs have their own units: the
@@ -39,6 +40,7 @@ from orchard_server.strategy import (
     State,
     Strategy,
 )
+from orchard_server.writer import Snapshot, StateWriter
 
 log = logging.getLogger("orchard.server")
 
@@ -79,6 +81,7 @@ class Federation:
         self.parameters: NDArrays = []
         self._rng = np.random.default_rng(config.seed)
         self._opt_state: State | None = None
+        self._writer = StateWriter(self.directory)
 
     # -- set-up -----------------------------------------------------------------
 
@@ -125,26 +128,45 @@ class Federation:
             self.config.num_rounds,
         )
 
-    def _save(self) -> None:
-        # history.json first: whoever sees the checkpoint of round N also finds
-        # round N in the history. A kill in between only means the resumed run
-        # redoes round N and rewrites its record.
+    def _snapshot(self) -> Snapshot:
+        """The state after the round just completed, as immutable values for the writer.
+
+        The parameter list and optimizer state are never changed in place (each
+        server step builds new ones), so the writer may read them while the
+        next round runs; the history's record list and the generator state are copied.
+        """
         assert self._opt_state is not None, "saved before restore_or_init"
-        self.history.save(self.directory)
+        history = History(federation=self.history.federation, rounds=list(self.history.rounds))
         meta = {
             "partitions": self.pool.partitions.to_json(),
             "model_id": self.spec.model_id,
             "strategy": self.strategy.name,
         }
-        save_federation(
+        rng = np.random.default_rng()
+        rng.bit_generator.state = self._rng.bit_generator.state
+        path, rnd, parameters, opt_state = (
             self.checkpoint_path,
-            round=self.rounds_completed,
-            parameters=self.parameters,
-            opt_state=self._opt_state,
-            rng=self._rng,
-            history=self.history,
-            meta=meta,
+            self.rounds_completed,
+            self.parameters,
+            self._opt_state,
         )
+
+        def save_checkpoint() -> None:
+            save_federation(
+                path,
+                round=rnd,
+                parameters=parameters,
+                opt_state=opt_state,
+                rng=rng,
+                history=history,
+                meta=meta,
+            )
+
+        return Snapshot(round=rnd, history=history, save_checkpoint=save_checkpoint)
+
+    def flush(self) -> None:
+        """Block until the last completed round's checkpoint and history are on disk."""
+        self._writer.flush()
 
     # -- the loop ---------------------------------------------------------------
 
@@ -155,8 +177,12 @@ class Federation:
         if self.state is FederationState.FINISHED:
             return self.state
         try:
-            while self.rounds_completed < self.config.num_rounds:
-                await self._round(self.rounds_completed + 1)
+            try:
+                while self.rounds_completed < self.config.num_rounds:
+                    await self._round(self.rounds_completed + 1)
+            finally:
+                # Also when stopped (cancelled): the last completed round reaches the disk.
+                self.flush()
         except FederationFailedError as exc:
             self.state, self.reason = FederationState.FAILED, str(exc)
             log.error("federation %r failed: %s", self.config.name, exc)
@@ -214,6 +240,7 @@ class Federation:
             dropped.update(fit.dropped)
             if len(fit.results) >= select.min_fit_clients:
                 aggregate = aggregator.result()
+                del aggregator  # its float64 sums (two models) go before the server step
             else:
                 log.warning(
                     "round %s: only %d of %d needed results (dropped: %s); %s",
@@ -275,7 +302,8 @@ class Federation:
                 finished_at=round(time.time(), 6),
             )
         )
-        await asyncio.to_thread(self._save)
+        # Written by a background thread: the next round starts at once.
+        self._writer.submit(self._snapshot())
 
     async def _send(
         self,

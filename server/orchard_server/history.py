@@ -193,7 +193,8 @@ class History:
         except (OSError, ValueError) as exc:
             raise HistoryError(f"{path}: {exc}") from None
 
-    def save(self, directory: Path) -> None:
-        """Write ``history.json`` and ``history.png`` in ``directory``."""
+    def save(self, directory: Path, *, plot: bool = True) -> None:
+        """Write ``history.json`` and (with ``plot``) ``history.png`` in ``directory``."""
         atomic_write_json(directory / "history.json", self.to_json())
-        plot_history(self, directory / "history.png")
+        if plot:
+            plot_history(self, directory / "history.png")

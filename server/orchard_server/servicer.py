@@ -17,9 +17,7 @@ import grpc
 from orchard import serde
 from orchard.messages import API_VERSION, FederationState, FederationStatus, Finished, Idle, Session
 from orchard.spec import ModelSpec, SpecError, TensorSpec
-from orchard.typing import NDArrays
 from orchard.v1 import federation_service_pb2 as pb
-from orchard.v1 import federation_service_pb2_grpc as pb_grpc
 from orchard_server.admission import Admission, AdmissionError, Refusal, check_version
 from orchard_server.federation import Federation
 from orchard_server.grpc_pool import GrpcClientPool
@@ -48,8 +46,12 @@ class Hosted:
     pool: GrpcClientPool
 
 
-class FederationServicer(pb_grpc.FederationServiceServicer):
-    """Implements orchard.v1.FederationService over the hosted federations."""
+class FederationServicer:
+    """Implements orchard.v1.FederationService over the hosted federations.
+
+    Registered by :func:`add_to_server` (not the generated base class and helper),
+    so PullTask may stream pre-encoded chunk bytes.
+    """
 
     def __init__(
         self,
@@ -66,9 +68,6 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         self._max_poll = max_poll_seconds
         self._max_upload = max_upload_bytes
         self._uploads = asyncio.Semaphore(max_concurrent_uploads)
-        #: The last encoded global model per federation (shared by every client of a round).
-        self._encoded: dict[str, _Encoded] = {}
-        self._encoding: dict[str, asyncio.Lock] = {}
 
     def _find(self, client_id: str) -> Hosted | None:
         for hosted in self._hosted.values():
@@ -139,30 +138,15 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             else:
                 yield serde.idle_to_proto(Idle(state=fed.state))
             return
-        chunks = await self._chunks(fed.config.name, task.parameters, poll.max_chunk_bytes)
+        chunks = await hosted.pool.encoded_chunks(task.parameters, poll.max_chunk_bytes)
         yield serde.task_header_to_proto(task)
         for chunk in chunks:
             yield chunk
 
-    async def _chunks(self, name: str, parameters: NDArrays, chunk_bytes: int) -> tuple[bytes, ...]:
-        """The chunk messages of ``parameters``, encoded once and shared by every client.
-
-        Every task of a round carries the same parameter list object, so the
-        first poll encodes (in a worker thread, the event loop keeps serving)
-        and the others reuse the bytes: one copy of the model per round instead
-        of two per client. Only the latest encoding is kept.
-        """
-        lock = self._encoding.setdefault(name, asyncio.Lock())
-        async with lock:
-            cached = self._encoded.get(name)
-            if cached is None or not cached.matches(parameters, chunk_bytes):
-                self._encoded.pop(name, None)  # free the old bytes before encoding anew
-                chunks = await asyncio.to_thread(serde.encode_chunks, parameters, chunk_bytes)
-                cached = self._encoded[name] = _Encoded(parameters, chunk_bytes, chunks)
-            return cached.chunks
-
     async def PushResult(
-        self, request_iterator: AsyncIterator[pb.PushResultRequest], context: Context
+        self,
+        request_iterator: AsyncIterator[pb.PushResultRequest | serde.RawChunk],
+        context: Context,
     ) -> pb.PushResultResponse:
         try:
             reader = await serde.ResultReader.start(request_iterator)
@@ -203,28 +187,11 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         return serde.leave_response()
 
 
-@dataclass(frozen=True, slots=True)
-class _Encoded:
-    """A parameter list and its encoded chunks."""
-
-    parameters: NDArrays
-    chunk_bytes: int
-    chunks: tuple[bytes, ...]
-
-    def matches(self, parameters: NDArrays, chunk_bytes: int) -> bool:
-        """Whether these are the chunks of that very list at that chunk size.
-
-        Identity, not equality: the round loop never changes a parameter list
-        in place (each server step builds a new one), and this object keeps
-        the list alive, so its identity cannot be reused meanwhile.
-        """
-        return self.parameters is parameters and self.chunk_bytes == chunk_bytes
-
-
 def add_to_server(servicer: FederationServicer, server: grpc.aio.Server) -> None:
     """Register ``servicer`` like the generated ``add_FederationServiceServicer_to_server``,
-    except that PullTask's pre-encoded chunks (bytes) pass the serializer untouched."""
-    handlers = {
+    except that PullTask's pre-encoded chunks (bytes) pass the serializer untouched and
+    PushResult's chunks are read in place (:class:`orchard.serde.RawChunk`)."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Join": grpc.unary_unary_rpc_method_handler(
             servicer.Join,
             request_deserializer=pb.JoinRequest.FromString,
@@ -242,7 +209,7 @@ def add_to_server(servicer: FederationServicer, server: grpc.aio.Server) -> None
         ),
         "PushResult": grpc.stream_unary_rpc_method_handler(
             servicer.PushResult,
-            request_deserializer=pb.PushResultRequest.FromString,
+            request_deserializer=serde.deserialize_push_request,
             response_serializer=pb.PushResultResponse.SerializeToString,
         ),
         "Leave": grpc.unary_unary_rpc_method_handler(

@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 
 from orchard import serde
+from orchard.allocator import tune_allocator
 from orchard.client.numpy_client import ClientContext, NumPyClient, execute_task
 from orchard.messages import (
     API_VERSION,
@@ -350,8 +351,6 @@ class ClientRuntime:
     def _pull(self) -> Task | Idle | Finished | None:
         """One long poll. None when cancelled by stop()."""
         session = self._require_session()
-        stub = self._stub
-        assert stub is not None
         request = serde.poll_to_proto(
             TaskPoll(
                 client_id=session.client_id,
@@ -360,7 +359,9 @@ class ClientRuntime:
             )
         )
         try:
-            call = stub.PullTask(request, timeout=self.settings.poll_seconds + 30.0)
+            call = serde.pull_task_method(self._require_channel())(
+                request, timeout=self.settings.poll_seconds + 30.0
+            )
             self._call = call
             if self._session_lost.is_set():  # the heartbeat noticed before the call was stored
                 call.cancel()
@@ -388,11 +389,9 @@ class ClientRuntime:
 
     def _push(self, result: Result) -> None:
         """Upload a result; a rejection is logged, not fatal."""
-        channel = self._channel
-        assert channel is not None and self._stub is not None
         stream = serde.result_to_wire(result, self.settings.max_chunk_bytes)
         try:
-            response = serde.push_result_method(channel)(stream, timeout=600.0)
+            response = serde.push_result_method(self._require_channel())(stream, timeout=600.0)
             log.debug("result %s accepted: %s", result.task_id, serde.push_ack_from_proto(response))
         except grpc.RpcError as exc:
             code = exc.code()
@@ -450,6 +449,11 @@ class ClientRuntime:
             )
             self._client = self._factory(ctx)
         return self._client
+
+    def _require_channel(self) -> grpc.Channel:
+        if self._channel is None:
+            raise ClientError("not connected")
+        return self._channel
 
     def _require_session(self) -> Session:
         if self._session is None:
@@ -518,4 +522,5 @@ def run_client(
     model_spec: ModelSpec | None = None,
 ) -> int:
     """Serve one federation with the client ``factory`` builds; returns an exit code."""
+    tune_allocator()  # megabyte chunks without a page fault per byte (orchard.allocator)
     return ClientRuntime(factory, settings, model_spec=model_spec).run()
