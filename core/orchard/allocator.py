@@ -24,7 +24,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 #: glibc's largest mmap threshold on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``).
 MMAP_THRESHOLD = 32 << 20
 #: Free heap memory above this is returned to the kernel.
-TRIM_THRESHOLD = 256 << 20
+TRIM_THRESHOLD = 32 << 20
 
 
 def tune_allocator() -> bool:

@@ -7,12 +7,15 @@ Each method maps domain errors to the status codes documented on the RPC in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+import weakref
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import numpy as np
 
 from orchard import serde
 from orchard.messages import API_VERSION, FederationState, FederationStatus, Finished, Idle, Session
@@ -161,21 +164,25 @@ class FederationServicer:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
         except LookupError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        async with self._uploads:
-            try:
-                specs = reader.announced(max_bytes=self._max_upload)
-                if specs:
-                    _check_header(hosted, specs)
-                await reader.read_chunks(request_iterator, lambda: pool.known(ref.client_id))
-                pool.deliver(ref.client_id, reader.finish())
-            except (serde.SerdeError, SpecError) as exc:
-                pool.reject(ref.client_id, ref.task_id, str(exc))
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"result of task {task.task_id} rejected: {exc}",
-                )
-            except LookupError as exc:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        await self._uploads.acquire()
+        slot = _UploadSlot(self._uploads)
+        try:
+            specs = reader.announced(max_bytes=self._max_upload)
+            slot.hold_while_alive(reader.buffers)
+            if specs:
+                _check_header(hosted, specs)
+            await reader.read_chunks(request_iterator, lambda: pool.known(ref.client_id))
+            pool.deliver(ref.client_id, reader.finish())
+        except (serde.SerdeError, SpecError) as exc:
+            pool.reject(ref.client_id, ref.task_id, str(exc))
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"result of task {task.task_id} rejected: {exc}",
+            )
+        except LookupError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        finally:
+            slot.release_unless_held()
         return serde.push_ack_to_proto(f"result of task {task.task_id} accepted")
 
     async def Leave(self, request: pb.LeaveRequest, context: Context) -> pb.LeaveResponse:
@@ -185,6 +192,51 @@ class FederationServicer:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {notice.client_id!r}")
         hosted.pool.drop(notice.client_id, f"left ({notice.reason or 'no reason given'})")
         return serde.leave_response()
+
+
+class _UploadSlot:
+    """One of ``max_concurrent_uploads``, held until the arrays of its upload are freed.
+
+    Releasing the slot when the bytes are read is not enough: a delivered
+    result waits, with its model-sized arrays, until the round loop folds it
+    into the aggregate, and with many clients those results pile up (measured:
+    eight models at once with eight clients). Held until the arrays are garbage
+    (the aggregator folds them and drops them; aggregators never keep the
+    arrays they are given), the slots bound the models in the server's memory
+    to ``max_concurrent_uploads``, however many clients report.
+    """
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self._loop = asyncio.get_running_loop()
+        self._alive = 0
+        self._released = False
+
+    def hold_while_alive(self, arrays: Sequence[np.ndarray]) -> None:
+        """Keep the slot until every one of ``arrays`` is freed."""
+        self._alive = len(arrays)
+        for array in arrays:
+            weakref.finalize(array, self._freed_from_any_thread)
+
+    def release_unless_held(self) -> None:
+        """Release now if no arrays hold the slot (nothing was allocated)."""
+        if self._alive == 0:
+            self._release()
+
+    def _freed_from_any_thread(self) -> None:
+        # The last reference may die in the aggregator's worker thread.
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            self._loop.call_soon_threadsafe(self._freed)
+
+    def _freed(self) -> None:
+        self._alive -= 1
+        if self._alive == 0:
+            self._release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._semaphore.release()
 
 
 def add_to_server(servicer: FederationServicer, server: grpc.aio.Server) -> None:
