@@ -54,6 +54,10 @@ class OrchardServer:
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.so_reuseport", 0),
+                # No flow-control windows grown by bandwidth probing: with them every
+                # upload stream buffered megabytes in gRPC, about a model per client
+                # (docs/performance.md); fixed windows keep memory flat in clients.
+                ("grpc.http2.bdp_probe", 0),
             ]
         )
         add_to_server(
