@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from orchard import serde
+from orchard.allocator import tune_allocator
 from orchard.messages import Task, TaskType
 
 NAME = "serde"
@@ -98,5 +99,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]]:
     """One line per tensor layout: one big tensor and a many-tensor model."""
+    tune_allocator()  # as the server and the client runtime do
     for tensors in (1, 16):
         yield measure(args.serde_parameters, tensors, args.serde_repeat, args.serde_chunk_bytes)
