@@ -378,11 +378,6 @@ class ParametersAssembler:
         self._filled = 0
 
     @property
-    def buffers(self) -> tuple[np.ndarray, ...]:
-        """The preallocated arrays the chunks are written into."""
-        return tuple(self._arrays)
-
-    @property
     def names(self) -> tuple[str, ...]:
         """Tensor names from the header, in order."""
         return tuple(s.name for s in self.specs)
@@ -799,11 +794,6 @@ class ResultReader:
         """Allocate the announced tensors and return their specs."""
         self._assembler = ParametersAssembler(self._header.parameters, max_bytes=max_bytes)
         return self._assembler.specs
-
-    @property
-    def buffers(self) -> tuple[np.ndarray, ...]:
-        """The arrays :meth:`announced` allocated (they become the result's parameters)."""
-        return () if self._assembler is None else self._assembler.buffers
 
     def add(self, message: pb.PushResultRequest | RawChunk) -> None:
         """Place the chunk ``message`` carries."""

@@ -182,7 +182,9 @@ class Federation:
                     await self._round(self.rounds_completed + 1)
             finally:
                 # Also when stopped (cancelled): the last completed round reaches the disk.
-                self.flush()
+                # In a worker thread: the final plot can take seconds, and the event loop
+                # must keep answering heartbeats meanwhile.
+                await asyncio.to_thread(self.flush)
         except FederationFailedError as exc:
             self.state, self.reason = FederationState.FAILED, str(exc)
             log.error("federation %r failed: %s", self.config.name, exc)

@@ -168,11 +168,15 @@ class FederationServicer:
         slot = _UploadSlot(self._uploads)
         try:
             specs = reader.announced(max_bytes=self._max_upload)
-            slot.hold_while_alive(reader.buffers)
             if specs:
                 _check_header(hosted, specs)
             await reader.read_chunks(request_iterator, lambda: pool.known(ref.client_id))
-            pool.deliver(ref.client_id, reader.finish())
+            result = reader.finish()
+            pool.deliver(ref.client_id, result)
+            # Delivered: the slot stays taken until the round loop has folded and
+            # dropped these arrays. Any other way out releases it at once (below),
+            # never waiting for the garbage collector.
+            slot.hold_while_alive(result.parameters)
         except (serde.SerdeError, SpecError) as exc:
             pool.reject(ref.client_id, ref.task_id, str(exc))
             await context.abort(
@@ -219,7 +223,7 @@ class _UploadSlot:
             weakref.finalize(array, self._freed_from_any_thread)
 
     def release_unless_held(self) -> None:
-        """Release now if no arrays hold the slot (nothing was allocated)."""
+        """Release now unless delivered arrays hold the slot."""
         if self._alive == 0:
             self._release()
 
