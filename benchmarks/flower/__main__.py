@@ -122,8 +122,12 @@ def run_flower_case(
         while not out.exists():
             if time.monotonic() > deadline:
                 raise LaunchError(f"Flower did not finish in {timeout:g} s", logs=launcher.tails())
-            if run.returncode not in (None, 0):
-                raise LaunchError(f"flwr run exited with {run.returncode}", logs=launcher.tails())
+            if run.returncode is not None and not out.exists():
+                # flwr run --stream ends when the run does, also when the ServerApp failed.
+                raise LaunchError(
+                    f"flwr run ended (status {run.returncode}) without round times",
+                    logs=launcher.tails(),
+                )
             time.sleep(0.5)
         time.sleep(0.5)  # the file is written in one call; let it close
         times = json.loads(out.read_text())
