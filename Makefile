@@ -83,12 +83,12 @@ test-mxnet: $(MXBIN)/.ok $(BIN)/.ok
 ## on stdout and in runs/bench.jsonl (a few minutes; docs/performance.md explains them)
 bench: $(BIN)/.ok
 	mkdir -p runs
-	$(BIN)/python -m benchmarks $(BENCH_ARGS) | tee runs/bench.jsonl
+	set -o pipefail; $(BIN)/python -m benchmarks $(BENCH_ARGS) | tee runs/bench.jsonl
 
 ## bench-large: the 1 GiB model (268M float32 parameters) with 2 clients
 bench-large: $(BIN)/.ok
 	mkdir -p runs
-	$(BIN)/python -m benchmarks --suite rounds --round-cases 1gib:2 | tee runs/bench-large.jsonl
+	set -o pipefail; $(BIN)/python -m benchmarks --suite rounds --round-cases 1gib:2 | tee runs/bench-large.jsonl
 
 ## bench-flower: optional side-by-side with Flower 1.42 (its own .venv-flower; the main bench
 ## never needs it). flwr's certifi pin may not resolve: its other requirements go first,
@@ -103,7 +103,7 @@ $(FLVENV)/.ok: benchmarks/flower/requirements.txt
 
 bench-flower: $(BIN)/.ok $(FLVENV)/.ok
 	mkdir -p runs
-	$(BIN)/python -m benchmarks.flower $(BENCH_FLOWER_ARGS) | tee runs/bench-flower.jsonl
+	set -o pipefail; $(BIN)/python -m benchmarks.flower $(BENCH_FLOWER_ARGS) | tee runs/bench-flower.jsonl
 
 clean:
 	rm -rf $(VENV) $(MXVENV) $(FLVENV) .tools/node_modules .mypy_cache .ruff_cache .pytest_cache runs
