@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     for module in SUITES:
         cast(Suite, module).add_arguments(parser)
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every Launcher stops the processes it started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="run-", dir=args.workdir))
     for module in SUITES:

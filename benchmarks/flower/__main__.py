@@ -17,6 +17,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import socket
 import statistics
 import sys
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="bound per Flower case (s)")
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench-flower"))
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every Launcher stops the processes it started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if not (FLOWER_BIN / "flwr").exists():
         print(
             "Flower is not installed: run `make bench-flower` (it makes .venv-flower)",
