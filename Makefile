@@ -11,8 +11,10 @@ PROTOS := $(wildcard protos/orchard/v1/*.proto)
 #: Image of the last released protos (orchard.v1 1.0.0), what buf breaking guards.
 BUF_BASELINE := protos/baseline/orchard-v1.0.0.binpb
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+BENCH_FLOWER_ARGS ?=
 
-.PHONY: setup proto check check-proto-stale lint typecheck buf-lint buf-breaking test test-main test-mxnet bench fuzz clean
+.PHONY: setup proto check check-proto-stale lint typecheck buf-lint buf-breaking test test-main test-mxnet bench bench-large bench-flower fuzz clean
 
 ## setup: create both Python environments, install buf and (as root) Debian's Fashion-MNIST
 setup: $(BIN)/.ok $(MXBIN)/.ok $(BUF) fashion-data
@@ -77,12 +79,33 @@ test-main: $(BIN)/.ok
 test-mxnet: $(MXBIN)/.ok $(BIN)/.ok
 	ORCHARD_SERVER_PYTHON=$(abspath $(BIN)/python) $(MXBIN)/pytest tests/core tests/client_mxnet tests/contract $(PYTEST_ARGS)
 
-## bench: speed and memory benchmarks, JSON on stdout and in runs/bench.json; soak in runs/soak.json
+## bench: round cadence, server memory, serde and aggregation costs: one JSON line per case
+## on stdout and in runs/bench.jsonl (a few minutes; docs/performance.md explains them)
 bench: $(BIN)/.ok
 	mkdir -p runs
-	$(BIN)/python -m benchmarks | tee runs/bench.json
-	$(BIN)/python -m benchmarks.soak | tee runs/soak.json
+	set -o pipefail; $(BIN)/python -m benchmarks $(BENCH_ARGS) | tee runs/bench.jsonl
+	$(BIN)/python -m benchmarks.soak | tee runs/soak.jsonl
 	$(BIN)/python -m benchmarks.simulation | tee runs/bench-simulation.jsonl
+
+## bench-large: the 1 GiB model (268M float32 parameters) with 2 clients
+bench-large: $(BIN)/.ok
+	mkdir -p runs
+	set -o pipefail; $(BIN)/python -m benchmarks --suite rounds --round-cases 1gib:2 | tee runs/bench-large.jsonl
+
+## bench-flower: optional side-by-side with Flower 1.42 (its own .venv-flower; the main bench
+## never needs it). flwr's certifi pin may not resolve: its other requirements go first,
+## then flwr with --no-deps.
+FLVENV := .venv-flower
+FLOWER_VERSION := 1.42.0
+$(FLVENV)/.ok: benchmarks/flower/requirements.txt
+	test -x $(FLVENV)/bin/python || $(PY) -m venv $(FLVENV)
+	$(FLVENV)/bin/pip install -q -r benchmarks/flower/requirements.txt
+	$(FLVENV)/bin/pip install -q --no-deps flwr==$(FLOWER_VERSION)
+	touch $@
+
+bench-flower: $(BIN)/.ok $(FLVENV)/.ok
+	mkdir -p runs
+	set -o pipefail; $(BIN)/python -m benchmarks.flower $(BENCH_FLOWER_ARGS) | tee runs/bench-flower.jsonl
 
 ## fuzz: longer fuzzing than make test's: serde under atheris, the servicer under hypothesis
 FUZZ_SECONDS ?= 120
@@ -93,7 +116,7 @@ fuzz: $(BIN)/.ok
 	  --timeout=3600 tests/server/test_servicer_fuzz.py tests/core/test_serde_fuzz.py | grep -E '^\{|passed|failed'
 
 clean:
-	rm -rf $(VENV) $(MXVENV) .tools/node_modules .mypy_cache .ruff_cache .pytest_cache runs
+	rm -rf $(VENV) $(MXVENV) $(FLVENV) .tools/node_modules .mypy_cache .ruff_cache .pytest_cache runs
 
 include crossframework.mk
 include docker.mk

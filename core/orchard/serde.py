@@ -11,7 +11,9 @@ writes chunks straight into preallocated arrays (:class:`ParametersAssembler`).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
+import grpc
 import numpy as np
 
 from orchard.messages import (
@@ -217,6 +219,156 @@ def _allocate(spec: TensorSpec) -> np.ndarray:
         ) from None
 
 
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative integer."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+#: Wire tag of ``chunk`` (field 2, length-delimited) in both PullTaskResponse and
+#: PushResultRequest, and of TensorChunk's fields 1 (varint), 2 (varint), 3 (bytes).
+_CHUNK_TAG, _INDEX_TAG, _OFFSET_TAG, _DATA_TAG = b"\x12", b"\x08", b"\x10", b"\x1a"
+
+
+def _frame_chunk(index: int, offset: int, data: memoryview) -> bytes:
+    """A serialized ``{chunk: TensorChunk}`` message around ``data``, with one copy.
+
+    Byte for byte what protobuf's ``SerializeToString`` writes for the same
+    message (fields in number order, zero values left out; tested), but
+    without copying ``data`` into a message first and again out of it.
+    """
+    inner = b""
+    if index:
+        inner += _INDEX_TAG + _varint(index)
+    if offset:
+        inner += _OFFSET_TAG + _varint(offset)
+    inner += _DATA_TAG + _varint(len(data))
+    prefix = _CHUNK_TAG + _varint(len(inner) + len(data)) + inner
+    return b"".join((prefix, data))
+
+
+def iter_encoded_chunks(
+    arrays: NDArrays, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[bytes]:
+    """The chunks of ``arrays`` as serialized stream messages, one at a time.
+
+    Each is valid as a serialized ``PullTaskResponse`` and ``PushResultRequest``
+    alike (both carry the chunk as field 2). Each byte is copied once, straight
+    from the arrays into the message; no protobuf object is built.
+    """
+    if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
+        raise SerdeError(f"chunk size {chunk_bytes} outside 1..{MAX_CHUNK_BYTES}")
+    for index, array in enumerate(arrays):
+        raw = memoryview(_little_endian(np.asarray(array)).reshape(-1).view(np.uint8).data)
+        for offset in range(0, len(raw), chunk_bytes):
+            yield _frame_chunk(index, offset, raw[offset : offset + chunk_bytes])
+
+
+def encode_chunks(arrays: NDArrays, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[bytes, ...]:
+    """Every chunk of ``arrays``, encoded once (:func:`iter_encoded_chunks`).
+
+    A server encodes a round's global model once and sends the same bytes to
+    every client (:func:`serialize_pull_response` passes them through).
+    """
+    return tuple(iter_encoded_chunks(arrays, chunk_bytes))
+
+
+@dataclass(frozen=True, slots=True)
+class RawChunk:
+    """A chunk read straight from its serialized message: ``data`` views the message's bytes.
+
+    :func:`deserialize_pull_response` and :func:`deserialize_push_request` make
+    these, so a chunk's bytes are copied once (into the receiver's array)
+    instead of three times (into a message, out of it, into the array).
+    """
+
+    tensor_index: int
+    offset: int
+    data: memoryview
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """A varint at ``pos`` and the position after it; IndexError or ValueError if malformed."""
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _parse_chunk(buf: bytes) -> RawChunk | None:
+    """The chunk of a serialized ``{chunk: TensorChunk}`` message, or None when the
+    message is anything else (then protobuf parses it, and judges it)."""
+    try:
+        if not buf or buf[0] != _CHUNK_TAG[0]:
+            return None
+        length, pos = _read_varint(buf, 1)
+        if pos + length != len(buf):  # more fields than the chunk: let protobuf decide
+            return None
+        index = offset = 0
+        start = end = pos
+        while pos < len(buf):
+            key, pos = _read_varint(buf, pos)
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                value, pos = _read_varint(buf, pos)
+                if field == 1:
+                    index = value & 0xFFFFFFFF
+                elif field == 2:
+                    offset = value
+            elif wire == 2:
+                size, pos = _read_varint(buf, pos)
+                if field == 3:
+                    start, end = pos, pos + size
+                pos += size
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            else:
+                return None
+            if (field in (1, 2) and wire != 0) or (field == 3 and wire != 2):
+                return None
+        if pos != len(buf):
+            return None
+        return RawChunk(index, offset, memoryview(buf)[start:end])
+    except (IndexError, ValueError):
+        return None
+
+
+def deserialize_pull_response(data: bytes) -> pb.PullTaskResponse | RawChunk:
+    """gRPC's deserializer for PullTask: chunks as :class:`RawChunk`, the rest as messages."""
+    return _parse_chunk(data) or pb.PullTaskResponse.FromString(data)
+
+
+def deserialize_push_request(data: bytes) -> pb.PushResultRequest | RawChunk:
+    """gRPC's deserializer for PushResult: chunks as :class:`RawChunk`, the rest as messages."""
+    return _parse_chunk(data) or pb.PushResultRequest.FromString(data)
+
+
+def serialize_pull_response(message: pb.PullTaskResponse | bytes) -> bytes:
+    """gRPC's serializer for PullTask: messages are serialized, pre-encoded bytes pass."""
+    if isinstance(message, bytes):
+        return message
+    return message.SerializeToString()
+
+
+def serialize_push_request(message: pb.PushResultRequest | bytes) -> bytes:
+    """gRPC's serializer for PushResult: messages are serialized, pre-encoded bytes pass."""
+    if isinstance(message, bytes):
+        return message
+    return message.SerializeToString()
+
+
 class ParametersAssembler:
     """Rebuilds arrays from a header and its chunks, checking every byte's place.
 
@@ -251,7 +403,7 @@ class ParametersAssembler:
             self._index += 1
             self._filled = 0
 
-    def add(self, chunk: tpb.TensorChunk) -> None:
+    def add(self, chunk: tpb.TensorChunk | RawChunk) -> None:
         """Place one chunk; chunks must come in tensor order and offset order."""
         self._skip_empty()
         if self._index >= len(self.specs):
@@ -499,11 +651,9 @@ def leave_response() -> pb.LeaveResponse:
 # --- tasks ------------------------------------------------------------------------
 
 
-def task_to_stream(
-    task: Task, chunk_bytes: int = DEFAULT_CHUNK_BYTES
-) -> Iterator[pb.PullTaskResponse]:
-    """A task as a PullTask stream: header, then chunks."""
-    yield pb.PullTaskResponse(
+def task_header_to_proto(task: Task) -> pb.PullTaskResponse:
+    """The first message of a task's PullTask stream (its chunks follow)."""
+    return pb.PullTaskResponse(
         task=pb.TaskHeader(
             task_id=task.task_id,
             type=_TASK_TO_PROTO[task.type],
@@ -513,8 +663,27 @@ def task_to_stream(
             parameters=parameters_header(task.names, task.parameters),
         )
     )
+
+
+def task_to_stream(
+    task: Task, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[pb.PullTaskResponse]:
+    """A task as a PullTask stream of messages: header, then chunks (tools and tests;
+    the server sends the header and chunks from :func:`encode_chunks` instead)."""
+    yield task_header_to_proto(task)
     for chunk in iter_chunks(task.parameters, chunk_bytes):
         yield pb.PullTaskResponse(chunk=chunk)
+
+
+def encode_task(task: Task, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[bytes]:
+    """A whole task stream as serialized messages, as the server sends it."""
+    header = task_header_to_proto(task).SerializeToString()
+    return [header, *iter_encoded_chunks(task.parameters, chunk_bytes)]
+
+
+def task_from_bytes(messages: Iterable[bytes]) -> Task | Idle | Finished:
+    """Parse serialized PullTask messages (:func:`encode_task`) into a task, as a client does."""
+    return task_from_stream(deserialize_pull_response(m) for m in messages)
 
 
 def idle_to_proto(idle: Idle) -> pb.PullTaskResponse:
@@ -529,11 +698,15 @@ def finished_to_proto(finished: Finished) -> pb.PullTaskResponse:
     )
 
 
-def task_from_stream(stream: Iterator[pb.PullTaskResponse]) -> Task | Idle | Finished:
+def task_from_stream(
+    stream: Iterator[pb.PullTaskResponse | RawChunk],
+) -> Task | Idle | Finished:
     """Read one PullTask stream into a task, an idle or a finished value."""
     first = next(stream, None)
     if first is None:
         raise SerdeError("PullTask stream ended without a message")
+    if isinstance(first, RawChunk):
+        raise SerdeError("PullTask stream starts with a chunk, expected a task header")
     kind = first.WhichOneof("item")
     if kind == "idle":
         return Idle(state=state_from_proto(first.idle.state))
@@ -546,6 +719,9 @@ def task_from_stream(stream: Iterator[pb.PullTaskResponse]) -> Task | Idle | Fin
         raise SerdeError(f"task {header.task_id!r}: unknown task type {header.type}")
     assembler = ParametersAssembler(header.parameters)
     for msg in stream:
+        if isinstance(msg, RawChunk):
+            assembler.add(msg)
+            continue
         if msg.WhichOneof("item") != "chunk":
             raise SerdeError(
                 f"task {header.task_id!r}: expected chunks, got {msg.WhichOneof('item')!r}"
@@ -568,10 +744,19 @@ def task_from_stream(stream: Iterator[pb.PullTaskResponse]) -> Task | Idle | Fin
 def result_to_stream(
     result: Result, chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> Iterator[pb.PushResultRequest]:
-    """A result as a PushResult stream: header, then chunks."""
+    """A result as a PushResult stream of messages: header, then chunks (tools and tests)."""
     yield pb.PushResultRequest(header=result_header_to_proto(result))
     for chunk in iter_chunks(result.parameters, chunk_bytes):
         yield pb.PushResultRequest(chunk=chunk)
+
+
+def result_to_wire(
+    result: Result, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[pb.PushResultRequest | bytes]:
+    """A result as the client runtime sends it: the header message, then chunks
+    encoded lazily with one copy each (send with :func:`serialize_push_request`)."""
+    yield pb.PushResultRequest(header=result_header_to_proto(result))
+    yield from iter_encoded_chunks(result.parameters, chunk_bytes)
 
 
 def result_header_to_proto(result: Result) -> pb.ResultHeader:
@@ -629,15 +814,15 @@ class ResultReader:
     :class:`SerdeError` naming the tensor.
     """
 
-    def __init__(self, first: pb.PushResultRequest | None) -> None:
-        if first is None or first.WhichOneof("item") != "header":
+    def __init__(self, first: pb.PushResultRequest | RawChunk | None) -> None:
+        if first is None or isinstance(first, RawChunk) or first.WhichOneof("item") != "header":
             raise SerdeError("PushResult must start with a ResultHeader")
         self._header = first.header
         self._assembler: ParametersAssembler | None = None
         self.ref = ResultRef(client_id=first.header.client_id, task_id=first.header.task_id)
 
     @classmethod
-    async def start(cls, stream: AsyncIterator[pb.PushResultRequest]) -> ResultReader:
+    async def start(cls, stream: AsyncIterator[pb.PushResultRequest | RawChunk]) -> ResultReader:
         """A reader over ``stream`` whose header has been read."""
         return cls(await anext(aiter(stream), None))
 
@@ -646,17 +831,22 @@ class ResultReader:
         self._assembler = ParametersAssembler(self._header.parameters, max_bytes=max_bytes)
         return self._assembler.specs
 
-    def add(self, message: pb.PushResultRequest) -> None:
+    def add(self, message: pb.PushResultRequest | RawChunk) -> None:
         """Place the chunk ``message`` carries."""
         if self._assembler is None:
             self.announced()
         assert self._assembler is not None
+        if isinstance(message, RawChunk):
+            self._assembler.add(message)
+            return
         if message.WhichOneof("item") != "chunk":
             raise SerdeError("only chunks may follow the result header")
         self._assembler.add(message.chunk)
 
     async def read_chunks(
-        self, stream: AsyncIterator[pb.PushResultRequest], on_chunk: Callable[[], object]
+        self,
+        stream: AsyncIterator[pb.PushResultRequest | RawChunk],
+        on_chunk: Callable[[], object],
     ) -> None:
         """Place every remaining chunk of ``stream``, calling ``on_chunk`` after each."""
         async for message in stream:
@@ -672,12 +862,38 @@ class ResultReader:
         return result_from_header(self._header, arrays, self._assembler.names)
 
 
-def result_from_stream(stream: Iterator[pb.PushResultRequest]) -> Result:
+def result_from_stream(stream: Iterator[pb.PushResultRequest | RawChunk]) -> Result:
     """Read a whole PushResult stream synchronously (tools and tests; the server awaits)."""
     reader = ResultReader(next(stream, None))
     for message in stream:
         reader.add(message)
     return reader.finish()
+
+
+def push_result_method(
+    channel: grpc.Channel,
+) -> grpc.StreamUnaryMultiCallable[pb.PushResultRequest | bytes, pb.PushResultResponse]:
+    """PushResult on ``channel``, taking :func:`result_to_wire`'s pre-encoded chunks.
+
+    The generated stub would serialize every request message; this callable
+    lets the chunk bytes through as they are.
+    """
+    return channel.stream_unary(
+        f"/{SERVICE_NAME}/PushResult",
+        request_serializer=serialize_push_request,
+        response_deserializer=pb.PushResultResponse.FromString,
+    )
+
+
+def pull_task_method(
+    channel: grpc.Channel,
+) -> grpc.UnaryStreamMultiCallable[pb.PullTaskRequest, pb.PullTaskResponse | RawChunk]:
+    """PullTask on ``channel``, reading chunks in place (:func:`deserialize_pull_response`)."""
+    return channel.unary_stream(
+        f"/{SERVICE_NAME}/PullTask",
+        request_serializer=pb.PullTaskRequest.SerializeToString,
+        response_deserializer=deserialize_pull_response,
+    )
 
 
 def push_ack_to_proto(message: str) -> pb.PushResultResponse:

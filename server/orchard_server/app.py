@@ -21,13 +21,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from orchard import serde
 from orchard.messages import FederationState
-from orchard.v1 import federation_service_pb2_grpc as pb_grpc
 from orchard_server.admission import AdmissionPolicy
 from orchard_server.config import ServerConfig
 from orchard_server.federation import Federation
 from orchard_server.grpc_pool import GrpcClientPool
 from orchard_server.results import ResultPolicy
-from orchard_server.servicer import FederationServicer, Hosted
+from orchard_server.servicer import FederationServicer, Hosted, add_to_server
 
 log = logging.getLogger("orchard.server")
 
@@ -68,9 +67,13 @@ class OrchardServer:
                 # oversize chunk reaches serde and is refused with
                 # INVALID_ARGUMENT naming it, not cut by the transport.
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # No flow-control windows grown by bandwidth probing: with them every
+                # upload stream buffered megabytes in gRPC, about a model per client
+                # (docs/performance.md); fixed windows keep memory flat in clients.
+                ("grpc.http2.bdp_probe", 0),
             ]
         )
-        pb_grpc.add_FederationServiceServicer_to_server(
+        add_to_server(
             FederationServicer(
                 self.hosted,
                 heartbeat_interval=self.config.heartbeat_interval,
@@ -139,7 +142,8 @@ class OrchardServer:
             log.info("stopping on signal; federations resume from their last checkpoint")
             for task in loops:
                 task.cancel()
-            # Collect the cancellations, so asyncio does not report them as lost errors.
+            # Each federation writes its last completed round before it returns.
+            await asyncio.gather(*loops, return_exceptions=True)
             with contextlib.suppress(asyncio.CancelledError):
                 await everything
         else:

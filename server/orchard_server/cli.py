@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from orchard.allocator import tune_allocator
 from orchard_server.app import OrchardServer
 from orchard_server.checkpoint import CheckpointError
 from orchard_server.config import ConfigError, load_config
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["enroll"]:
         return enroll_main(argv[1:])
     args = build_parser().parse_args(argv)
+    tune_allocator()  # megabyte chunks without a page fault per byte (orchard.allocator)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

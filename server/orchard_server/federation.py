@@ -5,7 +5,8 @@ same code runs deployments and in-process simulations. Each round: wait
 (bounded) for enough clients, sample, send fit tasks, fold results into the
 strategy's aggregator as they arrive (memory O(model) for mean-type
 strategies), apply the server optimizer, evaluate, then write the history and
-a checkpoint atomically. Restarting with the same config resumes from the last
+a checkpoint atomically (in a background thread, :mod:`.writer`, so the next
+round starts at once). Restarting with the same config resumes from the last
 completed round; a run that had finished is archived and a new one starts
 (:mod:`.runs`). A client that can never take part (a fatal leave) fails the
 federation at once (:meth:`Federation.fail`).
@@ -44,6 +45,7 @@ from orchard_server.strategy import (
     Strategy,
     round_rng,
 )
+from orchard_server.writer import Snapshot, StateWriter
 
 log = logging.getLogger("orchard.server")
 
@@ -97,6 +99,7 @@ class Federation:
         self._opt_state: State | None = None
         #: Set by :meth:`fail`: a client reported that it can never take part.
         self._fatal = asyncio.Event()
+        self._writer = StateWriter(self.directory, title=self.title)
 
     # -- set-up -----------------------------------------------------------------
 
@@ -155,25 +158,42 @@ class Federation:
             self.config.num_rounds,
         )
 
-    def _save(self) -> None:
-        # history.json first: whoever sees the checkpoint of round N also finds
-        # round N in the history. A kill in between only means the resumed run
-        # redoes round N and rewrites its record.
+    def _snapshot(self) -> Snapshot:
+        """The state after the round just completed, as immutable values for the writer.
+
+        The parameter list and optimizer state are never changed in place (each
+        server step builds new ones), so the writer may read them while the
+        next round runs; the history's record list and the generator state are copied.
+        """
         assert self._opt_state is not None, "saved before restore_or_init"
-        self.history.save(self.directory, title=self.title)
+        history = History(federation=self.history.federation, rounds=list(self.history.rounds))
         meta = {
             "partitions": self.pool.partitions.to_json(),
             "model_id": self.spec.model_id,
             "strategy": self.strategy.name,
         }
-        save_federation(
+        path, rnd, parameters, opt_state = (
             self.checkpoint_path,
-            round=self.rounds_completed,
-            parameters=self.parameters,
-            opt_state=self._opt_state,
-            history=self.history,
-            meta=meta,
+            self.rounds_completed,
+            self.parameters,
+            self._opt_state,
         )
+
+        def save_checkpoint() -> None:
+            save_federation(
+                path,
+                round=rnd,
+                parameters=parameters,
+                opt_state=opt_state,
+                history=history,
+                meta=meta,
+            )
+
+        return Snapshot(round=rnd, history=history, save_checkpoint=save_checkpoint)
+
+    def flush(self) -> None:
+        """Block until the last completed round's checkpoint and history are on disk."""
+        self._writer.flush()
 
     def fail(self, reason: str) -> None:
         """End the federation at once: a client reported a problem no wait can fix.
@@ -202,8 +222,14 @@ class Federation:
         if self.state in (FederationState.FINISHED, FederationState.FAILED):
             return self.state
         try:
-            while self.rounds_completed < self.config.num_rounds:
-                await self._round(self.rounds_completed + 1)
+            try:
+                while self.rounds_completed < self.config.num_rounds:
+                    await self._round(self.rounds_completed + 1)
+            finally:
+                # Also when stopped (cancelled): the last completed round reaches the disk.
+                # In a worker thread: the final plot can take seconds, and the event loop
+                # must keep answering heartbeats meanwhile.
+                await asyncio.to_thread(self.flush)
         except FederationFailedError as exc:
             self.state, self.reason = FederationState.FAILED, str(exc)
             log.error("federation %r failed: %s", self.config.name, exc)
@@ -275,6 +301,7 @@ class Federation:
             dropped.update(fit.dropped)
             if len(fit.results) >= select.min_fit_clients:
                 aggregate = aggregator.result()
+                del aggregator  # its float64 sums (two models) go before the server step
             else:
                 log.warning(
                     "%s: only %d of %d needed results (dropped: %s); %s",
@@ -347,9 +374,11 @@ class Federation:
                 evaluate=evaluate,
                 centralized=centralized,
                 duration_s=round(time.monotonic() - started, 3),
+                finished_at=round(time.time(), 6),
             )
         )
-        await asyncio.to_thread(self._save)
+        # Written by a background thread: the next round starts at once.
+        self._writer.submit(self._snapshot())
 
     async def _send(
         self,

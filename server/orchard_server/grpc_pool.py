@@ -20,8 +20,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from orchard import serde
 from orchard.messages import JoinInfo, LeaveNotice, Result, Role, Task
 from orchard.spec import SpecError
+from orchard.typing import NDArrays
 from orchard_server.admission import AdmissionPolicy, Admitted
 from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool
 from orchard_server.results import InvalidResultError, ResultPolicy
@@ -46,6 +48,24 @@ class _Session:
     closed: deque[str] = field(default_factory=lambda: deque(maxlen=64))
 
 
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    """A parameter list and its chunk messages."""
+
+    parameters: NDArrays
+    chunk_bytes: int
+    chunks: tuple[bytes, ...]
+
+    def matches(self, parameters: NDArrays, chunk_bytes: int) -> bool:
+        """Whether these are the chunks of that very list at that chunk size.
+
+        Identity, not equality: the round loop never changes a parameter list
+        in place (each server step builds a new one), and this object keeps
+        the list alive, so its identity cannot be reused meanwhile.
+        """
+        return self.parameters is parameters and self.chunk_bytes == chunk_bytes
+
+
 class GrpcClientPool(ClientPool):
     """Sessions of one federation; the servicer feeds it, the round loop uses it."""
 
@@ -60,6 +80,8 @@ class GrpcClientPool(ClientPool):
         self.heartbeat_timeout = heartbeat_timeout
         self._sessions: dict[str, _Session] = {}
         self.closed = asyncio.Event()
+        self._encoded: _Encoded | None = None
+        self._encoding = asyncio.Lock()
 
     # -- used by the servicer -------------------------------------------------------
 
@@ -189,6 +211,24 @@ class GrpcClientPool(ClientPool):
                 session.last_seen = time.monotonic()
                 return task
 
+    async def encoded_chunks(self, parameters: NDArrays, chunk_bytes: int) -> tuple[bytes, ...]:
+        """The chunk messages of a task's parameters, encoded once and shared by every client.
+
+        Every task of a fan-out carries the same parameter list object, so the
+        first poll encodes it (in a worker thread: the event loop keeps
+        serving) and the others send the same bytes: one copy of the model
+        per round instead of two per client. The bytes are dropped as soon as
+        no task is open any more (:meth:`run_task`), so they never outlive
+        their round.
+        """
+        async with self._encoding:
+            cached = self._encoded
+            if cached is None or not cached.matches(parameters, chunk_bytes):
+                self._encoded = None  # free the old bytes before encoding anew
+                chunks = await asyncio.to_thread(serde.encode_chunks, parameters, chunk_bytes)
+                cached = self._encoded = _Encoded(parameters, chunk_bytes, chunks)
+            return cached.chunks
+
     def open_task(self, client_id: str, task_id: str) -> Task:
         """The open task a result answers; KeyError or LookupError say why not."""
         session = self._sessions.get(client_id)
@@ -290,3 +330,5 @@ class GrpcClientPool(ClientPool):
                 fut.cancel()
             session.open.pop(task.task_id, None)
             session.closed.append(task.task_id)
+            if not any(s.open for s in self._sessions.values()):
+                self._encoded = None  # the round's tasks are all closed

@@ -143,6 +143,7 @@ def _round_from_json(data: object, index: int) -> RoundRecord:
             dropped=ce.dropped(),
         ),
         duration_s=r.number("duration_s") or 0.0,
+        finished_at=r.number("finished_at"),
     )
 
 
@@ -192,7 +193,9 @@ class History:
         except (OSError, ValueError) as exc:
             raise HistoryError(f"{path}: {exc}") from None
 
-    def save(self, directory: Path, *, title: str = "") -> None:
-        """Write ``history.json`` and ``history.png`` (plots titled ``title``) in ``directory``."""
+    def save(self, directory: Path, *, title: str = "", plot: bool = True) -> None:
+        """Write ``history.json`` and (with ``plot``) ``history.png``, titled ``title``, in
+        ``directory``."""
         atomic_write_json(directory / "history.json", self.to_json())
-        plot_history(self, directory / "history.png", title=title)
+        if plot:
+            plot_history(self, directory / "history.png", title=title)

@@ -236,3 +236,7 @@ class RoundRecord:
     evaluate: EvaluateRecord | None
     centralized: CentralizedRecord | None
     duration_s: float
+    #: Unix time (seconds) when the round's record was made; the time between two
+    #: rounds' ``finished_at`` is the cadence a user waits for (benchmarks read it).
+    #: None in histories written before the field existed.
+    finished_at: float | None = None

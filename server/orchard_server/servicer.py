@@ -9,19 +9,21 @@ carry its session's secret (metadata ``orchard-session-secret``): the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Mapping
+import weakref
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 
 from orchard import serde
 from orchard.messages import API_VERSION, FederationState, FederationStatus, Finished, Idle, Session
 from orchard.spec import ModelSpec, SpecError, TensorSpec
 from orchard.v1 import federation_service_pb2 as pb
-from orchard.v1 import federation_service_pb2_grpc as pb_grpc
 from orchard_server.admission import Admission, AdmissionError, Refusal, check_version
 from orchard_server.federation import Federation
 from orchard_server.grpc_pool import GrpcClientPool
@@ -53,8 +55,12 @@ class Hosted:
     pool: GrpcClientPool
 
 
-class FederationServicer(pb_grpc.FederationServiceServicer):
-    """Implements orchard.v1.FederationService over the hosted federations."""
+class FederationServicer:
+    """Implements orchard.v1.FederationService over the hosted federations.
+
+    Registered by :func:`add_to_server` (not the generated base class and helper),
+    so PullTask may stream pre-encoded chunk bytes.
+    """
 
     def __init__(
         self,
@@ -133,9 +139,7 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             FederationStatus(state=fed.state, rounds_completed=fed.rounds_completed)
         )
 
-    async def PullTask(  # type: ignore[override]  # writes, not yields (see below)
-        self, request: pb.PullTaskRequest, context: Context
-    ) -> None:
+    async def PullTask(self, request: pb.PullTaskRequest, context: Context) -> None:
         # Messages are written (not yielded) so each write can be bounded: a
         # client that stops reading its task would otherwise hold this call,
         # and the task's memory, until the round's deadline.
@@ -159,7 +163,10 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             else:
                 await context.write(serde.idle_to_proto(Idle(state=fed.state)))
             return
-        for message in serde.task_to_stream(task, poll.max_chunk_bytes):
+        chunks = await hosted.pool.encoded_chunks(task.parameters, poll.max_chunk_bytes)
+        # The chunks were encoded once for every client of the round (bytes pass
+        # the serializer untouched, see add_to_server).
+        for message in (serde.task_header_to_proto(task), *chunks):
             try:
                 await asyncio.wait_for(context.write(message), self._idle)
             except TimeoutError:
@@ -171,7 +178,9 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
 
     async def PushResult(
-        self, request_iterator: AsyncIterator[pb.PushResultRequest], context: Context
+        self,
+        request_iterator: AsyncIterator[pb.PushResultRequest | serde.RawChunk],
+        context: Context,
     ) -> pb.PushResultResponse:
         # Every message must come within the idle timeout: a stalled upload
         # would hold one of the few upload slots (and a model's memory) forever.
@@ -191,25 +200,33 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
         except LookupError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        async with self._uploads:
-            try:
-                specs = reader.announced(max_bytes=self._max_upload)
-                if specs:
-                    _check_header(hosted, specs)
-                await reader.read_chunks(stream, lambda: pool.known(ref.client_id))
-                pool.deliver(ref.client_id, reader.finish())
-            except TimeoutError:
-                reason = self._stalled(f"result of task {task.task_id}")
-                pool.reject(ref.client_id, ref.task_id, reason)
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
-            except (serde.SerdeError, SpecError, InvalidResultError) as exc:
-                pool.reject(ref.client_id, ref.task_id, str(exc))
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"result of task {task.task_id} rejected: {exc}",
-                )
-            except LookupError as exc:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        await self._uploads.acquire()
+        slot = _UploadSlot(self._uploads)
+        try:
+            specs = reader.announced(max_bytes=self._max_upload)
+            if specs:
+                _check_header(hosted, specs)
+            await reader.read_chunks(stream, lambda: pool.known(ref.client_id))
+            result = reader.finish()
+            pool.deliver(ref.client_id, result)
+            # Delivered: the slot stays taken until the round loop has folded and
+            # dropped these arrays. Any other way out releases it at once (below),
+            # never waiting for the garbage collector.
+            slot.hold_while_alive(result.parameters)
+        except TimeoutError:
+            reason = self._stalled(f"result of task {task.task_id}")
+            pool.reject(ref.client_id, ref.task_id, reason)
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
+        except (serde.SerdeError, SpecError, InvalidResultError) as exc:
+            pool.reject(ref.client_id, ref.task_id, str(exc))
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"result of task {task.task_id} rejected: {exc}",
+            )
+        except LookupError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        finally:
+            slot.release_unless_held()
         return serde.push_ack_to_proto(f"result of task {task.task_id} accepted")
 
     def _stalled(self, what: str) -> str:
@@ -240,6 +257,93 @@ async def _idle_bounded(stream: AsyncIterator[T], seconds: float) -> AsyncIterat
         except StopAsyncIteration:
             return
         yield message
+
+
+class _UploadSlot:
+    """One of ``max_concurrent_uploads``, held until the arrays of its upload are freed.
+
+    Releasing the slot when the bytes are read is not enough: a delivered
+    result waits, with its model-sized arrays, until the round loop folds it
+    into the aggregate, and with many clients those results pile up (measured:
+    eight models at once with eight clients). Held until the arrays are garbage
+    (the aggregator folds them and drops them; aggregators never keep the
+    arrays they are given), the slots bound the models in the server's memory
+    to ``max_concurrent_uploads``, however many clients report.
+    """
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self._loop = asyncio.get_running_loop()
+        self._alive = 0
+        self._released = False
+
+    def hold_while_alive(self, arrays: Sequence[np.ndarray]) -> None:
+        """Keep the slot until every one of ``arrays`` is freed."""
+        self._alive = len(arrays)
+        for array in arrays:
+            weakref.finalize(array, self._freed_from_any_thread)
+
+    def release_unless_held(self) -> None:
+        """Release now unless delivered arrays hold the slot."""
+        if self._alive == 0:
+            self._release()
+
+    def _freed_from_any_thread(self) -> None:
+        # The last reference may die in the aggregator's worker thread.
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            self._loop.call_soon_threadsafe(self._freed)
+
+    def _freed(self) -> None:
+        self._alive -= 1
+        if self._alive == 0:
+            self._release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._semaphore.release()
+
+
+def add_to_server(servicer: FederationServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` like the generated ``add_FederationServiceServicer_to_server``,
+    except that PullTask's pre-encoded chunks (bytes) pass the serializer untouched and
+    PushResult's chunks are read in place (:class:`orchard.serde.RawChunk`)."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Join": grpc.unary_unary_rpc_method_handler(
+            servicer.Join,
+            request_deserializer=pb.JoinRequest.FromString,
+            response_serializer=pb.JoinResponse.SerializeToString,
+        ),
+        "Heartbeat": grpc.unary_unary_rpc_method_handler(
+            servicer.Heartbeat,
+            request_deserializer=pb.HeartbeatRequest.FromString,
+            response_serializer=pb.HeartbeatResponse.SerializeToString,
+        ),
+        "PullTask": grpc.unary_stream_rpc_method_handler(
+            servicer.PullTask,
+            request_deserializer=pb.PullTaskRequest.FromString,
+            response_serializer=serde.serialize_pull_response,
+        ),
+        "PushResult": grpc.stream_unary_rpc_method_handler(
+            servicer.PushResult,
+            request_deserializer=serde.deserialize_push_request,
+            response_serializer=pb.PushResultResponse.SerializeToString,
+        ),
+        "Leave": grpc.unary_unary_rpc_method_handler(
+            servicer.Leave,
+            request_deserializer=pb.LeaveRequest.FromString,
+            response_serializer=pb.LeaveResponse.SerializeToString,
+        ),
+    }
+    missing = set(pb.DESCRIPTOR.services_by_name["FederationService"].methods_by_name) - set(
+        handlers
+    )
+    if missing:  # a new RPC in the proto must be registered here too
+        raise RuntimeError(f"FederationService methods without a handler: {sorted(missing)}")
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(serde.SERVICE_NAME, handlers),)
+    )
+    server.add_registered_method_handlers(serde.SERVICE_NAME, handlers)
 
 
 def _check_header(hosted: Hosted, specs: tuple[TensorSpec, ...]) -> None:

@@ -178,23 +178,24 @@ def test_server_sigkill_mid_run_resumes_to_the_same_model(cluster_factory: Any) 
     # Uninterrupted reference run.
     ref = cluster_factory({"blobs": fed}, "reference")
     ref.start_server()
-    ref_clients = [ref.client("blobs", f"ref-{i}", "--fit-seconds", "0.3") for i in range(2)]
+    ref_clients = [ref.client("blobs", f"ref-{i}", "--fit-seconds", "1.0") for i in range(2)]
     assert wait_exit(ref.server, ref) == 0, ref.logs()
     for c in ref_clients:
         wait_exit(c, ref, 30)
 
     run = cluster_factory({"blobs": fed}, "crash")
     run.start_server("server-1")
-    clients = [run.client("blobs", f"client-{i}", "--fit-seconds", "0.3") for i in range(2)]
-    # The checkpoint is written before the history: wait for both.
+    clients = [run.client("blobs", f"client-{i}", "--fit-seconds", "1.0") for i in range(2)]
+    # The history is written before the checkpoint (by a background writer that
+    # does not hold rounds back): kill once a round is recorded, well before the end.
     history = run.state_dir / "blobs" / "history.json"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if history.exists() and len(read_history(run.state_dir, "blobs")["rounds"]) >= 2:
+        if history.exists() and len(read_history(run.state_dir, "blobs")["rounds"]) >= 1:
             break
         time.sleep(0.05)
     else:
-        raise AssertionError(f"no checkpoint after round 2\n{run.logs()}")
+        raise AssertionError(f"no history after round 1\n{run.logs()}")
     assert run.server is not None
     run.server.send_signal(signal.SIGKILL)
     run.server.wait(10)

@@ -232,7 +232,9 @@ def fuzzed_server(tmp_path: Path) -> Iterator[ServerThread]:
     )
     federation = server.server.hosted["blobs"].federation
     federation.restore_or_init()
-    federation._save()  # a checkpoint to keep intact (the round loop is not started)
+    # A checkpoint to keep intact (the round loop is not started): written as after a round.
+    federation._writer.submit(federation._snapshot())
+    federation.flush()
     yield server
     server.close()
 

@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 
 from orchard import serde
+from orchard.allocator import tune_allocator
 from orchard.client.numpy_client import ClientContext, NumPyClient, execute_task
 from orchard.messages import (
     API_VERSION,
@@ -364,8 +365,6 @@ class ClientRuntime:
     def _pull(self) -> Task | Idle | Finished | None:
         """One long poll. None when cancelled by stop()."""
         session = self._require_session()
-        stub = self._stub
-        assert stub is not None
         request = serde.poll_to_proto(
             TaskPoll(
                 client_id=session.client_id,
@@ -374,7 +373,7 @@ class ClientRuntime:
             )
         )
         try:
-            call = stub.PullTask(
+            call = serde.pull_task_method(self._require_channel())(
                 request,
                 timeout=self.settings.poll_seconds + 30.0,
                 metadata=serde.session_metadata(session.secret),
@@ -406,12 +405,12 @@ class ClientRuntime:
 
     def _push(self, result: Result) -> None:
         """Upload a result; a rejection is logged, not fatal."""
-        stub = self._stub
-        assert stub is not None
-        stream = serde.result_to_stream(result, self.settings.max_chunk_bytes)
+        stream = serde.result_to_wire(result, self.settings.max_chunk_bytes)
         proof = serde.session_metadata(self._require_session().secret)
         try:
-            response = stub.PushResult(stream, timeout=600.0, metadata=proof)
+            response = serde.push_result_method(self._require_channel())(
+                stream, timeout=600.0, metadata=proof
+            )
             log.debug("result %s accepted: %s", result.task_id, serde.push_ack_from_proto(response))
         except grpc.RpcError as exc:
             code = exc.code()
@@ -508,6 +507,11 @@ class ClientRuntime:
             self._client = self._factory(ctx)
         return self._client
 
+    def _require_channel(self) -> grpc.Channel:
+        if self._channel is None:
+            raise ClientError("not connected")
+        return self._channel
+
     def _require_session(self) -> Session:
         if self._session is None:
             raise ClientError("not joined")
@@ -587,4 +591,5 @@ def run_client(
     model_spec: ModelSpec | None = None,
 ) -> int:
     """Serve one federation with the client ``factory`` builds; returns an exit code."""
+    tune_allocator()  # megabyte chunks without a page fault per byte (orchard.allocator)
     return ClientRuntime(factory, settings, model_spec=model_spec).run()

@@ -161,6 +161,20 @@ def _fold_blockwise(running: F64, array: NDArray, weight: float) -> None:
         flat_sum[start:stop] += block
 
 
+def _mean_blockwise(total: F64, count: int, dtype: np.dtype[np.generic]) -> NDArray:
+    """``_cast_back(total / count, dtype)``, one block at a time (same values).
+
+    In one expression, a float64 quotient of the whole tensor (twice a float32
+    model) would exist beside the float64 sums: the server's peak memory.
+    """
+    out = np.empty(total.shape, dtype=dtype)
+    flat_out, flat = out.reshape(-1), total.reshape(-1)
+    for start in range(0, flat.size, _BLOCK):
+        stop = min(start + _BLOCK, flat.size)
+        flat_out[start:stop] = _cast_back(flat[start:stop] / count, dtype)
+    return out
+
+
 class WeightedMean:
     """FedAvg's aggregate: the mean of the updates weighted by ``num_examples``.
 
@@ -208,7 +222,7 @@ class WeightedMean:
                 "mean needs a positive total weight"
             )
         return [
-            _cast_back(total / self._total, dtype)
+            _mean_blockwise(total, self._total, dtype)
             for total, dtype in zip(self._sums, self._layout.dtypes, strict=True)
         ]
 

@@ -151,6 +151,24 @@ def _check_slots(params: NDArrays, slots: Slots, what: str) -> None:
             )
 
 
+#: Elements per block of the blockwise SGD step (8 MiB of float64).
+_BLOCK = 1 << 20
+
+
+def _sgd_step(param: NDArray, direction: F64, lr: float) -> NDArray:
+    """``_cast(param.astype(float64) - lr * direction, param.dtype)``, block by block.
+
+    The same values as the one-line expression, without its three float64
+    temporaries of the whole tensor (six float32 models at the server's peak).
+    """
+    out = np.empty(param.shape, dtype=param.dtype)
+    flat_out, flat_p, flat_d = out.reshape(-1), param.reshape(-1), direction.reshape(-1)
+    for start in range(0, flat_p.size, _BLOCK):
+        stop = min(start + _BLOCK, flat_p.size)
+        flat_out[start:stop] = flat_p[start:stop].astype(np.float64) - lr * flat_d[start:stop]
+    return out
+
+
 def _take_aggregate(param: NDArray, grad: NDArray) -> NDArray:
     """The new value of a non-float tensor: the aggregate, recovered exactly."""
     return _exact_difference(param, np.asarray(grad, dtype=param.dtype))
@@ -197,7 +215,7 @@ def sgd(*, lr: float = 1.0, momentum: float = 0.0) -> ServerOptimizer:
             if v is not None:
                 direction = _frozen(momentum * v + direction)
                 new_velocity.append(direction)
-            new_params.append(_cast(p.astype(np.float64) - lr * direction, p.dtype))
+            new_params.append(_sgd_step(p, direction, lr))
         slots = tuple(new_velocity) if momentum > 0.0 else ()
         return new_params, SgdState(step=state.step + 1, velocity=slots)
 

@@ -1,0 +1,1 @@
+"""Null-training Flower app for Orchard's benchmark (see ../pyproject.toml)."""

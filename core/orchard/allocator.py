@@ -1,0 +1,43 @@
+"""Keep glibc's allocator from handing megabyte buffers back to the kernel after each use.
+
+Every chunk message Orchard sends or receives is a fresh ``bytes`` object of
+about a megabyte (and gRPC's own slices are as large). glibc serves blocks of
+that size with a private ``mmap`` and unmaps them on ``free``, so every chunk of
+every round touches brand-new pages: measured here, encoding a 44.8 MB model
+took 100 ms instead of 12 ms, almost all of it page faults. Raising the mmap
+threshold to its maximum (32 MiB on 64-bit) serves such blocks from the heap,
+and raising the trim threshold keeps freed heap memory for the next chunk.
+Peak memory is unchanged: freed blocks are reused, not added to.
+
+Only glibc has ``mallopt``; elsewhere (musl, macOS) :func:`tune_allocator`
+does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+
+#: ``M_TRIM_THRESHOLD`` and ``M_MMAP_THRESHOLD`` from glibc's ``malloc.h``.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: glibc's largest mmap threshold on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``).
+MMAP_THRESHOLD = 32 << 20
+#: Free heap memory above this is returned to the kernel.
+TRIM_THRESHOLD = 32 << 20
+
+
+def tune_allocator() -> bool:
+    """Apply the thresholds above; True when glibc accepted both."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    with contextlib.suppress(OSError, AttributeError):
+        mallopt = ctypes.CDLL(name).mallopt
+        mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        mallopt.restype = ctypes.c_int
+        return bool(
+            mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        )
+    return False

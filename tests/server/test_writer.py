@@ -1,0 +1,84 @@
+"""The background state writer: latest state wins, flush never loses the last round."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from orchard_server.history import History
+from orchard_server.records import FitRecord, RoundRecord
+from orchard_server.writer import Snapshot, StateWriter
+
+
+def _history(rounds: int) -> History:
+    fit = FitRecord(
+        selected=1,
+        participants=(),
+        dropped={},
+        num_examples=1,
+        metrics={"train_loss": 1.0 / rounds},
+        attempts=1,
+        duration_s=0.1,
+    )
+    return History(
+        federation="f",
+        rounds=[
+            RoundRecord(round=r, fit=fit, evaluate=None, centralized=None, duration_s=0.1)
+            for r in range(1, rounds + 1)
+        ],
+    )
+
+
+def test_flush_writes_the_last_snapshot_history_before_checkpoint(tmp_path: Path) -> None:
+    order: list[tuple[str, int]] = []
+    writer = StateWriter(tmp_path, plot_interval=3600.0)
+
+    def checkpoint(rnd: int) -> None:
+        # history.json of this round is already on disk when its checkpoint is written
+        written = json.loads((tmp_path / "history.json").read_text())
+        order.append(("checkpoint", len(written["rounds"])))
+        assert len(written["rounds"]) >= rnd
+
+    for rnd in (1, 2, 3):
+        writer.submit(Snapshot(rnd, _history(rnd), lambda rnd=rnd: checkpoint(rnd)))  # type: ignore[misc]
+    writer.flush()
+    assert order[-1] == ("checkpoint", 3)
+    assert writer.written_round == 3
+    assert (tmp_path / "history.png").is_file()  # always drawn on the final flush
+
+
+def test_a_pending_snapshot_is_replaced_by_a_newer_one(tmp_path: Path) -> None:
+    release = threading.Event()
+    started = threading.Event()
+    written: list[int] = []
+
+    def slow(rnd: int) -> None:
+        started.set()
+        release.wait(10)
+        written.append(rnd)
+
+    writer = StateWriter(tmp_path, plot_interval=3600.0)
+    writer.submit(Snapshot(1, _history(1), lambda: slow(1)))
+    assert started.wait(10)
+    writer.submit(Snapshot(2, _history(2), lambda: written.append(2)))
+    writer.submit(Snapshot(3, _history(3), lambda: written.append(3)))  # replaces round 2
+    release.set()
+    writer.flush(plot=False)
+    assert written == [1, 3]
+
+
+def test_a_failed_write_is_raised_to_the_round_loop_once(tmp_path: Path) -> None:
+    writer = StateWriter(tmp_path)
+
+    def broken() -> None:
+        raise OSError("disk full")
+
+    writer.submit(Snapshot(1, _history(1), broken))
+    with pytest.raises(RuntimeError, match="disk full"):
+        writer.flush(plot=False)
+    writer.submit(Snapshot(2, _history(2), lambda: None))
+    writer.flush(plot=False)
+    assert writer.written_round == 2
