@@ -34,17 +34,20 @@ from tests.helpers.datasets import write_mnist_files
 
 pytestmark = pytest.mark.slow
 
-#: Enough rounds that all KILLS land before the last one, even when a loaded machine
-#: lets rounds run ahead of the kills: a kill after the federation finished would
-#: test a new run (a finished run is archived on restart), not a resume.
-ROUNDS = 12
+#: Enough rounds that all KILLS land before the last one: a kill after the federation
+#: finished would test a new run (a finished run is archived on restart), not a resume.
+#: Each kill waits at most one round length (below), so the kills use up at most about
+#: 1 + KILLS * 1.5 rounds.
+ROUNDS = 20
 KILLS = 10
 #: Seeds the kill moments: the run is the same every time (the moments are "random" but fixed).
 KILL_SEED = 2026
-#: A kill comes this long (uniform, seconds) after its trigger: the restarted server
-#: answering its health check (clients still rejoining, a round starting) or, for
-#: every other kill, the next round recorded (the next round's tasks in flight).
-DELAY = (0.0, 1.5)
+#: A kill comes a uniform fraction of one round (as the uninterrupted run measured it:
+#: its median time from one round's end to the next) after its trigger: the restarted
+#: server answering its health check (clients still rejoining, a round starting) or,
+#: for every other kill, the next round recorded (the next round's tasks in flight).
+#: Scaling by the round keeps the kills inside the run on a fast machine and a slow one.
+DELAY = (0.0, 1.0)
 FEDERATION = "mnist"
 CLIENTS = (("pytorch", 0), ("pytorch", 1), ("mxnet", 2), ("mxnet", 3))
 
@@ -116,6 +119,13 @@ def _outcome(state_dir: Path) -> tuple[list[bytes], list[list[int]]]:
     return params, sampled
 
 
+def _round_seconds(state_dir: Path) -> float:
+    """The median time from one round's end to the next, in the run in ``state_dir``."""
+    history = json.loads((state_dir / FEDERATION / "history.json").read_text())
+    ends = [r["finished_at"] for r in history["rounds"]]
+    return max(float(np.median(np.diff(ends))), 0.01)
+
+
 def _rounds_done(state_dir: Path) -> int:
     try:
         history = json.loads((state_dir / FEDERATION / "history.json").read_text())
@@ -143,6 +153,7 @@ def test_server_killed_ten_times_ends_bit_identical_to_an_uninterrupted_run(
         server = launcher.start_server(_config(data_dir, state, free_port())).process
         _finish(launcher, server, _start_clients(launcher, data_dir, mxnet_interpreter))
         reference = _outcome(state)
+        round_seconds = _round_seconds(state)
     assert len(reference[1]) == ROUNDS
     assert len({tuple(s) for s in reference[1]}) > 1  # sampling varies between rounds
 
@@ -158,7 +169,7 @@ def test_server_killed_ten_times_ends_bit_identical_to_an_uninterrupted_run(
         for kill in range(KILLS):
             if kill % 2:
                 _wait_rounds(state, _rounds_done(state) + 1, server, launcher)
-            time.sleep(rng.uniform(*DELAY))
+            time.sleep(rng.uniform(*DELAY) * round_seconds)
             if not server.running or _rounds_done(state) >= ROUNDS:
                 break  # finished early: the remaining kills have nothing to hit
             server.send_signal(signal.SIGKILL)
@@ -168,7 +179,15 @@ def test_server_killed_ten_times_ends_bit_identical_to_an_uninterrupted_run(
         _finish(launcher, server, clients)
         resumed = _outcome(state)
         logs = launcher.tails()
-    print(json.dumps({"kills": len(killed_after), "rounds_done_at_each_kill": killed_after}))
+    print(
+        json.dumps(
+            {
+                "kills": len(killed_after),
+                "rounds_done_at_each_kill": killed_after,
+                "round_seconds": round_seconds,
+            }
+        )
+    )
     assert len(killed_after) == KILLS, f"the run ended after {len(killed_after)} kills\n{logs}"
     assert killed_after[0] < ROUNDS and killed_after[-1] < ROUNDS
     assert resumed[1] == reference[1]  # the same partitions sampled, round by round
