@@ -47,13 +47,13 @@ async def federated_evaluation(
 ) -> EvaluateRecord | None:
     """Evaluate on the trainers ``select`` picks; None (logged) when it picks nobody.
 
-    ``label`` is the round as logs show it (``"3/10"``).
+    ``label`` is the round as logs show it (``"'mnist' round 3/10"``).
     """
     trainers = [c.client_id for c in pool.clients()]
     selected = select.select_evaluate(trainers, rng)
     if not selected:
         log.warning(
-            "round %s: federated evaluation skipped: %d clients connected, too few for "
+            "%s: federated evaluation skipped: %d clients connected, too few for "
             "the selection policy",
             label,
             len(trainers),
@@ -63,7 +63,7 @@ async def federated_evaluation(
     record = EvaluateRecord.of(phase.results, dropped=phase.dropped, duration=phase.duration)
     if record.participants:
         log.info(
-            "round %s: federated evaluation on %d clients (%d examples): loss %s%s",
+            "%s: federated evaluation on %d clients (%d examples): loss %s%s",
             label,
             len(record.participants),
             record.num_examples,
@@ -98,14 +98,14 @@ async def centralized_evaluation(
             {**config, "round": rnd, "centralized": True, "split": "test"},
         )
         if not phase.results:
-            log.warning("round %s: centralized evaluation failed: %s", label, phase.dropped)
+            log.warning("%s: centralized evaluation failed: %s", label, phase.dropped)
             return CentralizedRecord.of(evaluator.display_name, None, {}, dropped=phase.dropped)
         info, result = phase.results[0]
         record = CentralizedRecord.of(
             info.display_name, result.loss, result.metrics, num_examples=result.num_examples
         )
     log.info(
-        "round %s: centralized evaluation by %s%s: loss %s%s",
+        "%s: centralized evaluation by %s%s: loss %s%s",
         label,
         record.source,
         f" ({record.num_examples} examples)" if record.num_examples else "",

@@ -83,7 +83,8 @@ async def fan_out(
             except ClientDroppedError as exc:
                 dropped[_name(infos, cid)] = exc.reason
                 log.warning(
-                    "round %d: %s dropped from %s: %s",
+                    "federation %r round %d: %s dropped from %s: %s",
+                    pool.federation,
                     task.round,
                     _name(infos, cid),
                     task.type.value,

@@ -30,6 +30,7 @@ from orchard.typing import Config, NDArrays
 from orchard_server.checkpoint import load_federation, save_federation
 from orchard_server.config import FederationConfig, strategy_from_config
 from orchard_server.evaluation import EvaluateFn, centralized_evaluation, federated_evaluation
+from orchard_server.events import Events, FederationView, Phase, drop_kind
 from orchard_server.fanout import Fanout, Fold, fan_out, wait_for_clients
 from orchard_server.history import History
 from orchard_server.initial import initial_parameters
@@ -55,6 +56,10 @@ class Federation:
     ``strategy`` (selection + aggregate + server optimizer) defaults to the one
     the config describes (:func:`strategy_from_config`); a strategy object
     passed in governs selection, aggregation and the server step instead.
+
+    The loop publishes what it does to :attr:`events` (the pool's stream, so
+    pool and loop events arrive in one place); :attr:`view` is the live state
+    kept from them (:mod:`.events`).
     """
 
     def __init__(
@@ -79,6 +84,9 @@ class Federation:
         self.parameters: NDArrays = []
         self._rng = np.random.default_rng(config.seed)
         self._opt_state: State | None = None
+        self.events: Events = pool.events
+        self.view = FederationView()
+        self.events.subscribe(self.view)
 
     # -- set-up -----------------------------------------------------------------
 
@@ -112,6 +120,7 @@ class Federation:
         self._opt_state = resumed.opt_state
         self._rng.bit_generator.state = resumed.rng_state
         self.history = resumed.history
+        self.view.load_history(self.history.rounds)
         # The pool's admission hands out partitions; the checkpoint keeps them.
         self.pool.partitions.restore(resumed.meta.get("partitions", {}))
         if self.rounds_completed >= self.config.num_rounds:
@@ -159,12 +168,14 @@ class Federation:
                 await self._round(self.rounds_completed + 1)
         except FederationFailedError as exc:
             self.state, self.reason = FederationState.FAILED, str(exc)
-            log.error("federation %r failed: %s", self.config.name, exc)
+            log.error("federation %r failed: %s", self.config.name, exc, extra=self._extra())
+            self.events.federation_ended(self.config.name, self.state, self.reason)
             return self.state
         except Exception as exc:  # a bug must end this federation, not the whole server
             self.state = FederationState.FAILED
             self.reason = f"internal error: {type(exc).__name__}: {exc}"
             log.exception("federation %r failed with an internal error", self.config.name)
+            self.events.federation_ended(self.config.name, self.state, self.reason)
             return self.state
         self.state = FederationState.FINISHED
         self.reason = f"completed {self.config.num_rounds} rounds"
@@ -173,18 +184,29 @@ class Federation:
             self.config.name,
             self.reason,
             self.directory / "history.json",
+            extra=self._extra(),
         )
+        self.events.federation_ended(self.config.name, self.state, self.reason)
         return self.state
+
+    def _extra(self, rnd: int | None = None) -> dict[str, object]:
+        """The structured-log fields of a line about this federation (and round)."""
+        extra: dict[str, object] = {"federation": self.config.name}
+        if rnd is not None:
+            extra["round"] = rnd
+        return extra
 
     async def _round(self, rnd: int) -> None:
         """One round: fit (tried again while too few results come back), step, evaluate."""
         select = self.strategy.select
+        name, events = self.config.name, self.events
         started = time.monotonic()
-        label = f"{rnd}/{self.config.num_rounds}"
+        label = f"{name!r} round {rnd}/{self.config.num_rounds}"
         fit: Fanout | None = None
         attempts = 0
         dropped: dict[str, str] = {}
         aggregate: NDArrays | None = None
+        events.round_started(name, rnd, self.config.num_rounds)
         while aggregate is None:
             attempts += 1
             if attempts > self.config.round_retries + 1:
@@ -193,16 +215,18 @@ class Federation:
                     f"(min_fit_clients={select.min_fit_clients}); dropped: {dropped or 'none'}"
                 )
             need, wait = select.min_available_clients, self.config.wait_timeout
-            have = await wait_for_clients(
-                self.pool, need, timeout=wait, why="min_available_clients", name=self.config.name
-            )
+            with events.phase(name, rnd, Phase.WAITING):
+                have = await wait_for_clients(
+                    self.pool, need, timeout=wait, why="min_available_clients", name=name
+                )
             if have < need:
                 raise FederationFailedError(
                     f"gave up after waiting {wait:.0f} s for clients: "
                     f"{have} of {need} connected (min_available_clients)"
                 )
             self.state = FederationState.RUNNING
-            selected = select.select_fit([c.client_id for c in self.pool.clients()], self._rng)
+            with events.phase(name, rnd, Phase.SAMPLING):
+                selected = select.select_fit([c.client_id for c in self.pool.clients()], self._rng)
             config: Config = {
                 **self.config.fit_config,
                 **self.strategy.fit_config,
@@ -210,26 +234,29 @@ class Federation:
                 "seed": self.config.seed * 100_003 + rnd,
             }
             aggregator = self.strategy.new_aggregator()
-            fit = await self._send(TaskType.FIT, rnd, selected, config, aggregator.add)
+            with events.phase(name, rnd, Phase.TRAINING):
+                fit = await self._send(TaskType.FIT, rnd, selected, config, aggregator.add)
             dropped.update(fit.dropped)
             if len(fit.results) >= select.min_fit_clients:
                 aggregate = aggregator.result()
             else:
                 log.warning(
-                    "round %s: only %d of %d needed results (dropped: %s); %s",
+                    "%s: only %d of %d needed results (dropped: %s); %s",
                     label,
                     len(fit.results),
                     select.min_fit_clients,
                     fit.dropped or "none",
                     "retrying" if attempts <= self.config.round_retries else "giving up",
+                    extra=self._extra(rnd),
                 )
         assert fit is not None
         # Model-sized NumPy work runs in a worker thread, so the event loop
         # keeps answering heartbeats and polls meanwhile.
         assert self._opt_state is not None, "a round ran before restore_or_init"
-        self.parameters, self._opt_state = await asyncio.to_thread(
-            self.strategy.step, self.parameters, aggregate, self._opt_state
-        )
+        with events.phase(name, rnd, Phase.AGGREGATING):
+            self.parameters, self._opt_state = await asyncio.to_thread(
+                self.strategy.step, self.parameters, aggregate, self._opt_state
+            )
         fit_record = FitRecord.of(
             fit.results,
             dropped=dropped,
@@ -238,12 +265,13 @@ class Federation:
             duration=fit.duration,
         )
         log.info(
-            "round %s: %d of %d clients answered in %.1f s%s",
+            "%s: %d of %d clients answered in %.1f s%s",
             label,
             len(fit.results),
             fit_record.selected,
             fit.duration,
             format_metrics(fit_record.metrics, "train_"),
+            extra=self._extra(rnd),
         )
         evaluate = centralized = None
         if self.config.evaluate_every and rnd % self.config.evaluate_every == 0:
@@ -252,29 +280,37 @@ class Federation:
             def send(kind: TaskType, ids: Sequence[str], cfg: Config) -> Awaitable[Fanout]:
                 return self._send(kind, rnd, ids, cfg)
 
-            evaluate = await federated_evaluation(
-                rnd, pool=pool, select=select, rng=self._rng, config=config, send=send, label=label
-            )
-            centralized = await centralized_evaluation(
-                rnd,
-                self.parameters,
-                evaluate_fn=self.evaluate_fn,
-                pool=pool,
-                config=config,
-                send=send,
-                label=label,
-            )
+            with events.phase(name, rnd, Phase.EVALUATING):
+                evaluate = await federated_evaluation(
+                    rnd,
+                    pool=pool,
+                    select=select,
+                    rng=self._rng,
+                    config=config,
+                    send=send,
+                    label=label,
+                )
+                centralized = await centralized_evaluation(
+                    rnd,
+                    self.parameters,
+                    evaluate_fn=self.evaluate_fn,
+                    pool=pool,
+                    config=config,
+                    send=send,
+                    label=label,
+                )
         self.rounds_completed = rnd
-        self.history.add_round(
-            RoundRecord(
-                round=rnd,
-                fit=fit_record,
-                evaluate=evaluate,
-                centralized=centralized,
-                duration_s=round(time.monotonic() - started, 3),
-            )
+        record = RoundRecord(
+            round=rnd,
+            fit=fit_record,
+            evaluate=evaluate,
+            centralized=centralized,
+            duration_s=round(time.monotonic() - started, 3),
         )
-        await asyncio.to_thread(self._save)
+        self.history.add_round(record)
+        with events.phase(name, rnd, Phase.CHECKPOINTING):
+            await asyncio.to_thread(self._save)
+        events.round_completed(name, record)
 
     async def _send(
         self,
@@ -295,4 +331,7 @@ class Federation:
             parameters=self.parameters,
         )
         prefix = f"{self.config.name}-r{rnd}-{kind.value}"
-        return await fan_out(self.pool, task, client_ids, task_prefix=prefix, fold=fold)
+        sent = await fan_out(self.pool, task, client_ids, task_prefix=prefix, fold=fold)
+        for client, reason in sent.dropped.items():
+            self.events.client_dropped(self.config.name, rnd, client, drop_kind(reason), reason)
+        return sent

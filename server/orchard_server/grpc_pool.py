@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from orchard.messages import JoinInfo, Result, Role, Task
 from orchard.spec import SpecError
+from orchard.typing import NDArrays
 from orchard_server.admission import AdmissionPolicy, Admitted
 from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool, validate_result
 
@@ -127,6 +128,7 @@ class GrpcClientPool(ClientPool):
             entry = session.open.get(task.task_id)
             if entry is not None and not entry[1].done():
                 session.last_seen = time.monotonic()
+                self.events.transferred(self.federation, sent=_nbytes(task.parameters))
                 return task
 
     def open_task(self, client_id: str, task_id: str) -> Task:
@@ -160,6 +162,7 @@ class GrpcClientPool(ClientPool):
                 ClientDroppedError(client_id, f"task failed on the client: {result.error}")
             )
             return
+        self.events.transferred(self.federation, received=_nbytes(result.parameters))
         try:
             validate_result(self.spec, task, result)
         except SpecError as exc:
@@ -226,3 +229,8 @@ class GrpcClientPool(ClientPool):
                 fut.cancel()
             session.open.pop(task.task_id, None)
             session.closed.append(task.task_id)
+
+
+def _nbytes(arrays: NDArrays) -> int:
+    """Bytes of a task's or result's parameters (what crosses the wire, less framing)."""
+    return sum(int(a.nbytes) for a in arrays)
