@@ -151,3 +151,32 @@ class Result:
     def ok(self) -> bool:
         """True when the task succeeded."""
         return not self.error
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientSummary:
+    """A connected client as the status call and the web view show it."""
+
+    client_id: str
+    display_name: str
+    framework: str
+    role: Role
+    partition_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FederationSummary:
+    """One federation at a glance: what ``orchard-server status`` prints."""
+
+    name: str
+    model_id: str
+    strategy: str
+    state: FederationState
+    #: Why it finished or failed ("" while it runs).
+    reason: str
+    rounds_completed: int
+    num_rounds: int
+    #: The round in progress (0 before the first), and its phase ("" between phases).
+    round: int
+    phase: str
+    clients: tuple[ClientSummary, ...]

@@ -4,6 +4,11 @@ All federations run side by side in one event loop; the process exits when
 every federation has ended (0 if all finished, 1 if any failed) or on
 SIGTERM/SIGINT. Checkpoints are written after every round, so stopping at any
 moment loses at most the round in progress.
+
+Observability subscribes to each federation's events (:mod:`.events`): the
+Prometheus metrics always, TensorBoard files when ``tensorboard_dir`` is set,
+and the web view (with ``/metrics``) is served on ``web_port`` when it is
+not 0 (docs/observability.md).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import time
 from typing import Any
 
@@ -25,7 +31,10 @@ from orchard_server.admission import AdmissionPolicy
 from orchard_server.config import ServerConfig
 from orchard_server.federation import Federation
 from orchard_server.grpc_pool import GrpcClientPool
+from orchard_server.metrics import ServerMetrics
 from orchard_server.servicer import FederationServicer, Hosted
+from orchard_server.tensorboard import TensorBoardWriter
+from orchard_server.web import WebView
 
 log = logging.getLogger("orchard.server")
 
@@ -38,15 +47,40 @@ class OrchardServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.hosted: dict[str, Hosted] = {}
+        self.metrics = ServerMetrics(lambda: {n: h.pool for n, h in self.hosted.items()})
         for fed_config in config.federations:
             pool = GrpcClientPool(
                 AdmissionPolicy.from_config(fed_config), heartbeat_timeout=config.heartbeat_timeout
             )
             federation = Federation(fed_config, pool, config.state_dir)
             federation.restore_or_init()
+            federation.events.subscribe(self.metrics)
+            if config.tensorboard_dir is not None:
+                federation.events.subscribe(
+                    TensorBoardWriter(config.tensorboard_dir, fed_config.name)
+                )
             self.hosted[fed_config.name] = Hosted(federation=federation, pool=pool)
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.web: WebView | None = None
+        self.web_port = 0
+
+    async def _start_web(self) -> None:
+        """Serve the web view and /metrics on ``web_port`` (TLS like the API unless insecure)."""
+        context: ssl.SSLContext | None = None
+        if not self.config.insecure:
+            assert self.config.tls_cert is not None and self.config.tls_key is not None
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        self.web = WebView(
+            {n: h.federation for n, h in self.hosted.items()},
+            self.metrics,
+            host=self.config.web_host,
+            port=self.config.web_port,
+            token=self.config.web_token,
+            ssl_context=context,
+        )
+        self.web_port = await self.web.start()
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with port 0)."""
@@ -82,6 +116,8 @@ class OrchardServer:
             )
             self.port = server.add_secure_port(self.config.address, credentials)
         await server.start()
+        if self.config.web_port:
+            await self._start_web()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server = server
@@ -123,6 +159,8 @@ class OrchardServer:
             task.cancel()
         assert self.server is not None
         await self.server.stop(grace=2.0)
+        if self.web is not None:
+            await self.web.stop()
         states = [h.federation.state for h in self.hosted.values()]
         if stopper in done:
             return 0

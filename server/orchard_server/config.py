@@ -143,6 +143,16 @@ class ServerConfig:
     max_upload_bytes: int = 8 << 30
     #: Results assembled at once; bounds server memory to this many model copies.
     max_concurrent_uploads: int = 4
+    #: Port of the read-only web view and /metrics (0: off). Served with the
+    #: gRPC API's TLS cert and key unless insecure (docs/observability.md).
+    web_port: int = 0
+    web_host: str = "127.0.0.1"
+    #: When set, the web view and /metrics need it (Bearer header or ?token=);
+    #: one operator token per server, never a federation's client token.
+    web_token: str = ""
+    #: When set, every federation's history also goes to TensorBoard event
+    #: files under DIR/<federation>.
+    tensorboard_dir: Path | None = None
     federations: tuple[FederationConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -158,6 +168,8 @@ class ServerConfig:
                 raise ConfigError(f"TLS file {path} does not exist")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigError("heartbeat_timeout must exceed heartbeat_interval")
+        if not 0 <= self.web_port <= 65535:
+            raise ConfigError(f"web_port must be in 0..65535 (0: off), got {self.web_port}")
 
 
 def strategy_from_config(config: FederationConfig) -> Strategy:
@@ -191,6 +203,10 @@ _ENV_SERVER_KEYS = {
     "ORCHARD_TLS_CERT": "tls_cert",
     "ORCHARD_TLS_KEY": "tls_key",
     "ORCHARD_HEARTBEAT_TIMEOUT": "heartbeat_timeout",
+    "ORCHARD_WEB_PORT": "web_port",
+    "ORCHARD_WEB_HOST": "web_host",
+    "ORCHARD_WEB_TOKEN": "web_token",
+    "ORCHARD_TENSORBOARD_DIR": "tensorboard_dir",
 }
 
 
@@ -223,7 +239,7 @@ def _coerce(cls: type, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
         default = fields[key].default
         kind = type(default) if default is not dataclasses.MISSING else None
-        if key in ("state_dir", "tls_cert", "tls_key", "init_file"):
+        if key in ("state_dir", "tls_cert", "tls_key", "init_file", "tensorboard_dir"):
             out[key] = Path(value)
         elif key == "tensors":
             out[key] = _tensors(where, value)

@@ -24,7 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from orchard.messages import FederationState, Task, TaskType
+from orchard.messages import (
+    ClientSummary,
+    FederationState,
+    FederationSummary,
+    Task,
+    TaskType,
+)
 from orchard.spec import ModelSpec
 from orchard.typing import Config, NDArrays
 from orchard_server.checkpoint import load_federation, save_federation
@@ -195,6 +201,30 @@ class Federation:
         if rnd is not None:
             extra["round"] = rnd
         return extra
+
+    def summary(self) -> FederationSummary:
+        """The federation at a glance (status call, web view), read now."""
+        return FederationSummary(
+            name=self.config.name,
+            model_id=self.spec.model_id,
+            strategy=self.strategy.name,
+            state=self.state,
+            reason=self.reason,
+            rounds_completed=self.rounds_completed,
+            num_rounds=self.config.num_rounds,
+            round=self.view.round,
+            phase=self.view.phase.value if self.view.phase else "",
+            clients=tuple(
+                ClientSummary(
+                    client_id=c.client_id,
+                    display_name=c.display_name,
+                    framework=c.framework,
+                    role=c.role,
+                    partition_id=c.partition_id,
+                )
+                for c in self.pool.members()
+            ),
+        )
 
     async def _round(self, rnd: int) -> None:
         """One round: fit (tried again while too few results come back), step, evaluate."""
