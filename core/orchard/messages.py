@@ -155,9 +155,12 @@ class Result:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientSummary:
-    """A connected client as the status call and the web view show it."""
+    """A connected client as the status call and the web view show it.
 
-    client_id: str
+    It carries no session id: a session id authenticates the session's calls,
+    and status and the web view are for onlookers.
+    """
+
     display_name: str
     framework: str
     role: Role
@@ -180,3 +183,15 @@ class FederationSummary:
     round: int
     phase: str
     clients: tuple[ClientSummary, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskProgress:
+    """How far a client is in a long task, as its heartbeats report it."""
+
+    #: Fraction of the task done, 0..1.
+    fraction: float
+    #: The epoch being trained, 1-based; 0 when unknown.
+    epoch: int = 0
+    #: Training throughput so far; 0 when unknown.
+    examples_per_second: float = 0.0

@@ -98,6 +98,7 @@ class OrchardServer:
                 max_poll_seconds=self.config.max_poll_seconds,
                 max_upload_bytes=self.config.max_upload_bytes,
                 max_concurrent_uploads=self.config.max_concurrent_uploads,
+                status_token=self.config.web_token,
             ),
             server,
         )

@@ -1,18 +1,23 @@
-"""``orchard-server`` / ``python -m orchard_server``: run the aggregation server."""
+"""``orchard-server`` / ``python -m orchard_server``: run the aggregation server.
+
+``orchard-server status --server ADDR`` instead prints what a running server
+does (:mod:`orchard_server.status`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
 
+from orchard.logs import LOG_FORMATS, configure_logging
 from orchard_server.app import OrchardServer
 from orchard_server.checkpoint import CheckpointError
 from orchard_server.config import ConfigError, load_config
 from orchard_server.initial import InitError
+from orchard_server.status import status_main
 from orchard_server.strategy import StrategyError
 
 
@@ -20,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line; every option also has an environment variable."""
     parser = argparse.ArgumentParser(
         prog="orchard-server",
-        description="Orchard aggregation server: hosts federations over the orchard.v1 gRPC API.",
+        description="Orchard aggregation server: hosts federations over the orchard.v1 gRPC API. "
+        "'orchard-server status --server ADDR' prints what a running server does.",
     )
     parser.add_argument(
         "--config",
@@ -50,17 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to keep serving after the last federation ended",
     )
     parser.add_argument("--log-level", default=os.environ.get("ORCHARD_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("ORCHARD_LOG_FORMAT", "text"),
+        help="text: lines for people; json: one event per line with federation, round "
+        "and client ids (ORCHARD_LOG_FORMAT)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0: all federations finished)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:
+        return status_main(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(args.log_level, args.log_format)
     overrides = list(args.set)
     if args.address:
         overrides.append(f"server.address={args.address!r}".replace("'", '"'))

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from orchard.messages import FederationState
+from orchard.messages import FederationState, TaskProgress
 
 if TYPE_CHECKING:  # records imports the pool, which imports this module
     from orchard_server.records import RoundRecord
@@ -31,7 +31,6 @@ if TYPE_CHECKING:  # records imports the pool, which imports this module
 log = logging.getLogger("orchard.server")
 
 __all__ = [
-    "ClientProgress",
     "DropKind",
     "Events",
     "FederationView",
@@ -77,15 +76,6 @@ def drop_kind(reason: str) -> DropKind:
     return DropKind.OTHER
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientProgress:
-    """How far a client is in its current task, as its heartbeats report it."""
-
-    fraction: float  # 0..1 of the task done
-    epoch: int  # the epoch it trains (1-based; 0 when unknown)
-    examples_per_second: float
-
-
 class Observer:
     """A subscriber to a federation's events; every method does nothing by default.
 
@@ -110,7 +100,7 @@ class Observer:
     def transferred(self, federation: str, *, sent: int = 0, received: int = 0) -> None:
         """Parameter bytes sent to or received from clients."""
 
-    def progress(self, federation: str, client_id: str, progress: ClientProgress) -> None:
+    def progress(self, federation: str, client_id: str, progress: TaskProgress) -> None:
         """A client reported how far its current task is."""
 
     def round_completed(self, federation: str, record: RoundRecord) -> None:
@@ -164,7 +154,7 @@ class Events(Observer):
     def transferred(self, federation: str, *, sent: int = 0, received: int = 0) -> None:
         self._each("transferred", federation, sent=sent, received=received)
 
-    def progress(self, federation: str, client_id: str, progress: ClientProgress) -> None:
+    def progress(self, federation: str, client_id: str, progress: TaskProgress) -> None:
         self._each("progress", federation, client_id, progress)
 
     def round_completed(self, federation: str, record: RoundRecord) -> None:
@@ -207,7 +197,7 @@ class FederationView(Observer):
         self.phase: Phase | None = None
         self._rounds: dict[int, _RoundView] = {}
         self.curves: list[dict[str, float | int | None]] = []
-        self.progress_of: dict[str, ClientProgress] = {}
+        self.progress_of: dict[str, TaskProgress] = {}
 
     def _round(self, rnd: int) -> _RoundView:
         view = self._rounds.get(rnd)
@@ -239,7 +229,7 @@ class FederationView(Observer):
     ) -> None:
         self._round(rnd).dropped.append((client, kind.value, reason))
 
-    def progress(self, federation: str, client_id: str, progress: ClientProgress) -> None:
+    def progress(self, federation: str, client_id: str, progress: TaskProgress) -> None:
         self.progress_of[client_id] = progress
 
     def round_completed(self, federation: str, record: RoundRecord) -> None:
@@ -252,7 +242,7 @@ class FederationView(Observer):
         self.curves = [curve_point(r) for r in records]
 
     def snapshot(self) -> dict[str, object]:
-        """The timeline, drops, curves and progress as JSON-ready data."""
+        """The timeline, drops and curves as JSON-ready data (progress: :attr:`progress_of`)."""
         return {
             "round": self.round,
             "phase": self.phase.value if self.phase else None,
@@ -269,14 +259,6 @@ class FederationView(Observer):
                 for r in sorted(self._rounds.values(), key=lambda r: r.round)
             ],
             "curves": list(self.curves),
-            "progress": {
-                cid: {
-                    "fraction": p.fraction,
-                    "epoch": p.epoch,
-                    "examples_per_second": p.examples_per_second,
-                }
-                for cid, p in self.progress_of.items()
-            },
         }
 
 

@@ -216,7 +216,6 @@ class Federation:
             phase=self.view.phase.value if self.view.phase else "",
             clients=tuple(
                 ClientSummary(
-                    client_id=c.client_id,
                     display_name=c.display_name,
                     framework=c.framework,
                     role=c.role,

@@ -7,6 +7,7 @@ Each method maps domain errors to the status codes documented on the RPC in
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         max_poll_seconds: float,
         max_upload_bytes: int,
         max_concurrent_uploads: int,
+        status_token: str = "",
     ) -> None:
         self._hosted = dict(hosted)
         self._admission = Admission(h.pool for h in self._hosted.values())
@@ -65,6 +67,8 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         self._max_poll = max_poll_seconds
         self._max_upload = max_upload_bytes
         self._uploads = asyncio.Semaphore(max_concurrent_uploads)
+        #: GetStatus needs it when set (the server's web token).
+        self._status_token = status_token
 
     def _find(self, client_id: str) -> Hosted | None:
         for hosted in self._hosted.values():
@@ -108,8 +112,12 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: Context
     ) -> pb.HeartbeatResponse:
-        hosted = await self._session(serde.heartbeat_from_proto(request), context)
+        client_id = serde.heartbeat_from_proto(request)
+        hosted = await self._session(client_id, context)
         fed = hosted.federation
+        progress = serde.heartbeat_progress_from_proto(request)
+        if progress is not None:
+            hosted.pool.events.progress(fed.config.name, client_id, progress)
         return serde.status_to_proto(
             FederationStatus(state=fed.state, rounds_completed=fed.rounds_completed)
         )
@@ -178,6 +186,21 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {notice.client_id!r}")
         hosted.pool.drop(notice.client_id, f"left ({notice.reason or 'no reason given'})")
         return serde.leave_response()
+
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: Context
+    ) -> pb.GetStatusResponse:
+        token = serde.status_request_from_proto(request)
+        if self._status_token and not hmac.compare_digest(
+            token.encode(), self._status_token.encode()
+        ):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this server's status needs its web token (server.web_token)",
+            )
+        return serde.federation_summaries_to_proto(
+            [h.federation.summary() for h in self._hosted.values()]
+        )
 
 
 def _check_header(hosted: Hosted, specs: tuple[TensorSpec, ...]) -> None:

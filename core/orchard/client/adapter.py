@@ -32,6 +32,7 @@ from typing import Final, Generic, Protocol, TypeVar
 import numpy as np
 
 from orchard.client.numpy_client import NumPyClient
+from orchard.client.progress import ProgressBoard
 from orchard.client.training import (
     ConfigError,
     EpochStats,
@@ -44,7 +45,7 @@ from orchard.client.training import (
 )
 from orchard.data.client_data import ClientDataset, DataError, DataSettings, OfficialSplit
 from orchard.data.partition import PartitionSpec
-from orchard.messages import Role
+from orchard.messages import Role, TaskProgress
 from orchard.spec import ModelSpec
 from orchard.typing import Config, Metrics, NDArrays
 
@@ -237,6 +238,7 @@ class AdapterClient(NumPyClient, Generic[ModelT, SplitT]):
         data: ClientDataset[SplitT],
         role: Role = Role.TRAINER,
         seed: int = 0,
+        progress: ProgressBoard | None = None,
     ) -> None:
         # Data prepared for another model (other input shape) has a ``model_id`` to say so.
         data_model = getattr(data, "model_id", model_id)
@@ -248,6 +250,8 @@ class AdapterClient(NumPyClient, Generic[ModelT, SplitT]):
         self.data = data
         self.role = role
         self._fits = 0
+        #: Each epoch's end is posted here (the runtime's heartbeats report it).
+        self.progress = progress if progress is not None else ProgressBoard()
 
     def get_parameters(self, config: Config) -> NDArrays:
         """The local model's tensors, in spec order."""
@@ -268,11 +272,13 @@ class AdapterClient(NumPyClient, Generic[ModelT, SplitT]):
         self._fits += 1
         train_set = self.data.train
         log.info("%s", cfg.describe(len(train_set)))
+        self.progress.post(TaskProgress(fraction=0.0, epoch=1))
         result = self.adapter.train(
             self.model,
             train_set,
             dataclasses.replace(cfg, seed=seed),
             proximal_reference=parameters if cfg.proximal_mu > 0 else None,
+            on_epoch=self.progress.post_epoch,
         )
         metrics: Metrics = {"train_loss": result.loss, "train_accuracy": result.accuracy}
         return self.adapter.get_parameters(self.model), result.num_examples, metrics

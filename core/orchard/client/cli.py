@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -37,6 +37,8 @@ from orchard.data.download import DownloadError
 from orchard.data.errors import DatasetError
 from orchard.data.partition import SCHEMES, PartitionError, PartitionSpec
 from orchard.env import env_default, env_flag, env_float, env_int
+from orchard.logs import LOG_FORMATS
+from orchard.logs import configure_logging as setup_logging
 from orchard.messages import Role
 from orchard.models import get_model_spec
 from orchard.spec import SpecError
@@ -56,6 +58,7 @@ __all__ = [
     "env_float",
     "env_int",
     "framework_main",
+    "log_fields",
     "make_client_factory",
     "partition_from_args",
     "run_command",
@@ -175,15 +178,28 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         default=env_default("LOG_LEVEL", "INFO"),
         help="DEBUG, INFO, WARNING (ORCHARD_LOG_LEVEL)",
     )
-
-
-def configure_logging(level: str) -> None:
-    """Readable one-line logs with a timestamp, for terminals and containers."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=env_default("LOG_FORMAT", "text"),
+        help="text: lines for people; json: one event per line (ORCHARD_LOG_FORMAT)",
     )
+
+
+def configure_logging(
+    level: str, log_format: str = "text", *, fields: Mapping[str, object] | None = None
+) -> None:
+    """Readable one-line logs with a timestamp, or JSON events (:mod:`orchard.logs`)."""
+    setup_logging(level, log_format, fields=fields)
+
+
+def log_fields(args: argparse.Namespace) -> dict[str, object]:
+    """The ids every JSON log line of a client carries (its federation and name)."""
+    fields = {
+        "federation": getattr(args, "federation", None),
+        "client": getattr(args, "name", None),
+    }
+    return {k: v for k, v in fields.items() if v}
 
 
 def settings_from_args(args: argparse.Namespace, *, framework: str) -> ClientSettings:
@@ -317,6 +333,12 @@ def add_baseline_arguments(
         "--log-level",
         default=env_default("LOG_LEVEL", "INFO"),
         help="DEBUG, INFO, WARNING (ORCHARD_LOG_LEVEL)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=env_default("LOG_FORMAT", "text"),
+        help="text: lines for people; json: one event per line (ORCHARD_LOG_FORMAT)",
     )
 
 
@@ -478,7 +500,14 @@ def make_client_factory(
             preloaded=preloaded,
         )
         preloaded.clear()  # the client's data owns the arrays now
-        return AdapterClient(adapter, model_id=args.model, data=data, role=role, seed=args.seed)
+        return AdapterClient(
+            adapter,
+            model_id=args.model,
+            data=data,
+            role=role,
+            seed=args.seed,
+            progress=ctx.progress,
+        )
 
     return factory
 
@@ -538,7 +567,7 @@ def run_command(command: Callable[[], int], logger: logging.Logger) -> int:
 def framework_main(commands: FrameworkCommands, argv: Sequence[str] | None = None) -> int:
     """``python -m orchard_<framework> client|baseline``: parse, run, return the exit status."""
     args = build_framework_parser(commands).parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format, fields=log_fields(args))
     logger = logging.getLogger(f"orchard_{commands.framework}")
     if args.command == "client":
         return run_command(lambda: _run_client(commands, args), logger)

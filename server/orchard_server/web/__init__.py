@@ -54,15 +54,24 @@ def _jsonable(value: Any) -> Any:
 
 
 def federation_json(federation: Federation, *, detail: bool) -> dict[str, Any]:
-    """What the pages show of one federation (``detail``: timeline, curves, progress)."""
-    data: dict[str, Any] = _jsonable(federation.summary())
+    """What the pages show of one federation (``detail``: timeline, curves, progress).
+
+    Clients appear without their session ids (a session id authenticates its
+    calls); a client's progress is merged into its entry here.
+    """
+    summary = federation.summary()
+    data: dict[str, Any] = _jsonable(summary)
     by_kind: dict[str, int] = {}
-    for client in federation.summary().clients:
+    for client in summary.clients:
         key = f"{client.framework or 'unknown'} {client.role.value}"
         by_kind[key] = by_kind.get(key, 0) + 1
     data["clients_by_kind"] = dict(sorted(by_kind.items()))
     if detail:
         data.update(federation.view.snapshot())
+        progress = federation.view.progress_of
+        for entry, member in zip(data["clients"], federation.pool.members(), strict=True):
+            mine = progress.get(member.client_id)
+            entry["progress"] = _jsonable(mine) if mine is not None else None
     return data
 
 

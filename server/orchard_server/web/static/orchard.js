@@ -85,8 +85,8 @@ const orchard = (() => {
       clients.replaceChildren();
       for (const c of f.clients) {
         const row = clients.insertRow();
-        cell(row, c.display_name); cell(row, c.client_id); cell(row, c.framework || "unknown"); cell(row, c.role); cell(row, c.partition_id);
-        const progress = f.progress[c.client_id];
+        cell(row, c.display_name); cell(row, c.framework || "unknown"); cell(row, c.role); cell(row, c.partition_id);
+        const progress = c.progress;
         if (progress) {
           const bar = document.createElement("span");
           bar.className = "bar";
