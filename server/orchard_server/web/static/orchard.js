@@ -17,7 +17,7 @@ const orchard = (() => {
     if (!response.ok) throw new Error(`${url}: ${response.status} ${await response.text()}`);
     return response.json();
   };
-  const roundText = (f) => `${f.rounds_completed} of ${f.num_rounds} done` + (f.state === "running" && f.round ? ` (round ${f.round} in progress)` : "");
+  const roundText = (f) => `${f.rounds_completed} of ${f.num_rounds} done` + (f.state === "running" && f.round > f.rounds_completed ? ` (round ${f.round} in progress)` : "");
   const kinds = (f) => Object.entries(f.clients_by_kind).map(([k, n]) => `${n} ${k}`).join(", ") || "none";
   const every = (seconds, fn) => { fn().catch(console.error); setInterval(() => fn().catch(console.error), seconds * 1000); };
 
