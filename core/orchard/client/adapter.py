@@ -239,6 +239,7 @@ class AdapterClient(NumPyClient, Generic[ModelT, SplitT]):
         role: Role = Role.TRAINER,
         seed: int = 0,
         progress: ProgressBoard | None = None,
+        on_epoch: Callable[[EpochStats], None] | None = None,
     ) -> None:
         # Data prepared for another model (other input shape) has a ``model_id`` to say so.
         data_model = getattr(data, "model_id", model_id)
@@ -252,6 +253,8 @@ class AdapterClient(NumPyClient, Generic[ModelT, SplitT]):
         self._fits = 0
         #: Each epoch's end is posted here (the runtime's heartbeats report it).
         self.progress = progress if progress is not None else ProgressBoard()
+        #: Also told of every epoch (e.g. :class:`~orchard.client.curves.EpochCurves`).
+        self.on_epoch = on_epoch
 
     def get_parameters(self, config: Config) -> NDArrays:
         """The local model's tensors, in spec order."""
@@ -278,10 +281,15 @@ class AdapterClient(NumPyClient, Generic[ModelT, SplitT]):
             train_set,
             dataclasses.replace(cfg, seed=seed),
             proximal_reference=parameters if cfg.proximal_mu > 0 else None,
-            on_epoch=self.progress.post_epoch,
+            on_epoch=self._epoch_done,
         )
         metrics: Metrics = {"train_loss": result.loss, "train_accuracy": result.accuracy}
         return self.adapter.get_parameters(self.model), result.num_examples, metrics
+
+    def _epoch_done(self, stats: EpochStats) -> None:
+        self.progress.post_epoch(stats)
+        if self.on_epoch is not None:
+            self.on_epoch(stats)
 
     def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:
         """Loss, number of examples and ``accuracy`` of ``parameters`` on a split."""

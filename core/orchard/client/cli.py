@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import socket
 from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, Final, TypeVar
 
 from orchard.client.adapter import DEVICE_CHOICES, AdapterClient, DeviceError, FrameworkAdapter
 from orchard.client.baseline import BaselineSettings, run_baseline
+from orchard.client.curves import EpochCurves
 from orchard.client.numpy_client import ClientContext
 from orchard.client.runtime import ClientSettings, TlsSettings, run_client
 from orchard.client.training import OPTIMIZERS, ConfigError, TrainConfig, TrainingError
@@ -369,6 +371,13 @@ def add_client_commands(
     )
     add_client_arguments(client)
     framework_arguments(client)
+    client.add_argument(
+        "--tensorboard-dir",
+        type=Path,
+        default=env_default("TENSORBOARD_DIR"),
+        help="write this client's per-epoch training curves under "
+        "DIR/<federation>/clients/<name> (needs tensorboardX; ORCHARD_TENSORBOARD_DIR)",
+    )
     baseline = commands.add_parser("baseline", help=baseline_help, description=baseline_description)
     framework_arguments(baseline)
     add_baseline_arguments(baseline, baseline_defaults, val_fraction=baseline_val_fraction)
@@ -488,6 +497,10 @@ def make_client_factory(
     data_settings = data_settings_from_args(args, DataSettings)
     split: OfficialSplit = "test" if role is Role.EVALUATOR else "train"
     preloaded = {split: load_split(data_settings, split)}
+    curves = None
+    if getattr(args, "tensorboard_dir", None) is not None:
+        name = args.name or socket.gethostname()
+        curves = EpochCurves(args.tensorboard_dir, federation=args.federation, client=name)
 
     def factory(ctx: ClientContext) -> AdapterClient[Any, SplitT]:
         # ctx carries the partition to load: the user's explicit one, else the server's.
@@ -507,6 +520,7 @@ def make_client_factory(
             role=role,
             seed=args.seed,
             progress=ctx.progress,
+            on_epoch=curves,
         )
 
     return factory
