@@ -89,6 +89,7 @@ async def fan_out(
                     _name(infos, cid),
                     task.type.value,
                     exc.reason,
+                    extra={"federation": pool.federation, "round": task.round, "client": cid},
                 )
                 continue
             if fold is not None:

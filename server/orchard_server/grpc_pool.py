@@ -74,6 +74,7 @@ class GrpcClientPool(ClientPool):
             client.role.value,
             partition_id,
             len(self._sessions),
+            extra={"federation": self.federation, "client": client.client_id},
         )
         return client
 
@@ -100,6 +101,7 @@ class GrpcClientPool(ClientPool):
             client_id,
             reason,
             len(self._sessions),
+            extra={"federation": self.federation, "client": client_id},
         )
 
     async def next_task(self, client_id: str, wait: float) -> Task | None:

@@ -131,6 +131,8 @@ def test_metrics_status_and_json_logs_during_a_run(
     rounds = [e for e in events if e.get("round") is not None]
     assert rounds and all(e["federation"] == "blobs" for e in rounds)
     assert {e["round"] for e in rounds} == {1, 2, 3, 4}
+    joins = [e for e in events if "joined as" in e["message"]]
+    assert len(joins) == 2 and all(e["client"].startswith("c-") for e in joins)
     assert list((tmp_path / "tb" / "blobs").glob("events.out.tfevents.*"))
 
 
