@@ -118,3 +118,20 @@ def test_strategy_errors_name_the_federation_and_the_combination(
     text = BASE.replace("num_rounds = 4", f"num_rounds = 4\n{line}")
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text), environ={})
+
+
+def test_observability_keys_come_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE), environ={})
+    assert (config.web_port, config.web_host, config.web_token) == (0, "127.0.0.1", "")
+    assert config.tensorboard_dir is None
+    env = {
+        "ORCHARD_WEB_PORT": "9090",
+        "ORCHARD_WEB_HOST": "0.0.0.0",
+        "ORCHARD_WEB_TOKEN": "watch",
+        "ORCHARD_TENSORBOARD_DIR": str(tmp_path / "tb"),
+    }
+    config = load_config(write(tmp_path, BASE), environ=env)
+    assert (config.web_port, config.web_host, config.web_token) == (9090, "0.0.0.0", "watch")
+    assert config.tensorboard_dir == tmp_path / "tb"
+    with pytest.raises(ConfigError, match=r"web_port must be in 0\.\.65535"):
+        load_config(write(tmp_path, BASE), overrides=["server.web_port=70000"], environ={})
