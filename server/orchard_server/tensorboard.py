@@ -5,15 +5,16 @@ per completed round, the train, distributed and centralized loss and
 metrics, the round's duration and each phase's, into ``DIR/<federation>``, so
 ``tensorboard --logdir DIR`` shows every federation's curves side by side
 (clients write their per-epoch curves under ``DIR/<federation>/clients/``
-with ``--tensorboard-dir``). tensorboardX needs no ML framework: the server
-never imports torch.
+with ``--tensorboard-dir``). tensorboardX needs no ML framework, but imports
+torch when it can (to accept tensors): the server imports it with torch
+hidden, and only when ``tensorboard_dir`` is set, so it never loads torch.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-
-from tensorboardX import SummaryWriter
+from typing import Any
 
 from orchard.messages import FederationState
 from orchard_server.events import Observer, Phase
@@ -22,12 +23,25 @@ from orchard_server.records import RoundRecord
 __all__ = ["TensorBoardWriter"]
 
 
+def _summary_writer() -> Any:
+    """tensorboardX's ``SummaryWriter`` class, imported without letting it import torch."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # "import torch" now fails
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class TensorBoardWriter(Observer):
     """Writes one federation's rounds as scalars (step = round)."""
 
     def __init__(self, directory: Path, federation: str) -> None:
         self.directory = directory / federation
-        self._writer = SummaryWriter(logdir=str(self.directory), flush_secs=5)
+        self._writer = _summary_writer()(logdir=str(self.directory), flush_secs=5)
         self._round = 0
 
     def round_started(self, federation: str, rnd: int, num_rounds: int) -> None:
