@@ -144,9 +144,14 @@ def test_the_page_shows_the_federation_and_its_chart_grows(
     observed: Callable[..., Observed], launcher: Launcher
 ) -> None:
     from selenium import webdriver
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
+    def shows(by: str, selector: str, *words: str) -> Callable[[Any], bool]:
+        """A wait condition: the element (found afresh: the pages redraw) shows ``words``."""
+        return lambda d: all(w in d.find_element(by, selector).text for w in words)
 
     # More rounds than the test waits for: the server stays up while the page is read.
     cluster = observed(num_rounds=8)
@@ -166,24 +171,29 @@ def test_the_page_shows_the_federation_and_its_chart_grows(
         else None
     )
     try:
-        wait = WebDriverWait(driver, 60, poll_frequency=0.2)
+        wait = WebDriverWait(
+            driver,
+            60,
+            poll_frequency=0.2,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        )
         driver.get(cluster.base + "/")
-        row = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "tr[data-federation='blobs']"))
-        assert "logreg" in row.text and "waiting" in row.text
-        if shots is not None:
-            shots.mkdir(parents=True, exist_ok=True)
-            driver.save_screenshot(str(shots / "web-index.png"))
+        wait.until(shows(By.CSS_SELECTOR, "tr[data-federation='blobs']", "logreg", "waiting"))
         driver.get(cluster.base + "/federations/blobs")
-        wait.until(lambda d: d.find_element(By.ID, "state").text.startswith("waiting"))
+        wait.until(shows(By.ID, "state", "waiting"))
         chart = driver.find_element(By.ID, "loss-chart")
         assert chart.get_attribute("data-points") == "0"
         cluster.start_clients(2)
         wait.until(lambda d: int(chart.get_attribute("data-points") or 0) >= 1)
-        assert "client-0" in driver.find_element(By.ID, "clients").text
-        assert "training" in driver.find_element(By.ID, "timeline").text
+        wait.until(shows(By.ID, "clients", "client-0", "client-1"))
+        wait.until(shows(By.ID, "timeline", "training"))
         wait.until(lambda d: int(chart.get_attribute("data-points") or 0) >= 3)
-        if shots is not None:
+        if shots is not None:  # the pages while the federation runs
+            shots.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(shots / "web-federation.png"))
+            driver.get(cluster.base + "/")
+            wait.until(shows(By.ID, "federations", "trainer"))
+            driver.save_screenshot(str(shots / "web-index.png"))
 
     except Exception as exc:
         body = driver.find_element(By.TAG_NAME, "body").text

@@ -34,7 +34,7 @@ class ClientContext:
     num_partitions: int
     model_spec: ModelSpec
     #: Where training posts how far it is; the runtime's heartbeats report it.
-    progress: ProgressBoard = field(default_factory=ProgressBoard)
+    progress: ProgressBoard = field(default_factory=ProgressBoard, compare=False, repr=False)
 
 
 class NumPyClient(abc.ABC):
