@@ -48,6 +48,7 @@ class OrchardServer:
         self.config = config
         self.hosted: dict[str, Hosted] = {}
         self.metrics = ServerMetrics(lambda: {n: h.pool for n, h in self.hosted.items()})
+        self._tensorboard: list[TensorBoardWriter] = []
         for fed_config in config.federations:
             pool = GrpcClientPool(
                 AdmissionPolicy.from_config(fed_config), heartbeat_timeout=config.heartbeat_timeout
@@ -56,9 +57,9 @@ class OrchardServer:
             federation.restore_or_init()
             federation.events.subscribe(self.metrics)
             if config.tensorboard_dir is not None:
-                federation.events.subscribe(
-                    TensorBoardWriter(config.tensorboard_dir, fed_config.name)
-                )
+                writer = TensorBoardWriter(config.tensorboard_dir, fed_config.name)
+                federation.events.subscribe(writer)
+                self._tensorboard.append(writer)
             self.hosted[fed_config.name] = Hosted(federation=federation, pool=pool)
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -162,6 +163,8 @@ class OrchardServer:
         await self.server.stop(grace=2.0)
         if self.web is not None:
             await self.web.stop()
+        for writer in self._tensorboard:  # stopped by a signal: no federation_ended came
+            writer.close()
         states = [h.federation.state for h in self.hosted.values()]
         if stopper in done:
             return 0

@@ -74,4 +74,8 @@ class TensorBoardWriter(Observer):
 
     def federation_ended(self, federation: str, state: FederationState, reason: str) -> None:
         self._writer.add_text("federation/end", f"{state.value}: {reason}", self._round)
+        self.close()
+
+    def close(self) -> None:
+        """Write what is queued and close the file (again: nothing happens)."""
         self._writer.close()
