@@ -84,7 +84,7 @@ class Observer:
     """
 
     def round_started(self, federation: str, rnd: int, num_rounds: int) -> None:
-        """Round ``rnd`` of ``num_rounds`` began (an attempt, when retried)."""
+        """Round ``rnd`` of ``num_rounds`` began (once, however often its fit is retried)."""
 
     def phase_started(self, federation: str, rnd: int, phase: Phase) -> None:
         """``phase`` of round ``rnd`` began."""
