@@ -61,4 +61,5 @@ def configure_logging(
                 "%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S"
             )
         )
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # Like basicConfig always did here: a process (or test) that set up logging keeps it.
+    logging.basicConfig(level=level.upper(), handlers=[handler])
