@@ -12,7 +12,7 @@ PROTOS := $(wildcard protos/orchard/v1/*.proto)
 BUF_BASELINE := protos/baseline/orchard-v1.0.0.binpb
 PYTEST_ARGS ?=
 
-.PHONY: setup proto check check-proto-stale lint typecheck buf-lint buf-breaking test test-main test-mxnet bench clean
+.PHONY: setup proto check check-proto-stale lint typecheck buf-lint buf-breaking test test-main test-mxnet bench fuzz clean
 
 ## setup: create both Python environments, install buf and (as root) Debian's Fashion-MNIST
 setup: $(BIN)/.ok $(MXBIN)/.ok $(BUF) fashion-data
@@ -77,10 +77,20 @@ test-main: $(BIN)/.ok
 test-mxnet: $(MXBIN)/.ok $(BIN)/.ok
 	ORCHARD_SERVER_PYTHON=$(abspath $(BIN)/python) $(MXBIN)/pytest tests/core tests/client_mxnet tests/contract $(PYTEST_ARGS)
 
-## bench: speed and memory benchmarks, JSON on stdout and in runs/bench.json
+## bench: speed and memory benchmarks, JSON on stdout and in runs/bench.json; soak in runs/soak.json
 bench: $(BIN)/.ok
 	mkdir -p runs
 	$(BIN)/python -m benchmarks | tee runs/bench.json
+	$(BIN)/python -m benchmarks.soak | tee runs/soak.json
+	$(BIN)/python -m benchmarks.simulation | tee runs/bench-simulation.jsonl
+
+## fuzz: longer fuzzing than make test's: serde under atheris, the servicer under hypothesis
+FUZZ_SECONDS ?= 120
+FUZZ_EXAMPLES ?= 200
+fuzz: $(BIN)/.ok
+	$(BIN)/python -m tests.helpers.fuzz --seconds $(FUZZ_SECONDS)
+	set -o pipefail; ORCHARD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -s -p no:cacheprovider \
+	  --timeout=3600 tests/server/test_servicer_fuzz.py tests/core/test_serde_fuzz.py | grep -E '^\{|passed|failed'
 
 clean:
 	rm -rf $(VENV) $(MXVENV) .tools/node_modules .mypy_cache .ruff_cache .pytest_cache runs

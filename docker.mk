@@ -7,8 +7,11 @@
 #   make base-image          orchard/base:bookworm from debootstrap, no registry needed
 #   make wheelhouse          .wheelhouse/<component>/ from PyPI, on the host
 #   make certs               development CA and server certificate in deploy/certs/
-#   make gpu-image           CUDA PyTorch client (and MXNet with GPU=mxnet), from docker/Dockerfile.gpu
+#                            (DOCKER_CLIENT_NAMES=a,b adds mutual-TLS client certificates)
+#   make gpu-image           CUDA PyTorch client (and MXNet with GPU=mxnet), from Dockerfile.gpu
 #   make compose-up / compose-down / compose-logs     the stack of docker-compose.yml
+#   make compose-results     copy history, plots and checkpoints out of the stack (RESULTS=./orchard-results)
+#   make compose-crossframework   the PyTorch + MXNet Fashion-MNIST federation (docker-compose.crossframework.yml)
 #   make swarm-up / swarm-down                         the same stack on a Docker Swarm
 #   make image-sizes         sizes of the built images
 #   make test-containers     only the container tests (pytest -m docker)
@@ -31,6 +34,8 @@ DOCKER_PIP_PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 DOCKER_CERTS ?= deploy/certs
 # Names the development server certificate is valid for (comma-separated DNS names or IPs).
 DOCKER_CERT_NAMES ?= server,localhost,127.0.0.1
+# Client names that get a client certificate for mutual TLS (comma-separated; none by default).
+DOCKER_CLIENT_NAMES ?=
 STACK ?= orchard
 OFFLINE ?= auto
 GPU ?= pytorch
@@ -38,7 +43,8 @@ GPU ?= pytorch
 DOCKER_ENV := COMPOSE_BAKE=false ORCHARD_TAG=$(DOCKER_TAG)
 
 .PHONY: images images-offline base-image wheelhouse certs gpu-image image-sizes \
-  compose-up compose-down compose-logs swarm-up swarm-down test-containers
+  compose-up compose-down compose-logs compose-results compose-crossframework \
+  swarm-up swarm-down test-containers
 
 ## images: build the three images (offline when no registry is reachable, or OFFLINE=1)
 images:
@@ -80,9 +86,9 @@ $(WHEELHOUSE)/%/.complete: docker/requirements/%.txt docker/requirements/build.t
 certs: $(DOCKER_CERTS)/server.pem
 
 $(DOCKER_CERTS)/server.pem: docker/dev-certs.sh
-	docker/dev-certs.sh $(DOCKER_CERTS) $(DOCKER_CERT_NAMES)
+	docker/dev-certs.sh $(DOCKER_CERTS) $(DOCKER_CERT_NAMES) $(DOCKER_CLIENT_NAMES)
 
-## gpu-image: the CUDA client image(s) of docker/Dockerfile.gpu (GPU=pytorch, mxnet or "pytorch mxnet")
+## gpu-image: the CUDA client image(s) of Dockerfile.gpu (GPU=pytorch, mxnet or "pytorch mxnet")
 gpu-image:
 	@set -e; for target in $(GPU); do \
 	  case $$target in \
@@ -101,13 +107,24 @@ image-sizes:
 
 compose-up:
 	$(DOCKER_ENV) $(COMPOSE) up -d
-	@echo "compose-up: follow with 'make compose-logs'; results on the 'state' volume"
+	@echo "compose-up: follow with 'make compose-logs'; results on the 'state' volume ('make compose-results')"
 
 compose-down:
 	$(DOCKER_ENV) $(COMPOSE) down --remove-orphans
 
 compose-logs:
 	$(DOCKER_ENV) $(COMPOSE) logs -f
+
+RESULTS ?= orchard-results
+## compose-results: the server's state volume (history, plots, checkpoints, archived runs) into $(RESULTS)/
+compose-results:
+	$(DOCKER_ENV) $(COMPOSE) cp server:/var/lib/orchard/state $(RESULTS)
+	@echo "compose-results: copied into $(RESULTS)/ (owned by you)"
+
+## compose-crossframework: PyTorch and MXNet clients train one model on Fashion-MNIST, with an evaluator
+compose-crossframework:
+	$(DOCKER_ENV) $(COMPOSE) -f docker-compose.yml -f docker-compose.crossframework.yml \
+	  up --abort-on-container-failure --exit-code-from server
 
 ## swarm-up: deploy docker-stack.yml (a one-node swarm is created when none is active)
 swarm-up:

@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# A development certificate authority and a server certificate signed by it.
+# A development certificate authority and a server certificate signed by it,
+# and client certificates for mutual TLS.
 #
-#   docker/dev-certs.sh [DIR] [NAMES]     (default: deploy/certs server,localhost,127.0.0.1)
+#   docker/dev-certs.sh [DIR] [NAMES] [CLIENTS]
+#       (default: deploy/certs server,localhost,127.0.0.1, no clients)
+#
+# CLIENTS (comma-separated) are client names: each gets DIR/client-NAME.pem and
+# DIR/client-NAME.key, a certificate whose common name is NAME (the client's
+# identity on the server: `tls_client_ca = DIR/ca.pem`; clients pass
+# --tls-cert/--tls-key). Client certificates are made with the existing CA
+# when DIR/ca.key exists, so they can be added later:
+#   docker/dev-certs.sh deploy/certs "" alice,bob
 #
 # Writes DIR/ca.pem (give it to clients: ORCHARD_CA_CERT), DIR/ca.key (keep it
 # private), DIR/server.pem and DIR/server.key (the server: ORCHARD_TLS_CERT,
@@ -12,7 +21,10 @@
 # the organisation's CA, with its key kept out of reach.
 set -euo pipefail
 dir=${1:-deploy/certs}
-names=${2:-server,localhost,127.0.0.1}
+names=${2:-}
+clients=${3:-}
+if [[ -z $names && -n $clients && -f $dir/ca.key ]]; then only_clients=1; else only_clients=0; fi
+names=${names:-server,localhost,127.0.0.1}
 days=${DAYS:-365}
 command -v openssl >/dev/null || { echo "dev-certs: openssl is missing" >&2; exit 1; }
 
@@ -25,6 +37,27 @@ san=${san%,}
 
 mkdir -p "$dir"
 umask 077
+
+client_certs() {
+  local client
+  IFS=, read -r -a wanted <<<"$clients"
+  for client in "${wanted[@]}"; do
+    [[ $client =~ ^[A-Za-z0-9][A-Za-z0-9._@-]*$ ]] || { echo "dev-certs: bad client name $client" >&2; exit 1; }
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -subj "/O=Orchard development/CN=$client" \
+      -keyout "$dir/client-$client.key" -out "$dir/client-$client.csr" 2>/dev/null
+    openssl x509 -req -in "$dir/client-$client.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+      -CAcreateserial -days "$days" -out "$dir/client-$client.pem" \
+      -extfile <(printf 'extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n') \
+      2>/dev/null
+    rm -f "$dir/client-$client.csr" "$dir/ca.srl"
+    chmod 0644 "$dir/client-$client.pem"
+    openssl verify -CAfile "$dir/ca.pem" "$dir/client-$client.pem" >/dev/null
+    echo "dev-certs: $dir/client-$client.pem (client $client)"
+  done
+}
+if ((only_clients)); then client_certs; exit 0; fi
+
 openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days "$days" \
   -subj "/O=Orchard development/CN=Orchard development CA" \
   -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
@@ -50,3 +83,4 @@ else
 fi
 openssl verify -CAfile "$dir/ca.pem" "$dir/server.pem" >/dev/null
 echo "dev-certs: $dir/ca.pem, $dir/server.pem ($san)"
+if [[ -n $clients ]]; then client_certs; fi

@@ -33,13 +33,14 @@ LABEL org.opencontainers.image.title="orchard-server" \
 RUN groupadd --system --gid 10001 orchard \
     && useradd --system --uid 10001 --gid orchard --home-dir /var/lib/orchard --create-home \
       --shell /usr/sbin/nologin orchard \
-    && mkdir -p /var/lib/orchard/state /etc/orchard \
-    && chown -R orchard:orchard /var/lib/orchard
+    && mkdir -p /var/lib/orchard/state /etc/orchard /data \
+    && chown -R orchard:orchard /var/lib/orchard /data
 COPY --from=build /opt/orchard /opt/orchard
 COPY docker/healthcheck.py /opt/orchard/bin/orchard-healthcheck
 COPY deploy/server.toml /etc/orchard/server.toml
 # The reference NumPy client (orchard.examples.logreg, in core) runs from this
-# image too, behind the same link emulator as the framework clients.
+# image too, behind the same link emulator as the framework clients, and so
+# does orchard-data (python -m orchard.data) on the clients' /data volume.
 COPY deploy/network-profiles.toml /etc/orchard/network-profiles.toml
 ENV PATH=/opt/orchard/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -12,9 +12,14 @@ from dataclasses import dataclass, field
 from orchard.spec import ModelSpec
 from orchard.typing import Config, Metrics, NDArrays
 
-#: The API version this code speaks, "MAJOR.MINOR". Minor versions only add
+#: The API version this code speaks, "MAJOR.MINOR". Minor versions add
 #: optional fields and capabilities; a different major version is refused.
-API_VERSION = "1.1"
+#: 1.2 added session secrets, which every call after Join must carry, so a
+#: server refuses the clients of 1.0 and 1.1 (their session id alone would be
+#: a bearer credential).
+API_VERSION = "1.2"
+#: The oldest minor version of the served major version a server admits.
+MIN_API_VERSION = "1.2"
 
 
 class TaskType(enum.Enum):
@@ -56,6 +61,12 @@ class JoinInfo:
     #: A partition fixed by the client's user (with its count), else None.
     partition_id: int | None = None
     num_partitions: int | None = None
+    #: The secret of this instance's connected session, if the client has one
+    #: (it travels as call metadata, not in the message): a join that takes
+    #: over a connected instance must prove it owns it.
+    session_secret: str = field(default="", repr=False)
+    #: The identity of a verified client certificate (mutual TLS), else "".
+    peer_identity: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +80,8 @@ class Session:
     partition_id: int
     num_partitions: int
     state: FederationState
+    #: The session's credential: every later call carries it (as metadata).
+    secret: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,10 +103,16 @@ class TaskPoll:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LeaveNotice:
-    """A session ends, and why (for logs)."""
+    """A session ends, and why (for logs).
+
+    ``fatal`` marks a client that can never take part (its dataset cannot be
+    loaded, say): the federation then fails at once with ``reason`` instead
+    of waiting for a client that is not coming.
+    """
 
     client_id: str
     reason: str = ""
+    fatal: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,7 +10,7 @@ writes chunks straight into preallocated arrays (:class:`ParametersAssembler`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -44,6 +44,9 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["FederationService"].full_nam
 DEFAULT_CHUNK_BYTES = 1 << 20
 #: Largest chunk anyone may send or ask for.
 MAX_CHUNK_BYTES = (4 << 20) - (64 << 10)
+#: The gRPC metadata entry that carries a session's secret on every call
+#: after Join (and on a Join that takes over a connected instance).
+SESSION_SECRET_METADATA = "orchard-session-secret"
 
 
 class SerdeError(ValueError):
@@ -202,6 +205,21 @@ def iter_chunks(
             )
 
 
+def _allocate(spec: TensorSpec) -> np.ndarray:
+    """An empty little-endian array for ``spec``; a shape NumPy cannot hold is a SerdeError.
+
+    A tensor with a zero dimension has no bytes, but NumPy still refuses
+    shapes whose other dimensions multiply past its index range (found by
+    fuzzing: a header announcing 0 bytes for such a shape passed every count).
+    """
+    try:
+        return np.empty(spec.shape, dtype=np.dtype(spec.dtype).newbyteorder("<"))
+    except (ValueError, MemoryError) as exc:
+        raise SerdeError(
+            f"tensor {spec.name!r}: shape {list(spec.shape)} cannot be allocated ({exc})"
+        ) from None
+
+
 class ParametersAssembler:
     """Rebuilds arrays from a header and its chunks, checking every byte's place.
 
@@ -220,9 +238,7 @@ class ParametersAssembler:
             )
         if max_bytes is not None and expected > max_bytes:
             raise SerdeError(f"parameters of {expected} bytes exceed the limit of {max_bytes}")
-        self._arrays = [
-            np.empty(s.shape, dtype=np.dtype(s.dtype).newbyteorder("<")) for s in self.specs
-        ]
+        self._arrays = [_allocate(s) for s in self.specs]
         # Flat byte views of the arrays: chunks are written through them in place.
         self._views = [a.reshape(-1).view(np.uint8) for a in self._arrays]
         self._index = 0
@@ -265,6 +281,11 @@ class ParametersAssembler:
             )
         if not chunk.data:
             raise SerdeError(f"tensor {spec.name!r}: empty chunk")
+        if len(chunk.data) > MAX_CHUNK_BYTES:
+            raise SerdeError(
+                f"tensor {spec.name!r}: a chunk of {len(chunk.data)} bytes, above the "
+                f"largest chunk of {MAX_CHUNK_BYTES}"
+            )
         self._views[self._index][self._filled : end] = np.frombuffer(chunk.data, dtype=np.uint8)
         self._filled = end
 
@@ -384,6 +405,7 @@ def session_to_proto(session: Session) -> pb.JoinResponse:
         partition_id=session.partition_id,
         num_partitions=session.num_partitions,
         state=state_to_proto(session.state),
+        session_secret=session.secret,
     )
 
 
@@ -397,7 +419,21 @@ def session_from_proto(msg: pb.JoinResponse) -> Session:
         partition_id=msg.partition_id,
         num_partitions=msg.num_partitions,
         state=state_from_proto(msg.state),
+        secret=msg.session_secret,
     )
+
+
+def session_metadata(secret: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that proves a session (empty without a secret)."""
+    return ((SESSION_SECRET_METADATA, secret),) if secret else ()
+
+
+def session_secret_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The session secret a call carries, or "" when it carries none."""
+    for key, value in metadata or ():
+        if key == SESSION_SECRET_METADATA:
+            return value.decode(errors="replace") if isinstance(value, bytes) else value
+    return ""
 
 
 # --- heartbeat, poll, leave --------------------------------------------------------
@@ -459,12 +495,12 @@ def poll_from_proto(msg: pb.PullTaskRequest) -> TaskPoll:
 
 def leave_to_proto(notice: LeaveNotice) -> pb.LeaveRequest:
     """Domain leave notice -> LeaveRequest."""
-    return pb.LeaveRequest(client_id=notice.client_id, reason=notice.reason)
+    return pb.LeaveRequest(client_id=notice.client_id, reason=notice.reason, fatal=notice.fatal)
 
 
 def leave_from_proto(msg: pb.LeaveRequest) -> LeaveNotice:
     """LeaveRequest -> domain leave notice."""
-    return LeaveNotice(client_id=msg.client_id, reason=msg.reason)
+    return LeaveNotice(client_id=msg.client_id, reason=msg.reason, fatal=msg.fatal)
 
 
 def leave_response() -> pb.LeaveResponse:

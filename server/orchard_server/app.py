@@ -2,8 +2,9 @@
 
 All federations run side by side in one event loop; the process exits when
 every federation has ended (0 if all finished, 1 if any failed) or on
-SIGTERM/SIGINT. Checkpoints are written after every round, so stopping at any
-moment loses at most the round in progress.
+SIGTERM/SIGINT (0, or 1 if a federation had failed by then). Checkpoints
+are written after every round, so stopping at any moment loses at most the
+round in progress.
 
 Observability subscribes to each federation's events (:mod:`.events`): the
 Prometheus metrics always, TensorBoard files when ``tensorboard_dir`` is set,
@@ -32,6 +33,7 @@ from orchard_server.config import ServerConfig
 from orchard_server.federation import Federation
 from orchard_server.grpc_pool import GrpcClientPool
 from orchard_server.metrics import ServerMetrics
+from orchard_server.results import ResultPolicy
 from orchard_server.servicer import FederationServicer, Hosted
 from orchard_server.tensorboard import TensorBoardWriter
 from orchard_server.web import WebView
@@ -39,6 +41,8 @@ from orchard_server.web import WebView
 log = logging.getLogger("orchard.server")
 
 SERVICE_NAME = serde.SERVICE_NAME
+#: Largest message the server reads: twice the largest chunk.
+MAX_MESSAGE_BYTES = 2 * serde.MAX_CHUNK_BYTES
 
 
 class OrchardServer:
@@ -50,8 +54,13 @@ class OrchardServer:
         self.metrics = ServerMetrics(lambda: {n: h.pool for n, h in self.hosted.items()})
         self._tensorboard: list[TensorBoardWriter] = []
         for fed_config in config.federations:
+            if not fed_config.enabled:
+                log.info("federation %r is switched off", fed_config.name)
+                continue
             pool = GrpcClientPool(
-                AdmissionPolicy.from_config(fed_config), heartbeat_timeout=config.heartbeat_timeout
+                AdmissionPolicy.from_config(fed_config),
+                heartbeat_timeout=config.heartbeat_timeout,
+                results=ResultPolicy.from_config(fed_config),
             )
             federation = Federation(fed_config, pool, config.state_dir)
             federation.restore_or_init()
@@ -90,6 +99,10 @@ class OrchardServer:
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.so_reuseport", 0),
+                # Room above the largest chunk (serde.MAX_CHUNK_BYTES), so an
+                # oversize chunk reaches serde and is refused with
+                # INVALID_ARGUMENT naming it, not cut by the transport.
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ]
         )
         pb_grpc.add_FederationServiceServicer_to_server(
@@ -100,6 +113,7 @@ class OrchardServer:
                 max_upload_bytes=self.config.max_upload_bytes,
                 max_concurrent_uploads=self.config.max_concurrent_uploads,
                 status_token=self.config.web_token,
+                stream_idle_timeout=self.config.stream_idle_timeout,
             ),
             server,
         )
@@ -113,10 +127,19 @@ class OrchardServer:
             self.port = server.add_insecure_port(self.config.address)
         else:
             assert self.config.tls_cert is not None and self.config.tls_key is not None
+            client_ca = self.config.tls_client_ca
             credentials = grpc.ssl_server_credentials(
-                [(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())]
+                [(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())],
+                # Mutual TLS: only clients with a certificate this CA signed get in.
+                root_certificates=client_ca.read_bytes() if client_ca else None,
+                require_client_auth=client_ca is not None,
             )
             self.port = server.add_secure_port(self.config.address, credentials)
+            log.info(
+                "TLS is on: clients must verify certificate %s (key %s)",
+                self.config.tls_cert,
+                self.config.tls_key,
+            )
         await server.start()
         if self.config.web_port:
             await self._start_web()
@@ -154,6 +177,9 @@ class OrchardServer:
             log.info("stopping on signal; federations resume from their last checkpoint")
             for task in loops:
                 task.cancel()
+            # Collect the cancellations, so asyncio does not report them as lost errors.
+            with contextlib.suppress(asyncio.CancelledError):
+                await everything
         else:
             await self._linger(linger)
         stopper.cancel()
@@ -166,6 +192,8 @@ class OrchardServer:
         for writer in self._tensorboard:  # stopped by a signal: no federation_ended came
             writer.close()
         states = [h.federation.state for h in self.hosted.values()]
+        if FederationState.FAILED in states:
+            return 1  # also when stopped: a failed federation must not read as success
         if stopper in done:
             return 0
         return 0 if all(s is FederationState.FINISHED for s in states) else 1

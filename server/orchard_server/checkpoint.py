@@ -1,11 +1,13 @@
 """Checkpoints: everything needed to resume a federation after a crash.
 
 One ``.npz`` per federation holds the global parameters, the server
-optimizer's state, and a JSON document (round number, RNG state, history,
-partition assignments). One file, written atomically, so parameters and
+optimizer's state, and a JSON document (round number, history, partition
+assignments). There is no generator state to keep: every random draw of a
+round comes from (seed, round, attempt) alone
+(:func:`~orchard_server.strategy.round_rng`). One file, written atomically, so parameters and
 metadata can never disagree after a kill. :func:`save_federation` and
 :func:`load_federation` are the glue between a federation's live state
-(optimizer state, generator, typed history) and that file.
+(optimizer state, typed history) and that file.
 """
 
 from __future__ import annotations
@@ -85,8 +87,6 @@ class Resumed:
     round: int
     parameters: NDArrays
     opt_state: State
-    #: ``numpy`` bit-generator state of the federation's sampling generator.
-    rng_state: dict[str, Any]
     history: History
     #: Everything else the federation stored (``partitions``, ``model_id``, ``strategy``).
     meta: dict[str, Any]
@@ -98,7 +98,6 @@ def save_federation(
     round: int,
     parameters: NDArrays,
     opt_state: State,
-    rng: np.random.Generator,
     history: History,
     meta: dict[str, Any],
 ) -> None:
@@ -109,7 +108,7 @@ def save_federation(
             round=round,
             parameters=parameters,
             optimizer_state=state_to_arrays(opt_state),
-            meta={"rng": rng.bit_generator.state, "history": history.to_json(), **meta},
+            meta={"history": history.to_json(), **meta},
         ),
     )
 
@@ -122,17 +121,15 @@ def load_federation(path: Path, spec: ModelSpec, optimizer: ServerOptimizer) -> 
     meta = dict(checkpoint.meta)
     try:
         history = History.from_json(meta.pop("history"))
-        rng_state = meta.pop("rng")
+        meta.pop("rng", None)  # kept by earlier versions; nothing reads it any more
     except (KeyError, HistoryError) as exc:
         raise CheckpointError(
-            f"checkpoint {path} lacks a usable history or generator state ({exc}); "
-            "move it away to start afresh"
+            f"checkpoint {path} lacks a usable history ({exc}); move it away to start afresh"
         ) from None
     return Resumed(
         round=checkpoint.round,
         parameters=checkpoint.parameters,
         opt_state=state_from_arrays(optimizer, checkpoint.parameters, checkpoint.optimizer_state),
-        rng_state=rng_state,
         history=history,
         meta=meta,
     )

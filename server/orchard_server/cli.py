@@ -2,12 +2,17 @@
 
 ``orchard-server status --server ADDR`` instead prints what a running server
 does (:mod:`orchard_server.status`).
+
+``orchard-server enroll --credentials-file FILE NAME`` enrolls a client in a
+federation's credentials file (see :mod:`.credentials`) and prints its secret
+once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
@@ -16,6 +21,7 @@ from orchard.logs import LOG_FORMATS, configure_logging
 from orchard_server.app import OrchardServer
 from orchard_server.checkpoint import CheckpointError
 from orchard_server.config import ConfigError, load_config
+from orchard_server.credentials import CredentialsError, enroll
 from orchard_server.initial import InitError
 from orchard_server.status import status_main
 from orchard_server.strategy import StrategyError
@@ -66,13 +72,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def enroll_main(argv: list[str]) -> int:
+    """``orchard-server enroll``: add or re-key a client; prints its secret once."""
+    parser = argparse.ArgumentParser(
+        prog="orchard-server enroll",
+        description="Enroll a client in a federation's credentials file (secrets are stored "
+        "hashed; the new secret is printed once, give it to the client as NAME:SECRET).",
+    )
+    parser.add_argument("--credentials-file", type=Path, required=True)
+    parser.add_argument("name", help="the client's name (its certificate's common name, for mTLS)")
+    args = parser.parse_args(argv)
+    try:
+        secret = enroll(args.credentials_file, args.name)
+    except CredentialsError as exc:
+        print(f"orchard-server enroll: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.name}:{secret}")
+    print(
+        f"enrolled {args.name!r} in {args.credentials_file}; the line above is its token "
+        "(--auth-token), shown only now",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0: all federations finished)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["status"]:
         return status_main(argv[1:])
+    if argv[:1] == ["enroll"]:
+        return enroll_main(argv[1:])
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    # Third-party chatter (matplotlib's font cache, PIL's plugins) is not the
+    # server's news: warnings only, whatever the server's own level.
+    for noisy in ("matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     overrides = list(args.set)
     if args.address:
         overrides.append(f"server.address={args.address!r}".replace("'", '"'))
@@ -83,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, overrides=overrides)
         server = OrchardServer(config)
-    except (ConfigError, CheckpointError, InitError, StrategyError) as exc:
+    except (ConfigError, CheckpointError, InitError, StrategyError, CredentialsError) as exc:
         print(f"orchard-server: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(server.run(linger=args.linger))

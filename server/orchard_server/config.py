@@ -1,7 +1,8 @@
 """Server configuration: a TOML file, overridden by environment variables and flags.
 
 Precedence (lowest first): built-in defaults, the config file, ``ORCHARD_*``
-environment variables (for containers), then ``--set key=value`` flags. Every
+environment variables (for containers), then ``--set key=value`` flags;
+``ORCHARD_FEDERATIONS=a,b`` runs only the federations it names. Every
 key is checked: an unknown key or a wrong type is an error naming the key,
 because a typo silently ignored would run the wrong experiment.
 """
@@ -16,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchard.data.client_data import DataError, default_dataset
 from orchard.models import get_model_spec
 from orchard.spec import ModelSpec, SpecError, TensorSpec
 from orchard.typing import Config
 from orchard_server.admission import DEFAULT_MAX_CLIENTS
+from orchard_server.credentials import Credentials, CredentialsError
+from orchard_server.results import DEFAULT_MAX_EXAMPLES, ResultPolicy
 from orchard_server.strategy import (
     SelectionError,
     Strategy,
@@ -38,7 +42,13 @@ class FederationConfig:
     """One federation: a named training job with its model, strategy and timing."""
 
     name: str
+    #: False switches the federation off without deleting its table (the
+    #: ``ORCHARD_FEDERATIONS`` environment variable chooses by name instead).
+    enabled: bool = True
     model: str = ""
+    #: The dataset the clients train on, for plot titles and logs; empty means
+    #: the model's own (``cifar10`` for ``cifar10-cnn``, ``mnist`` for MNIST models).
+    dataset: str = ""
     #: Inline tensors for a model id that is not registered (for example the
     #: reference NumPy client's logistic regression).
     tensors: tuple[TensorSpec, ...] = ()
@@ -46,11 +56,12 @@ class FederationConfig:
     #: A named strategy (fedavg, fedavgm, fedadam, ...); see orchard_server.strategy.
     strategy: str = "fedavg"
     #: Replace or restate a piece of the named strategy: "mean", "median",
-    #: "trimmed_mean" ("" keeps the strategy's own).
+    #: "trimmed_mean", "krum" ("" keeps the strategy's own).
     aggregator: str = ""
     #: Likewise for the server optimizer: "sgd", "adam", "yogi", "adagrad".
     server_optimizer: str = ""
-    #: Hyperparameters of the strategy, or of the pieces in effect when composed.
+    #: Hyperparameters of the strategy, or of the pieces in effect when composed;
+    #: ``clip_norm`` (update-norm clipping) is accepted by every strategy.
     strategy_options: Config = field(default_factory=dict)
     seed: int = 0
     init_file: Path | None = None
@@ -63,6 +74,9 @@ class FederationConfig:
     num_partitions: int = 0
     #: Seconds a round (fit, then evaluate) may take before missing clients are dropped.
     round_timeout: float = 600.0
+    #: Seconds the evaluator client has for a centralized evaluation (at most
+    #: round_timeout): an evaluator that stalls costs this, not a whole round.
+    evaluator_timeout: float = 120.0
     #: Seconds to wait for min_available_clients before giving up.
     wait_timeout: float = 300.0
     #: How often a round that got too few results is tried again before the
@@ -71,9 +85,19 @@ class FederationConfig:
     #: Evaluate the global model every N rounds (0: never).
     evaluate_every: int = 1
     auth_token: str = ""
+    #: Enrolled clients (JSON of name -> scrypt hash, written by ``orchard-server
+    #: enroll``): only they may join, proving their name by client certificate
+    #: or by the token NAME:SECRET. Exclusive with auth_token.
+    credentials_file: Path | None = None
     #: Most sessions the federation holds at once; a join beyond it is refused
     #: with RESOURCE_EXHAUSTED (a re-join of a connected instance takes no room).
     max_clients: int = DEFAULT_MAX_CLIENTS
+    #: Largest example count one result may report (see example_weighting).
+    max_examples_per_client: int = DEFAULT_MAX_EXAMPLES
+    #: How example counts weigh in averages: "examples" (FedAvg; a count above
+    #: max_examples_per_client is refused with INVALID_ARGUMENT), "capped"
+    #: (counts clipped to the cap) or "uniform" (every client weighs the same).
+    example_weighting: str = "examples"
     fit_config: Config = field(default_factory=dict)
     evaluate_config: Config = field(default_factory=dict)
 
@@ -95,7 +119,7 @@ class FederationConfig:
                 f"{where}: min_available_clients ({self.min_available_clients}) is below "
                 f"min_fit_clients ({self.min_fit_clients}); no round could ever start"
             )
-        for key in ("round_timeout", "wait_timeout"):
+        for key in ("round_timeout", "wait_timeout", "evaluator_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{where}: {key} must be > 0 seconds")
         if self.max_clients < self.min_available_clients:
@@ -103,12 +127,36 @@ class FederationConfig:
                 f"{where}: max_clients ({self.max_clients}) is below min_available_clients "
                 f"({self.min_available_clients}); no round could ever start"
             )
+        try:
+            ResultPolicy.from_config(self)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if self.credentials_file is not None:
+            if self.auth_token:
+                raise ConfigError(
+                    f"{where}: set auth_token or credentials_file, not both (an enrolled "
+                    "client's token is NAME:SECRET)"
+                )
+            try:
+                Credentials.load(self.credentials_file)
+            except CredentialsError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
         if self.init_file is not None and not self.init_file.is_file():
             raise ConfigError(f"{where}: init_file {self.init_file} does not exist")
         try:
             strategy_from_config(self)
         except (StrategyError, SelectionError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
+
+    @property
+    def dataset_label(self) -> str:
+        """The dataset named in titles: ``dataset``, else the registered model's own, else ''."""
+        if self.dataset:
+            return self.dataset
+        try:
+            return default_dataset(self.model)
+        except DataError:  # a model without a registered dataset (inline tensors)
+            return ""
 
     @property
     def partitions(self) -> int:
@@ -139,6 +187,9 @@ class ServerConfig:
     insecure: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Mutual TLS: the CA that signs client certificates. When set, every client
+    #: must present one; its identity (common name) is the client's name.
+    tls_client_ca: Path | None = None
     #: Largest result a client may upload, in bytes (guards memory).
     max_upload_bytes: int = 8 << 30
     #: Results assembled at once; bounds server memory to this many model copies.
@@ -153,23 +204,43 @@ class ServerConfig:
     #: When set, every federation's history also goes to TensorBoard event
     #: files under DIR/<federation>.
     tensorboard_dir: Path | None = None
+    #: Longest wait for the next message of an upload; a stalled upload is cut
+    #: off with DEADLINE_EXCEEDED, freeing its slot.
+    stream_idle_timeout: float = 60.0
     federations: tuple[FederationConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.federations:
             raise ConfigError("no federation configured: add a [federations.NAME] table")
+        if not any(f.enabled for f in self.federations):
+            raise ConfigError(
+                "every federation is switched off (enabled = false, or not named in "
+                f"ORCHARD_FEDERATIONS); configured: {', '.join(f.name for f in self.federations)}"
+            )
         if not self.insecure and (self.tls_cert is None or self.tls_key is None):
             raise ConfigError(
                 "TLS needs tls_cert and tls_key (ORCHARD_TLS_CERT, ORCHARD_TLS_KEY); "
                 "set insecure = true (ORCHARD_INSECURE=1) to serve plain text on purpose"
             )
-        for path in (self.tls_cert, self.tls_key):
+        if self.tls_client_ca is not None and self.insecure:
+            raise ConfigError("tls_client_ca (mutual TLS) needs TLS: unset insecure")
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
             if path is not None and not path.is_file():
                 raise ConfigError(f"TLS file {path} does not exist")
+        if self.stream_idle_timeout <= 0:
+            raise ConfigError("stream_idle_timeout must be > 0 seconds")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigError("heartbeat_timeout must exceed heartbeat_interval")
         if not 0 <= self.web_port <= 65535:
             raise ConfigError(f"web_port must be in 0..65535 (0: off), got {self.web_port}")
+        protected = [f.name for f in self.federations if f.auth_token or f.credentials_file]
+        if self.web_port and protected and not self.web_token:
+            # The web view and /metrics show every federation; strangers must
+            # not learn of those behind a join credential (admission hides them).
+            raise ConfigError(
+                f"web_port: federations {', '.join(protected)} need a join credential, so "
+                "the web view needs a web_token (ORCHARD_WEB_TOKEN) too"
+            )
 
 
 def strategy_from_config(config: FederationConfig) -> Strategy:
@@ -202,6 +273,7 @@ _ENV_SERVER_KEYS = {
     "ORCHARD_INSECURE": "insecure",
     "ORCHARD_TLS_CERT": "tls_cert",
     "ORCHARD_TLS_KEY": "tls_key",
+    "ORCHARD_TLS_CLIENT_CA": "tls_client_ca",
     "ORCHARD_HEARTBEAT_TIMEOUT": "heartbeat_timeout",
     "ORCHARD_WEB_PORT": "web_port",
     "ORCHARD_WEB_HOST": "web_host",
@@ -210,12 +282,37 @@ _ENV_SERVER_KEYS = {
 }
 
 
+#: Comma-separated names of the federations to run; the others are switched
+#: off (it overrides each table's ``enabled``).
+FEDERATIONS_ENV_VAR = "ORCHARD_FEDERATIONS"
+
+
 def _parse_value(text: str) -> Any:
     """A TOML scalar if it parses as one (1, 0.5, true, "x"), else the raw string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+#: Keys whose values are text whatever they look like: ``--set auth_token=123``
+#: is the token "123", not a number to refuse.
+_TEXT_KEYS = frozenset(
+    f.name
+    for cls in (FederationConfig, ServerConfig)
+    for f in dataclasses.fields(cls)
+    if f.type in ("str", str)
+)
+#: Keys never echoed in an error message.
+_SECRET_KEYS = frozenset({"auth_token", "web_token"})
+
+
+def _override_value(key: str, text: str) -> Any:
+    """The value of ``--set key=text``: text for text keys (quotes optional), else TOML."""
+    if key.rsplit(".", 1)[-1] in _TEXT_KEYS:
+        parsed = _parse_value(text)
+        return parsed if isinstance(parsed, str) else text
+    return _parse_value(text)
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -239,7 +336,15 @@ def _coerce(cls: type, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
         default = fields[key].default
         kind = type(default) if default is not dataclasses.MISSING else None
-        if key in ("state_dir", "tls_cert", "tls_key", "init_file", "tensorboard_dir"):
+        if key in (
+            "state_dir",
+            "tls_cert",
+            "tls_key",
+            "tls_client_ca",
+            "init_file",
+            "tensorboard_dir",
+            "credentials_file",
+        ):
             out[key] = Path(value)
         elif key == "tensors":
             out[key] = _tensors(where, value)
@@ -258,8 +363,9 @@ def _coerce(cls: type, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"{where}: {key} must be a table")
             out[key] = _scalars(f"{where}.{key}", value)
         else:
+            shown = "(hidden)" if key in _SECRET_KEYS else repr(value)
             raise ConfigError(
-                f"{where}: {key} must be {kind.__name__ if kind else 'set'}, got {value!r}"
+                f"{where}: {key} must be {kind.__name__ if kind else 'set'}, got {shown}"
             )
     return out
 
@@ -311,7 +417,6 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> ServerConfig:
     """Read, override and validate the configuration."""
-    env = os.environ if environ is None else environ
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -321,6 +426,17 @@ def load_config(
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
+    return config_from_data(data, overrides=overrides, environ=environ)
+
+
+def config_from_data(
+    data: Mapping[str, Any],
+    *,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Override and validate a parsed TOML document (the simulation reads its own file)."""
+    env = os.environ if environ is None else environ
     server = dict(data.get("server", {}))
     for var, key in _ENV_SERVER_KEYS.items():
         if env.get(var):
@@ -332,7 +448,7 @@ def load_config(
         if not sep:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         root = {"server": server, "federations": federations}
-        _set_path(root, key.strip(), _parse_value(value.strip()))
+        _set_path(root, key.strip(), _override_value(key.strip(), value.strip()))
     unknown = set(data) - {"server", "federations"}
     if unknown:
         raise ConfigError(
@@ -342,4 +458,14 @@ def load_config(
         FederationConfig(name=name, **_coerce(FederationConfig, f"federations.{name}", raw))
         for name, raw in federations.items()
     )
+    chosen = env.get(FEDERATIONS_ENV_VAR, "").strip()
+    if chosen:
+        names = {n.strip() for n in chosen.split(",") if n.strip()}
+        unknown = names - {f.name for f in feds}
+        if unknown:
+            raise ConfigError(
+                f"{FEDERATIONS_ENV_VAR}={chosen}: no federation named {', '.join(sorted(unknown))} "
+                f"(configured: {', '.join(f.name for f in feds)})"
+            )
+        feds = tuple(dataclasses.replace(f, enabled=f.name in names) for f in feds)
     return ServerConfig(**_coerce(ServerConfig, "server", server), federations=feds)

@@ -47,7 +47,7 @@ async def federated_evaluation(
 ) -> EvaluateRecord | None:
     """Evaluate on the trainers ``select`` picks; None (logged) when it picks nobody.
 
-    ``label`` is the round as logs show it (``"'mnist' round 3/10"``).
+    ``label`` is the round as logs show it (``"federation 'blobs' round 3/10"``).
     """
     trainers = [c.client_id for c in pool.clients()]
     selected = select.select_evaluate(trainers, rng)
@@ -60,7 +60,9 @@ async def federated_evaluation(
         )
         return None
     phase = await send(TaskType.EVALUATE, selected, {**config, "round": rnd})
-    record = EvaluateRecord.of(phase.results, dropped=phase.dropped, duration=phase.duration)
+    record = EvaluateRecord.of(
+        phase.results, dropped=phase.dropped, duration=phase.duration, weight=pool.results.weight
+    )
     if record.participants:
         log.info(
             "%s: federated evaluation on %d clients (%d examples): loss %s%s",

@@ -1,12 +1,13 @@
 """Reaching clients: a bounded wait for enough of them, and task fan-out.
 
 :func:`wait_for_clients` waits for a number of trainers, saying every 10 s
-why it waits, and gives up after a timeout. :func:`fan_out` sends a task to
-each chosen client through the :class:`.ClientPool`, collects results as
-they arrive and names every client that gave none, with the reason (dropped
-by the pool, missed the deadline, update rejected). Fit results can be folded
-into the strategy's aggregator the moment they arrive, after which their
-arrays are dropped, so memory stays O(model) for mean-type aggregates.
+why it waits, and gives up after a timeout (at once when told to stop).
+:func:`fan_out` sends a task to each chosen client through the
+:class:`.ClientPool`, collects results as they arrive and names every client
+that gave none, with the reason (dropped by the pool, missed the deadline,
+update rejected), each in one log line. Fit results can be folded into the
+strategy's aggregator the moment they arrive, after which their arrays are
+dropped, so memory stays O(model) for mean-type aggregates.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from orchard.messages import Result, Role, Task
 from orchard.typing import NDArrays
+from orchard_server.events import drop_kind
 from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool
 from orchard_server.strategy import AggregationError
 
@@ -49,15 +51,18 @@ async def fan_out(
     *,
     task_prefix: str,
     fold: Fold | None = None,
+    name: str | None = None,
 ) -> Fanout:
     """Send ``task`` to every client; collect results until all answered or ``task.timeout``.
 
     Each client gets its own task id (``task_prefix`` plus a random suffix).
+    ``name`` is the federation as logs and events name it (the pool's by default).
     ``fold`` receives each result's parameters as soon as it arrives; an
     update it refuses (:class:`.AggregationError`) counts that client as
     dropped, naming the reason, and the others go on.
     """
     started = time.monotonic()
+    federation = pool.federation if name is None else name
     infos = {c.client_id: c for r in Role for c in pool.clients(r)}
     pending: dict[asyncio.Task[Result], str] = {}
     for cid in client_ids:
@@ -74,29 +79,38 @@ async def fan_out(
         if not done:
             for fut, cid in pending.items():
                 fut.cancel()
-                dropped[_name(infos, cid)] = f"missed the round deadline of {task.timeout:g} s"
+                _drop(
+                    dropped,
+                    pool,
+                    federation,
+                    task,
+                    infos=infos,
+                    client_id=cid,
+                    reason=f"missed the round deadline of {task.timeout:g} s",
+                )
             break
         for fut in done:
             cid = pending.pop(fut)
             try:
                 result = fut.result()
             except ClientDroppedError as exc:
-                dropped[_name(infos, cid)] = exc.reason
-                log.warning(
-                    "federation %r round %d: %s dropped from %s: %s",
-                    pool.federation,
-                    task.round,
-                    _name(infos, cid),
-                    task.type.value,
-                    exc.reason,
-                    extra={"federation": pool.federation, "round": task.round, "client": cid},
+                _drop(
+                    dropped, pool, federation, task, infos=infos, client_id=cid, reason=exc.reason
                 )
                 continue
             if fold is not None:
                 try:
                     await asyncio.to_thread(fold, result.parameters, result.num_examples)
                 except AggregationError as exc:  # the aggregator is left unchanged
-                    dropped[_name(infos, cid)] = f"update rejected by the aggregator: {exc}"
+                    _drop(
+                        dropped,
+                        pool,
+                        federation,
+                        task,
+                        infos=infos,
+                        client_id=cid,
+                        reason=f"update rejected by the aggregator: {exc}",
+                    )
                     continue
                 result = _without_parameters(result)
             info = infos.get(cid) or ClientInfo(
@@ -112,19 +126,26 @@ async def fan_out(
 
 
 async def wait_for_clients(
-    pool: ClientPool, count: int, *, timeout: float, why: str, name: str
+    pool: ClientPool,
+    count: int,
+    *,
+    timeout: float,
+    why: str,
+    name: str,
+    stop: asyncio.Event | None = None,
 ) -> int:
     """Wait up to ``timeout`` s for ``count`` trainers; returns how many are connected.
 
     Fewer than ``count`` means it gave up. Logs every 10 s how many of how
     many it has, why it waits (``why``) and when it will give up, naming the
-    federation (``name``).
+    federation (``name``). Setting ``stop`` (a client reported that it can
+    never take part) ends the wait at once: waiting on would only hide why.
     """
     deadline = time.monotonic() + timeout
     while True:
         have = len(pool.clients())
         remaining = deadline - time.monotonic()
-        if have >= count or remaining <= 0:
+        if have >= count or remaining <= 0 or (stop is not None and stop.is_set()):
             return have
         log.info(
             "federation %r: waiting for clients: %d of %d connected (%s); giving up in %.0f s",
@@ -134,8 +155,42 @@ async def wait_for_clients(
             why,
             remaining,
         )
-        if await pool.wait_for_clients(count, min(10.0, remaining)):
+        joined = asyncio.ensure_future(pool.wait_for_clients(count, min(10.0, remaining)))
+        waits: set[asyncio.Future[bool]] = {joined}
+        if stop is not None:
+            waits.add(asyncio.ensure_future(stop.wait()))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            if not waiting.done():
+                waiting.cancel()
+        if joined.done() and not joined.cancelled() and joined.result():
             return len(pool.clients())
+
+
+def _drop(
+    dropped: dict[str, str],
+    pool: ClientPool,
+    federation: str,
+    task: Task,
+    *,
+    infos: dict[str, ClientInfo],
+    client_id: str,
+    reason: str,
+) -> None:
+    """Count ``client_id`` as dropped from ``task`` for ``reason``: one log line and
+    one ``client_dropped`` event (the web view, metrics and TensorBoard read it)."""
+    name = _name(infos, client_id)
+    dropped[name] = reason
+    log.warning(
+        "federation %r round %d: %s dropped from %s: %s",
+        federation,
+        task.round,
+        name,
+        task.type.value,
+        reason,
+        extra={"federation": federation, "round": task.round, "client": client_id},
+    )
+    pool.events.client_dropped(federation, task.round, name, drop_kind(reason), reason)
 
 
 def _without_parameters(result: Result) -> Result:

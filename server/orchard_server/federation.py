@@ -6,7 +6,9 @@ same code runs deployments and in-process simulations. Each round: wait
 strategy's aggregator as they arrive (memory O(model) for mean-type
 strategies), apply the server optimizer, evaluate, then write the history and
 a checkpoint atomically. Restarting with the same config resumes from the last
-completed round.
+completed round; a run that had finished is archived and a new one starts
+(:mod:`.runs`). A client that can never take part (a fatal leave) fails the
+federation at once (:meth:`Federation.fail`).
 
 The loop and its retries live here; the other jobs have their own units: the
 strategy (:mod:`.strategy`) selects clients, aggregates and steps, task
@@ -17,9 +19,10 @@ fan-out is :mod:`.fanout`, evaluation :mod:`.evaluation`, the round records
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,20 +39,34 @@ from orchard.typing import Config, NDArrays
 from orchard_server.checkpoint import load_federation, save_federation
 from orchard_server.config import FederationConfig, strategy_from_config
 from orchard_server.evaluation import EvaluateFn, centralized_evaluation, federated_evaluation
-from orchard_server.events import Events, FederationView, Phase, drop_kind
+from orchard_server.events import Events, FederationView, Phase
 from orchard_server.fanout import Fanout, Fold, fan_out, wait_for_clients
 from orchard_server.history import History
 from orchard_server.initial import initial_parameters
 from orchard_server.pool import ClientPool
 from orchard_server.records import FitRecord, RoundRecord, format_metrics
+from orchard_server.runs import archive_finished_run
 from orchard_server.strategy import (
     State,
     Strategy,
+    round_rng,
 )
 
 log = logging.getLogger("orchard.server")
 
-__all__ = ["EvaluateFn", "Federation", "FederationFailedError"]
+__all__ = ["EvaluateFn", "Federation", "FederationFailedError", "task_seed"]
+
+
+def task_seed(seed: int, rnd: int) -> int:
+    """The ``seed`` every fit task of round ``rnd`` carries, in ``[0, 2**63)``.
+
+    From the federation seed and the round only; each client mixes in its
+    partition (:func:`orchard.client.training.fit_seed`), so its shuffling
+    depends on (seed, round, partition) and never on process state: a fit
+    redone after a server restart shuffles as the aborted one did.
+    """
+    state = np.random.SeedSequence([seed % 2**63, rnd]).generate_state(1, dtype=np.uint64)
+    return int(state[0]) % 2**63
 
 
 class FederationFailedError(RuntimeError):
@@ -88,13 +105,20 @@ class Federation:
         self.rounds_completed = 0
         self.history = History(federation=config.name)
         self.parameters: NDArrays = []
-        self._rng = np.random.default_rng(config.seed)
         self._opt_state: State | None = None
         self.events: Events = pool.events
         self.view = FederationView()
         self.events.subscribe(self.view)
+        #: Set by :meth:`fail`: a client reported that it can never take part.
+        self._fatal = asyncio.Event()
 
     # -- set-up -----------------------------------------------------------------
+
+    @property
+    def title(self) -> str:
+        """The federation with its model and dataset, e.g. ``cifar10: cifar10-cnn on cifar10``."""
+        dataset = self.config.dataset_label
+        return f"{self.config.name}: {self.spec.model_id}" + (f" on {dataset}" if dataset else "")
 
     @property
     def checkpoint_path(self) -> Path:
@@ -104,6 +128,16 @@ class Federation:
     def restore_or_init(self) -> None:
         """Resume from the checkpoint if there is one, else build initial parameters."""
         resumed = load_federation(self.checkpoint_path, self.spec, self.strategy.optimizer)
+        if resumed is not None and resumed.round >= self.config.num_rounds:
+            archived = archive_finished_run(self.directory, self.checkpoint_path)
+            log.info(
+                "federation %r: the previous run finished all %d rounds; its results are in "
+                "%s; starting a new run",
+                self.config.name,
+                resumed.round,
+                archived,
+            )
+            resumed = None
         if resumed is None:
             self.parameters, source = initial_parameters(
                 self.spec, self.config.init_file, self.config.seed
@@ -124,14 +158,10 @@ class Federation:
         self.parameters = resumed.parameters
         self.rounds_completed = resumed.round
         self._opt_state = resumed.opt_state
-        self._rng.bit_generator.state = resumed.rng_state
         self.history = resumed.history
         self.view.load_history(self.history.rounds)
         # The pool's admission hands out partitions; the checkpoint keeps them.
         self.pool.partitions.restore(resumed.meta.get("partitions", {}))
-        if self.rounds_completed >= self.config.num_rounds:
-            self.state = FederationState.FINISHED
-            self.reason = f"all {self.config.num_rounds} rounds were already done"
         log.info(
             "federation %r: resumed from %s after round %d of %d",
             self.config.name,
@@ -145,7 +175,7 @@ class Federation:
         # round N in the history. A kill in between only means the resumed run
         # redoes round N and rewrites its record.
         assert self._opt_state is not None, "saved before restore_or_init"
-        self.history.save(self.directory)
+        self.history.save(self.directory, title=self.title)
         meta = {
             "partitions": self.pool.partitions.to_json(),
             "model_id": self.spec.model_id,
@@ -156,10 +186,30 @@ class Federation:
             round=self.rounds_completed,
             parameters=self.parameters,
             opt_state=self._opt_state,
-            rng=self._rng,
             history=self.history,
             meta=meta,
         )
+
+    def fail(self, reason: str) -> None:
+        """End the federation at once: a client reported a problem no wait can fix.
+
+        Called when a client leaves with ``fatal`` set (its dataset cannot be
+        loaded, say): waiting ``wait_timeout`` for clients that will never
+        come would only hide the reason. The state changes here, so anyone
+        asking (a PullTask, the process exit code) sees it before the round
+        loop wakes up and stops.
+        """
+        if self.state in (FederationState.FINISHED, FederationState.FAILED):
+            return
+        self.state, self.reason = FederationState.FAILED, reason
+        self._fatal.set()
+        # Published here, once: the view, metrics and TensorBoard see the end now,
+        # and the round loop, when it stops on it, does not announce it again.
+        self.events.federation_ended(self.config.name, self.state, self.reason)
+
+    def _check_not_failed(self) -> None:
+        if self._fatal.is_set():
+            raise FederationFailedError(self.reason)
 
     # -- the loop ---------------------------------------------------------------
 
@@ -167,15 +217,17 @@ class Federation:
         """Run the remaining rounds; returns the final state (never raises on client trouble)."""
         if not self.parameters:
             self.restore_or_init()
-        if self.state is FederationState.FINISHED:
+        if self.state in (FederationState.FINISHED, FederationState.FAILED):
             return self.state
         try:
             while self.rounds_completed < self.config.num_rounds:
                 await self._round(self.rounds_completed + 1)
+            self._check_not_failed()  # failed during the last round: not finished
         except FederationFailedError as exc:
             self.state, self.reason = FederationState.FAILED, str(exc)
             log.error("federation %r failed: %s", self.config.name, exc, extra=self._extra())
-            self.events.federation_ended(self.config.name, self.state, self.reason)
+            if not self._fatal.is_set():  # fail() published the end already
+                self.events.federation_ended(self.config.name, self.state, self.reason)
             return self.state
         except Exception as exc:  # a bug must end this federation, not the whole server
             self.state = FederationState.FAILED
@@ -230,7 +282,8 @@ class Federation:
         select = self.strategy.select
         name, events = self.config.name, self.events
         started = time.monotonic()
-        label = f"{name!r} round {rnd}/{self.config.num_rounds}"
+        # Log lines name their federation: one server runs several side by side.
+        label = f"federation {name!r} round {rnd}/{self.config.num_rounds}"
         fit: Fanout | None = None
         attempts = 0
         dropped: dict[str, str] = {}
@@ -241,13 +294,21 @@ class Federation:
             if attempts > self.config.round_retries + 1:
                 raise FederationFailedError(
                     f"round {rnd} got too few results {attempts - 1} times "
-                    f"(min_fit_clients={select.min_fit_clients}); dropped: {dropped or 'none'}"
+                    f"(min_fit_clients={select.min_fit_clients}); dropped: "
+                    f"{', '.join(dropped) or 'none'} (reasons logged above)"
                 )
+            self._check_not_failed()
             need, wait = select.min_available_clients, self.config.wait_timeout
             with events.phase(name, rnd, Phase.WAITING):
                 have = await wait_for_clients(
-                    self.pool, need, timeout=wait, why="min_available_clients", name=name
+                    self.pool,
+                    need,
+                    timeout=wait,
+                    why="min_available_clients",
+                    name=name,
+                    stop=self._fatal,
                 )
+            self._check_not_failed()
             if have < need:
                 raise FederationFailedError(
                     f"gave up after waiting {wait:.0f} s for clients: "
@@ -255,16 +316,21 @@ class Federation:
                 )
             self.state = FederationState.RUNNING
             with events.phase(name, rnd, Phase.SAMPLING):
-                selected = select.select_fit([c.client_id for c in self.pool.clients()], self._rng)
+                # Clients in the pool's stable order (partition, instance id) and a
+                # generator of (seed, round, attempt) alone: a resumed server re-draws
+                # the same clients (sampling docs in strategy.selection).
+                rng = round_rng(self.config.seed, rnd, attempt=attempts, purpose="fit")
+                selected = select.select_fit([c.client_id for c in self.pool.clients()], rng)
             config: Config = {
                 **self.config.fit_config,
                 **self.strategy.fit_config,
                 "round": rnd,
-                "seed": self.config.seed * 100_003 + rnd,
+                "seed": task_seed(self.config.seed, rnd),
             }
-            aggregator = self.strategy.new_aggregator()
+            aggregator = self.strategy.new_aggregator(self.parameters)
+            fold = functools.partial(_weighted_add, aggregator.add, self.pool.results.weight)
             with events.phase(name, rnd, Phase.TRAINING):
-                fit = await self._send(TaskType.FIT, rnd, selected, config, aggregator.add)
+                fit = await self._send(TaskType.FIT, rnd, selected, config, fold)
             dropped.update(fit.dropped)
             if len(fit.results) >= select.min_fit_clients:
                 aggregate = aggregator.result()
@@ -274,7 +340,7 @@ class Federation:
                     label,
                     len(fit.results),
                     select.min_fit_clients,
-                    fit.dropped or "none",
+                    ", ".join(fit.dropped) or "none",  # each one's reason was logged once
                     "retrying" if attempts <= self.config.round_retries else "giving up",
                     extra=self._extra(rnd),
                 )
@@ -292,6 +358,7 @@ class Federation:
             selected=len(fit.results) + len(fit.dropped),  # in the last attempt
             attempts=attempts,
             duration=fit.duration,
+            weight=self.pool.results.weight,
         )
         log.info(
             "%s: %d of %d clients answered in %.1f s%s",
@@ -309,12 +376,19 @@ class Federation:
             def send(kind: TaskType, ids: Sequence[str], cfg: Config) -> Awaitable[Fanout]:
                 return self._send(kind, rnd, ids, cfg)
 
+            # The evaluator has its own, shorter deadline: one stalled evaluator
+            # must not cost a whole round_timeout every round.
+            evaluator_timeout = min(self.config.evaluator_timeout, self.config.round_timeout)
+
+            def send_central(kind: TaskType, ids: Sequence[str], cfg: Config) -> Awaitable[Fanout]:
+                return self._send(kind, rnd, ids, cfg, timeout=evaluator_timeout)
+
             with events.phase(name, rnd, Phase.EVALUATING):
                 evaluate = await federated_evaluation(
                     rnd,
                     pool=pool,
                     select=select,
-                    rng=self._rng,
+                    rng=round_rng(self.config.seed, rnd, purpose="evaluate"),
                     config=config,
                     send=send,
                     label=label,
@@ -325,7 +399,7 @@ class Federation:
                     evaluate_fn=self.evaluate_fn,
                     pool=pool,
                     config=config,
-                    send=send,
+                    send=send_central,
                     label=label,
                 )
         self.rounds_completed = rnd
@@ -348,19 +422,28 @@ class Federation:
         client_ids: Sequence[str],
         config: Config,
         fold: Fold | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Fanout:
-        """Fan one task with the current global parameters out to ``client_ids``."""
+        """Fan one task with the current global parameters out to ``client_ids``
+        (with ``timeout`` seconds to answer, round_timeout by default)."""
         task = Task(
             task_id="",
             type=kind,
             round=rnd,
             config=config,
-            timeout=self.config.round_timeout,
+            timeout=self.config.round_timeout if timeout is None else timeout,
             names=tuple(self.spec.names),
             parameters=self.parameters,
         )
         prefix = f"{self.config.name}-r{rnd}-{kind.value}"
-        sent = await fan_out(self.pool, task, client_ids, task_prefix=prefix, fold=fold)
-        for client, reason in sent.dropped.items():
-            self.events.client_dropped(self.config.name, rnd, client, drop_kind(reason), reason)
-        return sent
+        return await fan_out(
+            self.pool, task, client_ids, task_prefix=prefix, fold=fold, name=self.config.name
+        )
+
+
+def _weighted_add(
+    add: Callable[[NDArrays, int], None], weight: Callable[[int], int], arrays: NDArrays, n: int
+) -> None:
+    """Fold an update into the aggregate with the federation's weight of its example count."""
+    add(arrays, weight(n))

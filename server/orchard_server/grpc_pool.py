@@ -1,6 +1,8 @@
 """The client pool of a federation whose clients come over gRPC.
 
-Sessions live here: who joined, when they were last heard from, the tasks
+Sessions live here: who joined, the hash of each session's secret (the
+secret itself is handed to the client once and never kept, logged or
+stored), when they were last heard from, the tasks
 waiting for them (a mailbox drained by their long polls) and the tasks they
 are working on (futures the round loop awaits). A reaper drops sessions whose
 heartbeats stop, failing their open tasks, so a dead client never stalls a
@@ -10,24 +12,33 @@ round for longer than the heartbeat timeout.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
-from orchard.messages import JoinInfo, Result, Role, Task
+from orchard.messages import JoinInfo, LeaveNotice, Result, Role, Task
 from orchard.spec import SpecError
 from orchard.typing import NDArrays
 from orchard_server.admission import AdmissionPolicy, Admitted
-from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool, validate_result
+from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool
+from orchard_server.results import InvalidResultError, ResultPolicy
 
 log = logging.getLogger("orchard.server")
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
 
 
 @dataclass(slots=True)
 class _Session:
     info: ClientInfo
+    #: SHA-256 of the session secret (256 random bits: no salt or stretching needed).
+    secret_hash: bytes
     last_seen: float
     mailbox: asyncio.Queue[Task] = field(default_factory=asyncio.Queue)
     #: task_id -> (task, future the round loop awaits)
@@ -39,31 +50,45 @@ class _Session:
 class GrpcClientPool(ClientPool):
     """Sessions of one federation; the servicer feeds it, the round loop uses it."""
 
-    def __init__(self, policy: AdmissionPolicy, *, heartbeat_timeout: float) -> None:
-        super().__init__(policy)
+    def __init__(
+        self,
+        policy: AdmissionPolicy,
+        *,
+        heartbeat_timeout: float,
+        results: ResultPolicy | None = None,
+    ) -> None:
+        super().__init__(policy, results)
         self.heartbeat_timeout = heartbeat_timeout
         self._sessions: dict[str, _Session] = {}
         self.closed = asyncio.Event()
 
     # -- used by the servicer -------------------------------------------------------
 
-    def join(self, info: JoinInfo, admitted: Admitted) -> ClientInfo:
+    def join(self, info: JoinInfo, admitted: Admitted) -> tuple[ClientInfo, str]:
         """Open a session for a join :class:`~orchard_server.admission.Admission` accepted.
 
-        A previous session of the same instance is replaced.
+        Returns the client and its session secret, which is handed to the
+        client and forgotten here (only its hash is kept). A previous session
+        of the same instance is replaced (admission checked the join owns it).
         """
         partition_id = admitted.partition_id
         for old in [s for s in self._sessions.values() if s.info.instance_id == info.instance_id]:
             self.drop(old.info.client_id, "joined again with a new session")
+        secret = secrets.token_urlsafe(32)
         client = ClientInfo(
-            client_id=f"c-{uuid.uuid4().hex[:10]}",
-            display_name=info.display_name or info.instance_id[:12],
+            # Public: logs and history name the client by it; it proves nothing.
+            client_id=f"c-{secrets.token_hex(5)}",
+            # A proven identity is the client's public name, whatever it says.
+            display_name=admitted.identity or info.display_name or info.instance_id[:12],
             framework=info.framework,
             role=admitted.role,
             partition_id=partition_id,
             instance_id=info.instance_id,
+            identity=admitted.identity,
         )
-        self._sessions[client.client_id] = _Session(info=client, last_seen=time.monotonic())
+        self._sessions[client.client_id] = _Session(
+            info=client, secret_hash=_digest(secret), last_seen=time.monotonic()
+        )
         self._membership_changed()
         log.info(
             "federation %r: %s joined as %s (%s, %s, partition %d); %d connected",
@@ -76,7 +101,30 @@ class GrpcClientPool(ClientPool):
             len(self._sessions),
             extra={"federation": self.federation, "client": client.client_id},
         )
-        return client
+        return client, secret
+
+    def may_take_over(self, instance_id: str, secret: str, identity: str = "") -> bool:
+        """True when no session holds ``instance_id``, or ``secret`` is that
+        session's, or that session proved the same (non-empty) ``identity``."""
+        held = [s for s in self._sessions.values() if s.info.instance_id == instance_id]
+        return all(
+            hmac.compare_digest(s.secret_hash, _digest(secret))
+            or (identity and s.info.identity == identity)
+            for s in held
+        )
+
+    def authenticate(self, client_id: str, secret: str) -> bool | None:
+        """Whether ``secret`` proves session ``client_id`` (compared in constant time).
+
+        None when the session is unknown; a proven session is marked alive.
+        """
+        session = self._sessions.get(client_id)
+        if session is None:
+            return None
+        if not hmac.compare_digest(session.secret_hash, _digest(secret)):
+            return False
+        session.last_seen = time.monotonic()
+        return True
 
     def known(self, client_id: str) -> bool:
         """Whether ``client_id`` is a live session (and mark it alive)."""
@@ -103,6 +151,18 @@ class GrpcClientPool(ClientPool):
             len(self._sessions),
             extra={"federation": self.federation, "client": client_id},
         )
+
+    def leave(self, notice: LeaveNotice) -> str:
+        """End a session its client closed; returns the client's display name.
+
+        A fatal leave's reason is not repeated here: the federation's failure
+        line (:meth:`.Federation.fail`) names it once.
+        """
+        session = self._sessions.get(notice.client_id)
+        name = session.info.display_name if session is not None else notice.client_id
+        reason = notice.reason or "no reason given"
+        self.drop(notice.client_id, "it cannot take part" if notice.fatal else f"left ({reason})")
+        return name
 
     async def next_task(self, client_id: str, wait: float) -> Task | None:
         """The next task of a session whose round is still waiting for it, or None."""
@@ -153,7 +213,11 @@ class GrpcClientPool(ClientPool):
         return entry[0]
 
     def deliver(self, client_id: str, result: Result) -> None:
-        """Hand a result to the waiting round; raises SpecError for a bad update."""
+        """Hand a result to the waiting round.
+
+        Raises SpecError for parameters that do not fit the spec and
+        InvalidResultError for any other refused value (the task fails).
+        """
         session = self._sessions.get(client_id)
         entry = session.open.get(result.task_id) if session else None
         if session is None or entry is None or entry[1].done():
@@ -166,8 +230,8 @@ class GrpcClientPool(ClientPool):
             return
         self.events.transferred(self.federation, received=_nbytes(result.parameters))
         try:
-            validate_result(self.spec, task, result)
-        except SpecError as exc:
+            self.results.check(self.spec, task, result)
+        except (SpecError, InvalidResultError) as exc:
             self.reject(client_id, result.task_id, str(exc))
             raise
         fut.set_result(result)

@@ -192,7 +192,7 @@ class History:
         except (OSError, ValueError) as exc:
             raise HistoryError(f"{path}: {exc}") from None
 
-    def save(self, directory: Path) -> None:
-        """Write ``history.json`` and ``history.png`` in ``directory``."""
+    def save(self, directory: Path, *, title: str = "") -> None:
+        """Write ``history.json`` and ``history.png`` (plots titled ``title``) in ``directory``."""
         atomic_write_json(directory / "history.json", self.to_json())
-        plot_history(self, directory / "history.png")
+        plot_history(self, directory / "history.png", title=title)

@@ -34,8 +34,12 @@ def _curves(record: RoundRecord) -> dict[str, tuple[float | None, float | None]]
     return out
 
 
-def plot_history(history: History, path: Path) -> None:
-    """Loss and accuracy per round, federated, centralized and train, as a PNG."""
+def plot_history(history: History, path: Path, *, title: str = "") -> None:
+    """Loss and accuracy per round, federated, centralized and train, as a PNG.
+
+    ``title`` heads both plots (say ``"fashion: mnist-mlp on fashion-mnist"``);
+    the federation's name when empty.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,9 +57,9 @@ def plot_history(history: History, path: Path) -> None:
     for axis, points in ((ax_loss, loss), (ax_acc, acc)):
         for label, series in points.items():
             axis.plot(*zip(*series, strict=True), marker="o", label=label)
-    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+    for ax, quantity in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("round")
-        ax.set_title(f"{history.federation}: {title}")
+        ax.set_title(f"{title or history.federation}: {quantity}")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()

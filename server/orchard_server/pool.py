@@ -1,9 +1,11 @@
 """The client pool: how the round loop reaches clients, without knowing gRPC.
 
 The round loop only calls :class:`ClientPool`. The gRPC servicer implements it
-for deployments (:mod:`orchard_server.grpc_pool`); :class:`InMemoryClientPool`
-drives NumPyClients in this process for unit tests and simulation, so both
-share every line of server logic.
+for deployments (:mod:`orchard_server.grpc_pool`), the simulation engine for
+virtual clients run by worker processes or Ray actors
+(:mod:`orchard_server.simulation.pool`), and :class:`InMemoryClientPool`
+drives NumPyClient objects in this process's threads, for tests whose fake
+clients cannot cross a process boundary; all share every line of server logic.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchard.client.numpy_client import ClientContext, NumPyClient, execute_task
-from orchard.messages import API_VERSION, JoinInfo, Result, Role, Task, TaskType
+from orchard.messages import API_VERSION, JoinInfo, Result, Role, Task
 from orchard.spec import ModelSpec, SpecError
 from orchard_server.admission import Admission, AdmissionPolicy
 from orchard_server.events import Events
 from orchard_server.partitions import PartitionRegistry
+from orchard_server.results import InvalidResultError, ResultPolicy
 
 
 class ClientDroppedError(Exception):
@@ -41,31 +44,13 @@ class ClientInfo:
     role: Role
     partition_id: int
     instance_id: str
+    #: The proven identity (enrolled name or client certificate), else "".
+    identity: str = ""
 
     @property
     def sort_key(self) -> tuple[int, str, str]:
         """Stable order across restarts (session ids are random, partitions are not)."""
         return (self.partition_id, self.instance_id, self.client_id)
-
-
-def validate_result(spec: ModelSpec, task: Task, result: Result) -> None:
-    """Raise :class:`SpecError` unless a fit result matches the federation's spec.
-
-    Shared by every pool so a malformed update is refused the same way whether
-    it came over gRPC or from an in-process client.
-    """
-    if result.error or task.type is not TaskType.FIT:
-        return
-    if result.names and tuple(result.names) != tuple(spec.names):
-        for i, (want, got) in enumerate(zip(spec.names, result.names, strict=False)):
-            if want != got:
-                raise SpecError(f"tensor #{i}: expected {want!r}, got {got!r}")
-        raise SpecError(f"expected {len(spec.names)} tensors, got {len(result.names)}")
-    spec.validate(result.parameters)
-    if result.num_examples <= 0:
-        raise SpecError(
-            f"num_examples must be positive for a fit result, got {result.num_examples}"
-        )
 
 
 class ClientPool(abc.ABC):
@@ -77,10 +62,16 @@ class ClientPool(abc.ABC):
     it sees (bytes moved, client progress), the round loop the rest.
     """
 
-    def __init__(self, policy: AdmissionPolicy) -> None:
+    def __init__(self, policy: AdmissionPolicy, results: ResultPolicy | None = None) -> None:
         self._changed = asyncio.Event()
         self._policy = policy
         self.events = Events()
+        self._results = results or ResultPolicy()
+
+    @property
+    def results(self) -> ResultPolicy:
+        """What a result may hold and how example counts weigh (checked on entry)."""
+        return self._results
 
     @property
     def policy(self) -> AdmissionPolicy:
@@ -140,7 +131,7 @@ class InMemoryClientPool(ClientPool):
     """NumPyClients in this process, each run in a worker thread.
 
     Every client is admitted by the same :class:`Admission` as a gRPC join, so
-    a simulation refuses (and assigns partitions) exactly as a deployment.
+    it is refused (and assigned partitions) exactly as a deployed one.
     Parameters still go through a copy (as they would through the wire), so a
     client cannot alias the server's global model.
     """
@@ -151,6 +142,7 @@ class InMemoryClientPool(ClientPool):
         federation: str = "simulation",
         *,
         policy: AdmissionPolicy | None = None,
+        results: ResultPolicy | None = None,
     ) -> None:
         """``policy`` defaults to an open federation whose clients fix their partitions."""
         if policy is None:
@@ -164,7 +156,7 @@ class InMemoryClientPool(ClientPool):
                 f"policy of federation {policy.federation!r} (model {policy.spec.model_id!r}) "
                 f"does not fit pool {federation!r} (model {spec.model_id!r})"
             )
-        super().__init__(policy)
+        super().__init__(policy, results)
         self._admission = Admission([self])
         self._clients: dict[str, tuple[ClientInfo, NumPyClient]] = {}
         self._joins = 0
@@ -223,6 +215,10 @@ class InMemoryClientPool(ClientPool):
         self._membership_changed()
         return info
 
+    def may_take_over(self, instance_id: str, secret: str, identity: str = "") -> bool:
+        """In-process clients are the server's own code: any may replace an instance."""
+        return True
+
     def remove(self, client_id: str) -> None:
         """Disconnect a client."""
         self._clients.pop(client_id, None)
@@ -255,7 +251,7 @@ class InMemoryClientPool(ClientPool):
         if result.error:
             raise ClientDroppedError(client_id, f"task failed on the client: {result.error}")
         try:
-            validate_result(self.spec, task, result)
-        except SpecError as exc:
+            self.results.check(self.spec, task, result)
+        except (SpecError, InvalidResultError) as exc:
             raise ClientDroppedError(client_id, f"update rejected: {exc}") from None
         return result

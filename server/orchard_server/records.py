@@ -10,7 +10,7 @@ it, and readers use attributes, not string keys. Numbers that are not finite
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -22,6 +22,9 @@ from orchard_server.strategy import weighted_average_metrics
 #: A metric value in the history; ``None`` stands for a non-finite number.
 HistoryValue: TypeAlias = bool | int | float | str | None
 HistoryMetrics: TypeAlias = Mapping[str, HistoryValue]
+#: The weight of a result's example count in averages (the federation's
+#: :meth:`.ResultPolicy.weight`).
+Weight: TypeAlias = Callable[[int], int]
 
 
 def finite(value: float | None) -> float | None:
@@ -41,21 +44,31 @@ def history_metrics(metrics: Mapping[str, Scalar]) -> dict[str, HistoryValue]:
     return out
 
 
-def _weighted_loss(results: Sequence[tuple[ClientInfo, Result]]) -> float | None:
-    """The clients' losses averaged with their example counts as weights.
+def _same(num_examples: int) -> int:
+    return num_examples
+
+
+def _weighted_loss(
+    results: Sequence[tuple[ClientInfo, Result]], weight: Weight = _same
+) -> float | None:
+    """The clients' losses averaged with ``weight(num_examples)`` as weights.
 
     Losses that are missing or not finite are left out, as
     :func:`.weighted_average_metrics` leaves out such metrics: one diverged
     client should not turn the round's loss into NaN. None when no client
-    with examples reported a usable loss.
+    with examples reported a usable loss. Computed as a convex combination
+    (each weight divided by the total first), so finite losses near the
+    float range never overflow to infinity.
     """
-    total, weight = 0.0, 0
-    for _, result in results:
-        loss = finite(result.loss)
-        if loss is not None and result.num_examples > 0:
-            total += loss * result.num_examples
-            weight += result.num_examples
-    return total / weight if weight else None
+    pairs = [
+        (weight(r.num_examples), loss)
+        for _, r in results
+        if (loss := finite(r.loss)) is not None and r.num_examples > 0
+    ]
+    total = sum(w for w, _ in pairs)
+    if not total:
+        return None
+    return finite(math.fsum(w / total * loss for w, loss in pairs))
 
 
 def format_metrics(metrics: HistoryMetrics, prefix: str = "") -> str:
@@ -114,17 +127,24 @@ class FitRecord:
         selected: int,
         attempts: int,
         duration: float,
+        weight: Weight = _same,
     ) -> FitRecord:
-        """The record of a fit phase whose last attempt gave ``results``."""
+        """The record of a fit phase whose last attempt gave ``results``.
+
+        Averages weigh each client by ``weight(num_examples)``.
+        """
         metrics = history_metrics(
             weighted_average_metrics(
                 [
-                    (r.num_examples, {k: v for k, v in r.metrics.items() if k != "train_loss"})
+                    (
+                        weight(r.num_examples),
+                        {k: v for k, v in r.metrics.items() if k != "train_loss"},
+                    )
                     for _, r in results
                 ]
             )
         )
-        train_loss = _weighted_loss(results)
+        train_loss = _weighted_loss(results, weight)
         if train_loss is not None:
             metrics["train_loss"] = train_loss
         return cls(
@@ -156,12 +176,16 @@ class EvaluateRecord:
         *,
         dropped: Mapping[str, str],
         duration: float,
+        weight: Weight = _same,
     ) -> EvaluateRecord:
-        """The record of an evaluation phase that gave ``results`` (maybe none)."""
+        """The record of an evaluation phase that gave ``results`` (maybe none).
+
+        Averages weigh each client by ``weight(num_examples)``.
+        """
         return cls(
-            loss=_weighted_loss(results),
+            loss=_weighted_loss(results, weight),
             metrics=history_metrics(
-                weighted_average_metrics([(r.num_examples, r.metrics) for _, r in results])
+                weighted_average_metrics([(weight(r.num_examples), r.metrics) for _, r in results])
             ),
             num_examples=sum(r.num_examples for _, r in results),
             participants=tuple(ClientOutcome.of(i, r) for i, r in results),

@@ -1,17 +1,20 @@
 """The gRPC face of the server: decode, call the domain, encode. Nothing else.
 
 Each method maps domain errors to the status codes documented on the RPC in
-``protos/orchard/v1/federation_service.proto``.
+``protos/orchard/v1/federation_service.proto``. Every call after Join must
+carry its session's secret (metadata ``orchard-session-secret``): the
+``client_id`` in a request is public and proves nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -23,6 +26,7 @@ from orchard.v1 import federation_service_pb2_grpc as pb_grpc
 from orchard_server.admission import Admission, AdmissionError, Refusal, check_version
 from orchard_server.federation import Federation
 from orchard_server.grpc_pool import GrpcClientPool
+from orchard_server.results import InvalidResultError
 
 log = logging.getLogger("orchard.server")
 
@@ -34,10 +38,12 @@ REFUSAL_STATUS: Mapping[Refusal, grpc.StatusCode] = {
     Refusal.UNKNOWN_FEDERATION: grpc.StatusCode.NOT_FOUND,
     Refusal.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     Refusal.SPEC_MISMATCH: grpc.StatusCode.FAILED_PRECONDITION,
+    Refusal.INSTANCE_TAKEN: grpc.StatusCode.ALREADY_EXISTS,
     Refusal.FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,7 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         max_poll_seconds: float,
         max_upload_bytes: int,
         max_concurrent_uploads: int,
+        stream_idle_timeout: float = 60.0,
         status_token: str = "",
     ) -> None:
         self._hosted = dict(hosted)
@@ -67,22 +74,28 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         self._max_poll = max_poll_seconds
         self._max_upload = max_upload_bytes
         self._uploads = asyncio.Semaphore(max_concurrent_uploads)
+        self._idle = stream_idle_timeout
         #: GetStatus needs it when set (the server's web token).
         self._status_token = status_token
 
-    def _find(self, client_id: str) -> Hosted | None:
-        for hosted in self._hosted.values():
-            if hosted.pool.known(client_id):
-                return hosted
-        return None
-
     async def _session(self, client_id: str, context: Context) -> Hosted:
-        hosted = self._find(client_id)
-        if hosted is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"unknown session {client_id!r}; join again"
-            )
-        return hosted
+        """The federation of session ``client_id``, proven by the call's secret; else abort.
+
+        NOT_FOUND for an unknown session (the client joins again),
+        UNAUTHENTICATED when the secret is missing or wrong.
+        """
+        secret = serde.session_secret_from_metadata(context.invocation_metadata())
+        for hosted in self._hosted.values():
+            proven = hosted.pool.authenticate(client_id, secret)
+            if proven:
+                return hosted
+            if proven is not None:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"session {client_id!r}: the session secret (metadata "
+                    f"{serde.SESSION_SECRET_METADATA!r}) is missing or wrong",
+                )
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {client_id!r}; join again")
 
     async def Join(self, request: pb.JoinRequest, context: Context) -> pb.JoinResponse:
         try:
@@ -92,14 +105,20 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
                 # Another major version may not decode: its version is the real problem.
                 check_version(serde.join_api_version(request))
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            info = dataclasses.replace(
+                info,
+                session_secret=serde.session_secret_from_metadata(context.invocation_metadata()),
+                peer_identity=peer_identity(context),
+            )
             admitted = self._admission.admit(info)
         except AdmissionError as refused:
             await context.abort(REFUSAL_STATUS[refused.kind], refused.message)
         hosted = self._hosted[admitted.federation]
-        client = hosted.pool.join(info, admitted)
+        client, secret = hosted.pool.join(info, admitted)
         return serde.session_to_proto(
             Session(
                 client_id=client.client_id,
+                secret=secret,
                 api_version=API_VERSION,
                 heartbeat_interval=self._heartbeat_interval,
                 model_spec=admitted.spec,
@@ -122,9 +141,12 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             FederationStatus(state=fed.state, rounds_completed=fed.rounds_completed)
         )
 
-    async def PullTask(
+    async def PullTask(  # type: ignore[override]  # writes, not yields (see below)
         self, request: pb.PullTaskRequest, context: Context
-    ) -> AsyncIterator[pb.PullTaskResponse]:
+    ) -> None:
+        # Messages are written (not yielded) so each write can be bounded: a
+        # client that stops reading its task would otherwise hold this call,
+        # and the task's memory, until the round's deadline.
         try:
             poll = serde.poll_from_proto(request)
         except serde.SerdeError as exc:
@@ -139,20 +161,35 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
             )
         if task is None:
             if fed.state in ended:
-                yield serde.finished_to_proto(Finished(state=fed.state, reason=fed.reason))
+                await context.write(
+                    serde.finished_to_proto(Finished(state=fed.state, reason=fed.reason))
+                )
             else:
-                yield serde.idle_to_proto(Idle(state=fed.state))
+                await context.write(serde.idle_to_proto(Idle(state=fed.state)))
             return
         for message in serde.task_to_stream(task, poll.max_chunk_bytes):
-            yield message
+            try:
+                await asyncio.wait_for(context.write(message), self._idle)
+            except TimeoutError:
+                reason = (
+                    f"download stalled: the client read no message of task {task.task_id} "
+                    f"for {self._idle:g} s (stream_idle_timeout)"
+                )
+                hosted.pool.reject(poll.client_id, task.task_id, reason)
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
 
     async def PushResult(
         self, request_iterator: AsyncIterator[pb.PushResultRequest], context: Context
     ) -> pb.PushResultResponse:
+        # Every message must come within the idle timeout: a stalled upload
+        # would hold one of the few upload slots (and a model's memory) forever.
+        stream = _idle_bounded(request_iterator, self._idle)
         try:
-            reader = await serde.ResultReader.start(request_iterator)
+            reader = await serde.ResultReader.start(stream)
         except serde.SerdeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, self._stalled("header"))
         ref = reader.ref
         hosted = await self._session(ref.client_id, context)
         pool = hosted.pool
@@ -167,9 +204,13 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
                 specs = reader.announced(max_bytes=self._max_upload)
                 if specs:
                     _check_header(hosted, specs)
-                await reader.read_chunks(request_iterator, lambda: pool.known(ref.client_id))
+                await reader.read_chunks(stream, lambda: pool.known(ref.client_id))
                 pool.deliver(ref.client_id, reader.finish())
-            except (serde.SerdeError, SpecError) as exc:
+            except TimeoutError:
+                reason = self._stalled(f"result of task {task.task_id}")
+                pool.reject(ref.client_id, ref.task_id, reason)
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
+            except (serde.SerdeError, SpecError, InvalidResultError) as exc:
                 pool.reject(ref.client_id, ref.task_id, str(exc))
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -179,12 +220,15 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return serde.push_ack_to_proto(f"result of task {task.task_id} accepted")
 
+    def _stalled(self, what: str) -> str:
+        return f"upload stalled: no {what} message for {self._idle:g} s (stream_idle_timeout)"
+
     async def Leave(self, request: pb.LeaveRequest, context: Context) -> pb.LeaveResponse:
         notice = serde.leave_from_proto(request)
-        hosted = self._find(notice.client_id)
-        if hosted is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown session {notice.client_id!r}")
-        hosted.pool.drop(notice.client_id, f"left ({notice.reason or 'no reason given'})")
+        hosted = await self._session(notice.client_id, context)
+        name = hosted.pool.leave(notice)
+        if notice.fatal:
+            hosted.federation.fail(f"{name} cannot take part: {notice.reason or 'no reason given'}")
         return serde.leave_response()
 
     async def GetStatus(
@@ -198,9 +242,33 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
                 grpc.StatusCode.UNAUTHENTICATED,
                 "this server's status needs its web token (server.web_token)",
             )
-        return serde.federation_summaries_to_proto(
-            [h.federation.summary() for h in self._hosted.values()]
-        )
+        # Without a web token anyone may ask, and federations behind a join
+        # credential are not named to strangers (as admission's refusals do):
+        # such a server lists its open federations only.
+        shown = [
+            h.federation.summary()
+            for h in self._hosted.values()
+            if self._status_token or not h.pool.policy.protected
+        ]
+        return serde.federation_summaries_to_proto(shown)
+
+
+def peer_identity(context: Context) -> str:
+    """The verified client certificate's common name under mutual TLS, else ""."""
+    for name in context.auth_context().get("x509_common_name") or ():
+        return name.decode(errors="replace")
+    return ""
+
+
+async def _idle_bounded(stream: AsyncIterator[T], seconds: float) -> AsyncIterator[T]:
+    """``stream``'s messages; TimeoutError when the next one takes more than ``seconds``."""
+    iterator = aiter(stream)
+    while True:
+        try:
+            message = await asyncio.wait_for(anext(iterator), seconds)
+        except StopAsyncIteration:
+            return
+        yield message
 
 
 def _check_header(hosted: Hosted, specs: tuple[TensorSpec, ...]) -> None:

@@ -15,10 +15,14 @@ import numpy as np
 
 from orchard.files import atomic_write
 
+#: Run outputs are results to share, not secrets: readable by every user, so
+#: a copy taken out of a container (``docker compose cp``) opens anywhere.
+FILE_MODE = 0o644
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically."""
-    atomic_write(path, lambda fh: fh.write(data))
+    atomic_write(path, lambda fh: fh.write(data), mode=FILE_MODE)
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
@@ -34,4 +38,4 @@ def atomic_write_json(path: Path, value: Any) -> None:
 def atomic_write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Replace ``path`` with an uncompressed ``.npz`` of ``arrays``, streamed to disk
     (no in-memory copy of a model-sized archive)."""
-    atomic_write(path, lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
+    atomic_write(path, lambda fh: np.savez(fh, **arrays), mode=FILE_MODE)  # type: ignore[arg-type]

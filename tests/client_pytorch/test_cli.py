@@ -149,6 +149,8 @@ def test_client_checks_its_data_before_joining(
                 "--no-download",
                 "--data-dir",
                 str(tmp_path),
+                "--connect-timeout",
+                "1",
             ]
         )
     assert code == 2

@@ -196,6 +196,8 @@ def framework_stack(orchard_images: None, workdir: Path, datasets: Path) -> Stac
             "ORCHARD_DATA_SOURCE": str(datasets),
             "ORCHARD_PYTORCH_CLIENTS": "2",
             "ORCHARD_MXNET_CLIENTS": "1",
+            "ORCHARD_PYTORCH_EVALUATORS": "0",
+            "ORCHARD_MXNET_EVALUATORS": "0",
             "ORCHARD_MXNET_DATASET": "mnist",
             "ORCHARD_NO_VERIFY": "1",
         },

@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 SERVER_IMAGE = "orchard/server:latest"
 
 #: Engine-level settings every test stack shares: free host ports for the
-#: server and its web view (published on loopback only), one CPU thread per client (the
-#: machines running the tests are small), and the engine's own builder.
+#: server and its web view (published on loopback only, and only by
+#: compose.publish.yml), one CPU thread per client (the machines running the
+#: tests are small), and the engine's own builder.
 BASE_ENV: dict[str, str] = {
     "COMPOSE_BAKE": "false",
     "ORCHARD_TAG": "latest",
@@ -132,6 +133,30 @@ class Stack:
                 f"docker compose {' '.join(args)} failed ({done.returncode}):\n{done.stderr}"
             )
         return done.stdout
+
+    def up_attached(self, *args: str, timeout: float) -> tuple[int, str, float]:
+        """``docker compose up ARGS`` in the foreground, as a user runs it.
+
+        Returns its exit status, its output (compose's and the containers')
+        and the seconds it took.
+        """
+        command = ["docker", "compose", "-p", self.project]
+        for file in self.files:
+            command += ["-f", str(file)]
+        for profile in self.profiles:
+            command += ["--profile", profile]
+        started = time.monotonic()
+        done = subprocess.run(
+            [*command, "up", "--no-build", "--no-color", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.environ,
+            timeout=timeout,
+            check=False,
+            cwd=REPO,
+        )
+        return done.returncode, done.stdout, time.monotonic() - started
 
     def containers(self, service: str | None = None) -> list[dict[str, Any]]:
         """``compose ps -a`` as dicts (Name, Service, State, ExitCode, ID, ...)."""

@@ -46,7 +46,7 @@ def test_stack_trains_both_federations_and_records_every_round(
         assert f"/var/lib/orchard/state/{name}/history.png" in files
 
 
-def test_containers_run_unprivileged_with_loopback_ports(
+def test_containers_run_unprivileged_without_capabilities_or_published_ports(
     docker_services: Services, framework_stack: Stack
 ) -> None:
     rows = framework_stack.containers()
@@ -55,11 +55,13 @@ def test_containers_run_unprivileged_with_loopback_ports(
         info = json.loads(docker("inspect", row["ID"]))[0]
         assert info["Config"]["User"] == "orchard", row["Name"]
         assert info["HostConfig"]["Init"] is True, row["Name"]
-        for bindings in (info["HostConfig"]["PortBindings"] or {}).values():
-            assert all(b["HostIp"] == "127.0.0.1" for b in bindings), bindings
+        assert not info["HostConfig"]["CapAdd"], row["Name"]  # NET_ADMIN: compose.loss.yml only
+        assert not info["HostConfig"]["PortBindings"], row["Name"]  # compose.publish.yml only
+        if row["Service"] != "server":
+            assert info["HostConfig"]["NanoCpus"] > 0, row["Name"]  # a CPU limit per client
     server = next(r for r in rows if r["Service"] == "server")
-    bindings = json.loads(docker("inspect", server["ID"]))[0]["HostConfig"]["PortBindings"]
-    assert "8080/tcp" in bindings
+    policy = json.loads(docker("inspect", server["ID"]))[0]["HostConfig"]["RestartPolicy"]
+    assert policy["Name"] == "on-failure", policy
 
 
 def test_image_of_the_server_carries_no_ml_framework(orchard_images: None) -> None:

@@ -144,7 +144,9 @@ def test_client_only_setup_joins_a_server_elsewhere_over_tls(
         for name in ("cifar10", "mnist"):
             assert rounds_of(server.history(name)) == [1, 2]
         client_logs = clients.logs()
+        server_logs = server.logs("server")
         for row in rows:  # let `down` remove the client network: detach from the server's
             docker("network", "disconnect", "--force", network, row["ID"], check=False)
     assert "insecure channel" not in client_logs
-    assert "WITHOUT TLS" not in server.logs()
+    assert "WITHOUT TLS" not in server_logs
+    assert "TLS is on: clients must verify certificate /run/secrets/server.pem" in server_logs

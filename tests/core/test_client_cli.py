@@ -289,6 +289,49 @@ def test_client_and_baseline_commands_share_the_frameworks_options(tmp_path: Pat
         parser.parse_args([])  # a command is required
 
 
+def test_display_name_is_service_and_replica_in_a_compose_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    from orchard.client.cli import default_display_name
+
+    names = {
+        "3f2a9c1b7d0e": "172.18.0.5",
+        "proj-client_pytorch-1": "172.18.0.4",
+        "proj-client_pytorch-2": "172.18.0.5",
+    }
+
+    def resolve(name: str) -> str:
+        try:
+            return names[name]
+        except KeyError:
+            raise socket.gaierror(-2, "Name or service not known") from None
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "3f2a9c1b7d0e")
+    monkeypatch.setattr(socket, "gethostbyname", resolve)
+    monkeypatch.delenv("ORCHARD_SERVICE", raising=False)
+    monkeypatch.setenv("ORCHARD_COMPOSE_PROJECT", "proj")
+    assert default_display_name() == "3f2a9c1b7d0e"
+    monkeypatch.setenv("ORCHARD_SERVICE", "client_pytorch")
+    assert default_display_name() == "client_pytorch-2"
+    monkeypatch.setenv("ORCHARD_SERVICE", "client_mxnet")  # not this container's service
+    assert default_display_name() == "3f2a9c1b7d0e"
+
+
+def test_a_client_on_synthetic_data_says_so_in_its_name(tmp_path: Path) -> None:
+    from orchard.client.cli import label_synthetic
+    from orchard.client.runtime import ClientSettings
+    from orchard.data.client_data import DataSettings
+    from orchard.data.synth import write_synthetic
+
+    settings = ClientSettings(federation="f", display_name="client_mxnet-1")
+    data = DataSettings(dataset="mnist", data_dir=tmp_path)
+    assert label_synthetic(settings, data).display_name == "client_mxnet-1"
+    write_synthetic(tmp_path, "mnist", n_train=20, n_test=10)
+    assert label_synthetic(settings, data).display_name == "client_mxnet-1 (SYNTHETIC data)"
+
+
 # --- error handling ---------------------------------------------------------------------------
 
 
@@ -330,3 +373,43 @@ def test_ctrl_c_exits_130() -> None:
 
     assert run_command(command, logging.getLogger("orchard_test")) == 130
     assert run_command(lambda: 0, logging.getLogger("orchard_test")) == 0
+
+
+def test_a_client_that_cannot_read_its_data_tells_the_federation_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from orchard.client import cli
+    from orchard.client.adapter import FrameworkAdapter
+    from orchard.client.runtime import ClientSettings
+    from orchard.spec import ModelSpec
+
+    reported: list[tuple[str, str, str]] = []
+
+    def report(settings: ClientSettings, reason: str, *, model_spec: ModelSpec | None) -> int:
+        assert model_spec is not None
+        reported.append((settings.display_name, reason, model_spec.model_id))
+        return 2
+
+    monkeypatch.setattr(cli, "report_fatal", report)
+    commands = cli.FrameworkCommands(
+        framework="test",
+        title="Test",
+        adapter=lambda device: cast(FrameworkAdapter[Any, Any], SimpleNamespace(device=device)),
+        models=MODELS,
+        default_model="mnist-mlp",
+        datasets=DATASETS,
+        baseline_defaults=TrainConfig(),
+        baseline_val_fraction=0.1,
+        baseline_about="",
+    )
+    argv = ["client", "--federation", "demo", "--name", "site-1", "--no-download"]
+    code = cli.framework_main(commands, [*argv, "--data-dir", str(tmp_path)])
+    assert code == 2
+    assert len(reported) == 1
+    name, reason, model_id = reported[0]
+    assert (name, model_id) == ("site-1", "mnist-mlp")
+    assert reason.startswith("cannot load its mnist data: no usable train-images-idx3-ubyte")
+    assert str(tmp_path) in reason

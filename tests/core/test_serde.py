@@ -200,6 +200,9 @@ def test_heartbeat_poll_and_leave_round_trip() -> None:
     assert serde.poll_from_proto(serde.poll_to_proto(poll)) == poll
     notice = LeaveNotice(client_id="c-1", reason="SIGTERM")
     assert serde.leave_from_proto(serde.leave_to_proto(notice)) == notice
+    fatal = LeaveNotice(client_id="c-1", reason="cannot load its mnist data", fatal=True)
+    assert serde.leave_to_proto(fatal).fatal
+    assert serde.leave_from_proto(serde.leave_to_proto(fatal)) == fatal
     assert serde.push_ack_from_proto(serde.push_ack_to_proto("ok")) == "ok"
     assert serde.SERVICE_NAME == "orchard.v1.FederationService"
 

@@ -38,6 +38,13 @@ class Roster:
     def members(self) -> list[ClientInfo]:
         return list(self.connected)
 
+    def may_take_over(self, instance_id: str, secret: str, identity: str = "") -> bool:
+        held = [c for c in self.connected if c.instance_id == instance_id]
+        return all(
+            secret == f"secret-of-{c.client_id}" or (identity and c.identity == identity)
+            for c in held
+        )
+
 
 def make(**policy: Any) -> tuple[Admission, Roster]:
     base: dict[str, Any] = {
@@ -86,11 +93,33 @@ def refusal(admission: Admission, join: JoinInfo) -> AdmissionError:
 
 def test_version_first_whatever_else_is_wrong() -> None:
     admission, _ = make()
-    for version in ("2.0", "", "0.9", "10.1"):
+    for version in ("2.0", "0.9", "10.1"):
         err = refusal(admission, info(api_version=version, federation="nope", auth_token=""))
         assert err.kind is Refusal.UNSUPPORTED_VERSION
         assert f"this server speaks {API_VERSION} (orchard.v1)" in err.message
-    assert admission.admit(info(api_version="1.99")).partition_id == 0  # any 1.x
+    # Clients older than session secrets are refused: their id would be a bearer credential.
+    for version in ("1.0", "1.1"):
+        err = refusal(admission, info(api_version=version, federation="nope", auth_token=""))
+        assert err.kind is Refusal.UNSUPPORTED_VERSION
+        assert "too old" in err.message and "1.2 or later" in err.message
+    # Malformed versions are invalid, not unsupported.
+    for version in ("", "1", "1.x", "1.0.7", " 1.2", "1.2 ", "01.2", "1.-2", "v1.2", "1" * 60):
+        err = refusal(admission, info(api_version=version, federation="nope", auth_token=""))
+        assert err.kind is Refusal.INVALID, version
+        assert 'is not "MAJOR.MINOR"' in err.message
+    assert admission.admit(info(api_version="1.99")).partition_id == 0  # any later 1.x
+
+
+def test_an_instance_held_by_a_session_is_taken_over_only_with_its_secret() -> None:
+    admission, roster = make()
+    first = info(instance_id="i-1")
+    connect(roster, first, admission.admit(first).partition_id)
+    for secret in ("", "guess", "secret-of-c-i-2"):
+        err = refusal(admission, info(instance_id="i-1", session_secret=secret))
+        assert err.kind is Refusal.INSTANCE_TAKEN
+        assert "only a join carrying that session's secret" in err.message
+    # The owner (a client re-joining with its current secret) takes it over.
+    assert admission.admit(info(instance_id="i-1", session_secret="secret-of-c-i-1"))
 
 
 @pytest.mark.parametrize(
@@ -107,7 +136,8 @@ def test_version_first_whatever_else_is_wrong() -> None:
         (
             info(federation="nope"),
             Refusal.UNKNOWN_FEDERATION,
-            "no federation named 'nope' (this server hosts: blobs, mnist)",
+            # blobs needs a token: it is not named to a stranger.
+            "no federation named 'nope' (open federations on this server: mnist)",
         ),
         (info(auth_token=""), Refusal.UNAUTHENTICATED, "requires a valid auth token"),
         (info(auth_token="s3cre"), Refusal.UNAUTHENTICATED, "requires a valid auth token"),
@@ -149,7 +179,9 @@ def test_a_full_federation_refuses_newcomers_but_not_returning_instances() -> No
     err = refusal(admission, info(instance_id="i-9"))
     assert err.kind is Refusal.FULL
     assert err.message == "federation 'blobs' is full: 2 of its max_clients=2 clients are connected"
-    assert admission.admit(info(instance_id="i-1")).partition_id == 1
+    assert (
+        admission.admit(info(instance_id="i-1", session_secret="secret-of-c-i-1")).partition_id == 1
+    )
 
 
 def test_trainers_get_partitions_evaluators_do_not_take_one() -> None:

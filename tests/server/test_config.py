@@ -77,6 +77,32 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml", environ={})
 
 
+TWO = """
+[server]
+insecure = true
+[federations.a]
+model = "mnist-mlp"
+[federations.b]
+model = "mnist-mlp"
+dataset = "fashion-mnist"
+enabled = false
+"""
+
+
+def test_federations_are_switched_off_by_key_or_by_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, TWO)
+    config = load_config(path, environ={})
+    assert [(f.name, f.enabled) for f in config.federations] == [("a", True), ("b", False)]
+    assert config.federations[0].dataset_label == "mnist"
+    assert config.federations[1].dataset_label == "fashion-mnist"
+    chosen = load_config(path, environ={"ORCHARD_FEDERATIONS": "b"})
+    assert [(f.name, f.enabled) for f in chosen.federations] == [("a", False), ("b", True)]
+    with pytest.raises(ConfigError, match="no federation named c"):
+        load_config(path, environ={"ORCHARD_FEDERATIONS": "b,c"})
+    with pytest.raises(ConfigError, match="every federation is switched off"):
+        load_config(path, environ={}, overrides=["federations.a.enabled=false"])
+
+
 def test_a_strategy_is_composed_from_pieces_in_the_federation_table(tmp_path: Path) -> None:
     text = BASE.replace(
         "num_rounds = 4",
@@ -98,7 +124,10 @@ def test_a_strategy_is_composed_from_pieces_in_the_federation_table(tmp_path: Pa
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ('aggregator = "krum"', "federation 'mnist': unknown aggregator 'krum'; valid aggregators"),
+        (
+            'aggregator = "bulyan"',
+            "federation 'mnist': unknown aggregator 'bulyan'; valid aggregators",
+        ),
         (
             'strategy = "fedadam"\nserver_optimizer = "sgd"',
             "federation 'mnist': strategy 'fedadam' is defined by its server_optimizer 'adam'",
@@ -135,3 +164,26 @@ def test_observability_keys_come_from_the_file_and_the_environment(tmp_path: Pat
     assert config.tensorboard_dir == tmp_path / "tb"
     with pytest.raises(ConfigError, match=r"web_port must be in 0\.\.65535"):
         load_config(write(tmp_path, BASE), overrides=["server.web_port=70000"], environ={})
+
+
+def test_a_web_view_over_token_protected_federations_needs_a_web_token(tmp_path: Path) -> None:
+    protected = ["federations.mnist.auth_token=s3cret", "server.web_port=9090"]
+    with pytest.raises(ConfigError, match=r"mnist need a join credential.*web_token") as err:
+        load_config(write(tmp_path, BASE), overrides=protected, environ={})
+    assert "s3cret" not in str(err.value)
+    config = load_config(
+        write(tmp_path, BASE), overrides=[*protected, "server.web_token=watch"], environ={}
+    )
+    assert (config.web_port, config.web_token) == (9090, "watch")
+
+
+def test_a_numeric_looking_token_is_text_and_never_printed(tmp_path: Path) -> None:
+    base = ["server.insecure=true", "federations.f.model=logreg"]
+    for text in ("12345", "1e3", "true", '"12345"'):
+        config = load_config(None, overrides=[*base, f"federations.f.auth_token={text}"])
+        assert config.federations[0].auth_token == text.strip('"')
+    # A file's wrong type is refused naming the key, never echoing the secret.
+    path = write(tmp_path, "[federations.f]\nmodel = 'logreg'\nauth_token = 987654321\n")
+    with pytest.raises(ConfigError, match="auth_token must be str, got \\(hidden\\)") as err:
+        load_config(path, overrides=["server.insecure=true"])
+    assert "987654321" not in str(err.value)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from orchard import serde
+from orchard.client.runtime import ClientSettings, report_fatal
 from orchard.examples.logreg import logreg_spec
 from orchard.launch import (
     ClientOptions,
@@ -267,10 +268,17 @@ def _join(stub: pb_grpc.FederationServiceStub, **overrides: Any) -> pb.JoinRespo
     return response
 
 
+def _proof(session: pb.JoinResponse) -> tuple[tuple[str, str], ...]:
+    """The metadata proving a raw session (every call after Join carries it)."""
+    return serde.session_metadata(session.session_secret)
+
+
 def _pull_task(stub: pb_grpc.FederationServiceStub, session: pb.JoinResponse) -> Task:
     """One task for a raw session (the federation must be waiting for it)."""
     request = pb.PullTaskRequest(client_id=session.client_id, wait_seconds=10)
-    task = serde.task_from_stream(iter(stub.PullTask(request, timeout=30)))
+    task = serde.task_from_stream(
+        iter(stub.PullTask(request, timeout=30, metadata=_proof(session)))
+    )
     assert isinstance(task, Task), task
     return task
 
@@ -352,11 +360,15 @@ def test_corrupt_tensor_bytes_are_refused(cluster_factory: Any) -> None:
             *(pb.PushResultRequest(chunk=c) for c in chunks),
         ]
         with pytest.raises(grpc.RpcError) as err:
-            stub.PushResult(iter(stream), timeout=10)
+            stub.PushResult(iter(stream), timeout=10, metadata=_proof(session))
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "linear.weight" in str(err.value.details()), str(err.value.details())
         # The server is still serving: a good client finishes the federation.
-        stub.Leave(pb.LeaveRequest(client_id=session.client_id, reason="test done"), timeout=5)
+        stub.Leave(
+            pb.LeaveRequest(client_id=session.client_id, reason="test done"),
+            timeout=5,
+            metadata=_proof(session),
+        )
     good = cluster.client("blobs", "good")
     assert wait_exit(cluster.server, cluster) == 0, cluster.logs()
     assert good.wait(30) == 0
@@ -415,10 +427,31 @@ def test_a_result_after_the_deadline_is_told_the_task_is_closed(cluster_factory:
             )
         )
         with pytest.raises(grpc.RpcError) as err:
-            stub.PushResult(stream, timeout=10)
+            stub.PushResult(stream, timeout=10, metadata=_proof(session))
         assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
         assert "is closed" in str(err.value.details())
     # The round got no result, and round_retries=0: the federation fails, saying why.
     assert wait_exit(cluster.server, cluster) == 1
     assert cluster.server is not None
     assert "got too few results" in cluster.server.read_log()
+
+
+def test_a_fatal_leave_fails_the_federation_at_once_with_the_reason(cluster_factory: Any) -> None:
+    # Two federations, so the exit code covers "one failed while another waited".
+    cluster = cluster_factory({"blobs": federation(wait_timeout=120.0), "other": federation()})
+    cluster.start_server()
+    started = time.monotonic()
+    settings = ClientSettings(
+        server=f"127.0.0.1:{cluster.port}", federation="blobs", display_name="no-data-client"
+    )
+    status = report_fatal(
+        settings, "cannot load its mnist data: no files", model_spec=logreg_spec()
+    )
+    assert status == 2
+    other = ClientSettings(server=f"127.0.0.1:{cluster.port}", federation="other")
+    assert report_fatal(other, "cannot load its data either", model_spec=logreg_spec()) == 2
+    assert wait_exit(cluster.server, cluster, 30) == 1, cluster.logs()
+    assert time.monotonic() - started < 20
+    log = cluster.server.tail()
+    assert "federation 'blobs' failed: no-data-client cannot take part: " in log
+    assert "cannot load its mnist data: no files" in log

@@ -50,21 +50,21 @@ class Broken(LogRegClient):
 
 
 def federation(tmp_path: Path, *factories: Any, **overrides: Any) -> Federation:
-    config = FederationConfig(
-        name="blobs",
-        model="logreg",
-        tensors=SPEC.tensors,
-        num_rounds=2,
-        seed=3,
-        min_fit_clients=2,
-        min_evaluate_clients=2,
-        min_available_clients=2,
-        round_timeout=30.0,
-        wait_timeout=1.0,
-        round_retries=0,
-        fit_config={"epochs": 1, "batch_size": 16, "learning_rate": 0.1},
-        **overrides,
-    )
+    settings: dict[str, Any] = {
+        "name": "blobs",
+        "model": "logreg",
+        "tensors": SPEC.tensors,
+        "num_rounds": 2,
+        "seed": 3,
+        "min_fit_clients": 2,
+        "min_evaluate_clients": 2,
+        "min_available_clients": 2,
+        "round_timeout": 30.0,
+        "wait_timeout": 1.0,
+        "round_retries": 0,
+        "fit_config": {"epochs": 1, "batch_size": 16, "learning_rate": 0.1},
+    }
+    config = FederationConfig(**(settings | overrides))
     pool = InMemoryClientPool(SPEC)
     for i, factory in enumerate(factories):
         pool.add(factory, partition_id=i, num_partitions=len(factories))
@@ -121,7 +121,8 @@ def test_the_view_keeps_timeline_curves_and_drops(tmp_path: Path) -> None:
 
 def test_a_resumed_federation_starts_its_curves_from_the_history(tmp_path: Path) -> None:
     asyncio.run(federation(tmp_path, logreg, logreg).run())
-    again = federation(tmp_path, logreg, logreg)
+    # More rounds asked for: the run goes on (a finished one would be archived).
+    again = federation(tmp_path, logreg, logreg, num_rounds=3)
     again.restore_or_init()
     assert [p["round"] for p in again.view.curves] == [1, 2]
 
@@ -152,3 +153,32 @@ def test_drop_reasons_are_classified() -> None:
     assert drop_kind("update rejected: tensor #0 shape") is DropKind.REJECTED
     assert drop_kind("update rejected by the aggregator: not finite") is DropKind.REJECTED
     assert drop_kind("something new") is DropKind.OTHER
+
+
+def test_fail_publishes_the_end_once_even_when_the_loop_then_stops(tmp_path: Path) -> None:
+    # Two clients needed, one present: the loop waits until fail() wakes it.
+    fed = federation(tmp_path, logreg, wait_timeout=30.0)
+    recorder = Recorder()
+    fed.events.subscribe(recorder)
+
+    async def scenario() -> FederationState:
+        running = asyncio.ensure_future(fed.run())
+        await asyncio.sleep(0.2)
+        fed.fail("client x cannot take part: no data")
+        assert recorder.seen[-1] == ("ended", FederationState.FAILED)  # at once
+        return await asyncio.wait_for(running, 10)
+
+    assert asyncio.run(scenario()) is FederationState.FAILED
+    assert [e for e in recorder.seen if e[0] == "ended"] == [("ended", FederationState.FAILED)]
+    assert fed.reason == "client x cannot take part: no data"
+
+
+def test_each_drop_is_published_once(tmp_path: Path) -> None:
+    fed = federation(tmp_path, logreg, logreg, broken, num_rounds=1)
+    recorder = Recorder()
+    fed.events.subscribe(recorder)
+    assert asyncio.run(fed.run()) is FederationState.FINISHED
+    drops = [e for e in recorder.seen if e[0] == "dropped"]
+    # The broken client's fit fails: one event (the fan-out's _drop), not one
+    # more from the round loop.
+    assert drops == [("dropped", 1, DropKind.CLIENT_ERROR)]

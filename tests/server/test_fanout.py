@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import numpy as np
+import pytest
 
 from orchard.examples.logreg import logreg_spec
 from orchard.messages import Result, Role, Task, TaskType
@@ -110,3 +112,30 @@ def test_wait_for_clients_returns_at_once_or_gives_up_with_the_count() -> None:
     have = asyncio.run(wait_for_clients(pool, 3, timeout=0.2, why="test", name="fed"))
     assert have == 2
     assert time.monotonic() - began >= 0.2  # it waited the whole timeout
+
+
+def test_wait_for_clients_ends_at_once_when_told_to_stop() -> None:
+    pool = Scripted({"a": 1.0})
+
+    async def scenario() -> int:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.1, stop.set)
+        return await wait_for_clients(pool, 3, timeout=30.0, why="test", name="fed", stop=stop)
+
+    began = time.monotonic()
+    assert asyncio.run(scenario()) == 1
+    assert time.monotonic() - began < 5  # not the 30 s timeout
+
+
+def test_every_dropped_client_is_one_log_line_with_its_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = Scripted({"a": 1.0, "b": "drop", "slow": "hang"})
+    with caplog.at_level(logging.WARNING, logger="orchard.server"):
+        asyncio.run(fan_out(pool, task(timeout=0.3), ["a", "b", "slow"], task_prefix="t"))
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        "federation 'scripted' round 3: name-b (b) dropped from fit: left the federation",
+        "federation 'scripted' round 3: name-slow (slow) dropped from fit: "
+        "missed the round deadline "
+        "of 0.3 s",
+    ]

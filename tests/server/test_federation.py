@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from orchard.messages import API_VERSION, FederationState, JoinInfo, Role
 from orchard.typing import Config, Metrics, NDArrays
 from orchard_server.admission import AdmissionPolicy
 from orchard_server.config import FederationConfig
-from orchard_server.federation import Federation
+from orchard_server.federation import Federation, task_seed
 from orchard_server.pool import InMemoryClientPool
 from orchard_server.records import RoundRecord
 from orchard_server.strategy import CoordinateMedian, Strategy, UniformSampling, sgd
@@ -122,7 +123,7 @@ def test_fedavg_round_is_the_weighted_mean_of_client_updates(tmp_path: Path) -> 
     config = {
         **federation.config.fit_config,
         "round": 1,
-        "seed": federation.config.seed * 100_003 + 1,
+        "seed": task_seed(federation.config.seed, 1),
     }
     expected_parts = []
     for i in range(3):
@@ -155,6 +156,34 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path: Path) -> 
     for a, b in zip(whole.parameters, second.parameters, strict=True):
         np.testing.assert_array_equal(a, b)
     assert len(second.history.rounds) == 4
+
+
+def test_seeded_runs_with_a_fraction_sample_the_same_clients_whatever_the_join_order(
+    tmp_path: Path,
+) -> None:
+    """Defect 5: session ids (here ``sim-N`` by join order) must not decide the draw.
+
+    The same six partitions join in opposite orders, so every partition gets
+    another session id; with ``fraction_fit = 0.5`` both runs must still pick
+    the same partitions each round and end with the same model, bit for bit.
+    """
+    models, picked = [], []
+    for name, order in (("forward", range(6)), ("backward", reversed(range(6)))):
+        config = fed_config(num_rounds=3, fraction_fit=0.5, fraction_evaluate=0.5)
+        pool = InMemoryClientPool(SPEC)
+        for i in order:
+            pool.add(logreg, partition_id=i, num_partitions=6, name=f"p{i}")
+        federation = Federation(config, pool, tmp_path / name)
+        assert run(federation) is FederationState.FINISHED
+        models.append(federation.parameters)
+        picked.append(
+            [sorted(o.partition for o in r.fit.participants) for r in federation.history.rounds]
+        )
+    assert picked[0] == picked[1]
+    assert all(len(r) == 3 for r in picked[0])
+    assert len({tuple(r) for r in picked[0]}) > 1  # each round draws anew
+    for a, b in zip(*models, strict=True):
+        assert a.tobytes() == b.tobytes()
 
 
 def test_failing_and_nan_clients_are_dropped_and_the_round_goes_on(tmp_path: Path) -> None:
@@ -218,6 +247,24 @@ def test_evaluator_role_does_centralized_evaluation(tmp_path: Path) -> None:
     assert len(record.fit.participants) == 2  # the evaluator never trains
 
 
+class Stalling(LogRegClient):
+    def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:
+        time.sleep(3.0)  # alive, but never answers in time
+        return super().evaluate(parameters, config)
+
+
+def test_a_stalled_evaluator_costs_its_own_deadline_not_the_round(tmp_path: Path) -> None:
+    federation, pool = make(tmp_path, n=2, num_rounds=1, evaluator_timeout=0.3)
+    pool.add(lambda ctx: Stalling.for_partition(0), role=Role.EVALUATOR, name="evaluator")
+    started = time.monotonic()
+    assert run(federation) is FederationState.FINISHED
+    record = federation.history.rounds[0]
+    assert record.centralized is not None
+    assert "missed the round deadline of 0.3 s" in str(record.centralized.dropped), record
+    assert record.duration_s < 2.5  # round_timeout is 30 s
+    assert time.monotonic() - started < 10
+
+
 def test_the_checkpoint_keeps_the_partitions_admission_handed_out(tmp_path: Path) -> None:
     config = fed_config(num_rounds=1, num_partitions=3, evaluate_every=0)
 
@@ -228,6 +275,8 @@ def test_the_checkpoint_keeps_the_partitions_admission_handed_out(tmp_path: Path
     for name in ("x", "y"):
         pool.add(logreg, JoinInfo(api_version=API_VERSION, federation="blobs", instance_id=name))
     assert run(Federation(config, pool, tmp_path)) is FederationState.FINISHED
+    # Resumed with rounds left (a finished run would be archived and start anew).
+    config = dataclasses.replace(config, num_rounds=2)
     resumed = policy_pool()
     Federation(config, resumed, tmp_path).restore_or_init()
     assert resumed.partitions.to_json() == {"x": 0, "y": 1}
@@ -307,6 +356,53 @@ def test_a_late_joiner_takes_part_from_the_next_round(tmp_path: Path) -> None:
     first, second = (r.fit.participants for r in federation.history.rounds)
     assert sorted(p.client for p in first) == ["sim-0", "sim-1"]
     assert sorted(p.client for p in second) == ["late", "sim-0", "sim-1"]
+
+
+def test_a_finished_run_is_archived_and_the_next_start_trains_anew(tmp_path: Path) -> None:
+    first, _ = make(tmp_path, num_rounds=2)
+    assert run(first) is FederationState.FINISHED
+    finished = json.loads((tmp_path / "blobs" / "history.json").read_text())
+    again, _ = make(tmp_path, num_rounds=2)
+    again.restore_or_init()
+    assert again.rounds_completed == 0 and again.state is FederationState.WAITING
+    archived = list((tmp_path / "blobs" / "runs").iterdir())
+    assert len(archived) == 1
+    assert {p.name for p in archived[0].iterdir()} == {
+        "checkpoint.npz",
+        "history.json",
+        "history.png",
+    }
+    assert json.loads((archived[0] / "history.json").read_text()) == finished
+    assert run(again) is FederationState.FINISHED
+    assert [r.round for r in again.history.rounds] == [1, 2]
+    # A third start archives the second run beside the first.
+    third, _ = make(tmp_path, num_rounds=2)
+    third.restore_or_init()
+    assert len(list((tmp_path / "blobs" / "runs").iterdir())) == 2
+
+
+def test_fail_ends_a_waiting_federation_at_once_with_the_reason(tmp_path: Path) -> None:
+    federation, _ = make(tmp_path, n=1, wait_timeout=60.0)
+
+    async def scenario() -> FederationState:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, federation.fail, "client-x cannot take part: no data")
+        return await asyncio.wait_for(federation.run(), timeout=10)
+
+    assert asyncio.run(scenario()) is FederationState.FAILED
+    assert federation.reason == "client-x cannot take part: no data"
+
+
+def test_plot_title_names_the_model_and_the_dataset(tmp_path: Path) -> None:
+    federation, _ = make(tmp_path, n=0)
+    assert federation.title == "blobs: logreg"  # inline tensors: no dataset is known
+    config = FederationConfig(name="fashion", model="mnist-mlp", dataset="fashion-mnist")
+    fashion = Federation(config, InMemoryClientPool(config.model_spec()), tmp_path)
+    assert fashion.title == "fashion: mnist-mlp on fashion-mnist"
+    mnist = FederationConfig(name="digits", model="mnist-mlp")
+    assert Federation(mnist, InMemoryClientPool(mnist.model_spec()), tmp_path).title == (
+        "digits: mnist-mlp on mnist"
+    )
 
 
 class Shift(NumPyClient):

@@ -77,3 +77,17 @@ def test_round_trip_through_json_and_bad_saved_entries() -> None:
     assert restored.to_json() == {"a": 0, "b": 2}  # a bad checkpoint changes nothing
     with pytest.raises(ValueError, match="num_partitions"):
         PartitionRegistry(-1)
+
+
+def test_stale_assignments_are_pruned_but_connected_ones_kept() -> None:
+    registry = PartitionRegistry(2, federation="f", max_entries=3)
+    connected = [member("keep", 0)]
+    registry.record("keep", 0, 2)
+    for n in range(300):  # a script joining under ever new instance ids
+        registry.assign(f"drive-by-{n}", connected)
+    assert len(registry) == 3
+    assert registry.get("keep") == 0  # connected: never pruned
+    assert set(registry.to_json()) == {"keep", "drive-by-298", "drive-by-299"}
+    # A checkpoint holding more than the bound is cut to it when restored.
+    registry.restore({f"old-{n}": 0 for n in range(10)})
+    assert list(registry.to_json()) == ["old-7", "old-8", "old-9"]

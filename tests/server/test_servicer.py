@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -42,6 +43,7 @@ from orchard.messages import (
 from orchard.spec import ModelSpec, TensorSpec
 from orchard.v1 import federation_service_pb2 as pb
 from orchard.v1 import federation_service_pb2_grpc as pb_grpc
+from orchard.v1 import tensor_pb2 as tpb
 from orchard_server.admission import AdmissionError, AdmissionPolicy
 from orchard_server.app import OrchardServer
 from orchard_server.config import FederationConfig, ServerConfig
@@ -80,6 +82,7 @@ class ServerThread:
         heartbeat_interval: float = 30.0,
         max_poll_seconds: float = 0.3,
         max_upload_bytes: int = 8 << 30,
+        stream_idle_timeout: float = 60.0,
         **federation: Any,
     ) -> None:
         self.config = ServerConfig(
@@ -90,6 +93,7 @@ class ServerThread:
             heartbeat_timeout=heartbeat_interval * 2,
             max_poll_seconds=max_poll_seconds,
             max_upload_bytes=max_upload_bytes,
+            stream_idle_timeout=stream_idle_timeout,
             federations=(federation_config(**federation),),
         )
         self.loop = asyncio.new_event_loop()
@@ -98,7 +102,11 @@ class ServerThread:
         self.server = OrchardServer(self.config)
         self.port = self.call(self.server.start())
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        self.stub = pb_grpc.FederationServiceStub(self.channel)
+        #: A stub that proves nothing: calls carry only what the test gives them.
+        self.raw = pb_grpc.FederationServiceStub(self.channel)
+        #: A well-behaved client's stub: each call carries its session's secret.
+        self.proofs = Proofs()
+        self.stub = pb_grpc.FederationServiceStub(grpc.intercept_channel(self.channel, self.proofs))
 
     @property
     def pool(self) -> GrpcClientPool:
@@ -134,6 +142,67 @@ class ServerThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()
+
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+class Proofs(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+):
+    """Remembers the secret of every session joined through it and sends it with
+    each later call of that session (and with a re-join of its instance), as the
+    client runtime does."""
+
+    def __init__(self) -> None:
+        self.by_client: dict[str, str] = {}
+        self.by_instance: dict[str, str] = {}
+
+    def _details(self, details: Any, secret: str) -> Any:
+        if details.metadata is not None or not secret:
+            return details
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            serde.session_metadata(secret),
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if isinstance(request, pb.JoinRequest):
+            secret = self.by_instance.get(request.instance_id, "")
+            outcome = continuation(self._details(details, secret), request)
+            if outcome.exception() is None:
+                response = outcome.result()
+                self.by_client[response.client_id] = response.session_secret
+                self.by_instance[request.instance_id] = response.session_secret
+            return outcome
+        secret = self.by_client.get(request.client_id, "")
+        return continuation(self._details(details, secret), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(
+            self._details(details, self.by_client.get(request.client_id, "")), request
+        )
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        first = next(requests)
+        secret = self.by_client.get(first.header.client_id, "")
+        return continuation(self._details(details, secret), itertools.chain([first], requests))
+
+
+@dataclasses.dataclass(frozen=True)
+class _CallDetails(grpc.ClientCallDetails):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
 
 
 async def _cancel_the_rest() -> None:
@@ -199,8 +268,15 @@ WRONG_SPEC = ModelSpec(SPEC.model_id, (SPEC.tensors[0], TensorSpec("linear.bias"
 
 REFUSED = {
     "version": (join_info(api_version="2.0"), grpc.StatusCode.FAILED_PRECONDITION, "2.0"),
-    "no version": (join_info(api_version=""), grpc.StatusCode.FAILED_PRECONDITION, "(none)"),
-    "federation": (join_info(federation="nope"), grpc.StatusCode.NOT_FOUND, "blobs"),
+    "no version": (join_info(api_version=""), grpc.StatusCode.INVALID_ARGUMENT, "(none)"),
+    "malformed version": (
+        join_info(api_version="1.0.7"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MAJOR",
+    ),
+    "old version": (join_info(api_version="1.1"), grpc.StatusCode.FAILED_PRECONDITION, "too old"),
+    # blobs needs a token, so a stranger is not told its name.
+    "federation": (join_info(federation="nope"), grpc.StatusCode.NOT_FOUND, "federations on"),
     "no token": (join_info(auth_token=""), grpc.StatusCode.UNAUTHENTICATED, "auth token"),
     "wrong token": (join_info(auth_token="guess"), grpc.StatusCode.UNAUTHENTICATED, "token"),
     "spec": (join_info(model_spec=WRONG_SPEC), grpc.StatusCode.FAILED_PRECONDITION, "linear.bias"),
@@ -246,6 +322,69 @@ def test_a_connected_instance_joining_again_takes_no_room(served: ServerThread) 
     )
     assert again.partition_id == 1
     assert len(served.on_loop(served.pool.members)) == 2
+
+
+def test_every_call_after_join_needs_the_session_secret(
+    served: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    response = served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    session = serde.session_from_proto(response)
+    cid, secret = session.client_id, session.secret
+    assert len(secret) >= 43 and secret not in cid  # 256 random bits, not the public id
+    wrong = ((serde.SESSION_SECRET_METADATA, "guess"),)
+    calls: dict[str, Callable[[Metadata], object]] = {
+        "heartbeat": lambda md: served.raw.Heartbeat(
+            serde.heartbeat_to_proto(cid), timeout=10, metadata=md
+        ),
+        "pull": lambda md: list(
+            served.raw.PullTask(
+                serde.poll_to_proto(TaskPoll(client_id=cid, wait_seconds=0, max_chunk_bytes=0)),
+                timeout=10,
+                metadata=md,
+            )
+        ),
+        "push": lambda md: served.raw.PushResult(
+            serde.result_to_stream(Result(client_id=cid, task_id="t", num_examples=1)),
+            timeout=10,
+            metadata=md,
+        ),
+        "leave": lambda md: served.raw.Leave(
+            serde.leave_to_proto(LeaveNotice(client_id=cid)), timeout=10, metadata=md
+        ),
+    }
+    for name, call in calls.items():
+        for metadata in ((), wrong):
+            err = rpc_error(lambda: call(metadata))  # noqa: B023
+            assert err.code() is grpc.StatusCode.UNAUTHENTICATED, (name, metadata)
+            assert "session secret" in str(err.details())
+    # Nobody evicted the client: its session is intact and answers its owner.
+    assert [m.client_id for m in served.on_loop(served.pool.members)] == [cid]
+    served.raw.Heartbeat(
+        serde.heartbeat_to_proto(cid), timeout=10, metadata=serde.session_metadata(secret)
+    )
+    # A join reusing the instance_id without the secret is refused; the client stays.
+    for metadata in ((), wrong):
+        err = rpc_error(
+            lambda: served.raw.Join(
+                serde.join_to_proto(join_info()),
+                timeout=10,
+                metadata=metadata,  # noqa: B023
+            )
+        )
+        assert err.code() is grpc.StatusCode.ALREADY_EXISTS
+        assert "only a join carrying that session's secret" in str(err.details())
+    assert [m.client_id for m in served.on_loop(served.pool.members)] == [cid]
+    # The owner re-joins (a reconnecting client) and takes over its instance.
+    again = serde.session_from_proto(
+        served.raw.Join(
+            serde.join_to_proto(join_info()), timeout=10, metadata=serde.session_metadata(secret)
+        )
+    )
+    assert again.client_id != cid and again.secret != secret
+    assert [m.client_id for m in served.on_loop(served.pool.members)] == [again.client_id]
+    # The secret is never logged.
+    assert secret not in caplog.text and again.secret not in caplog.text
 
 
 def test_join_answers_session_partition_and_spec(served: ServerThread) -> None:
@@ -322,6 +461,18 @@ def test_leave_ends_the_session_and_an_unknown_one_gets_not_found(served: Server
     assert err.code() is grpc.StatusCode.NOT_FOUND
 
 
+def test_a_fatal_leave_fails_the_federation_with_the_clients_reason(served: ServerThread) -> None:
+    session = serde.session_from_proto(
+        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    )
+    notice = LeaveNotice(client_id=session.client_id, reason="no data", fatal=True)
+    served.stub.Leave(serde.leave_to_proto(notice), timeout=10)
+    federation = served.server.hosted["blobs"].federation
+    assert served.on_loop(served.pool.members) == []
+    assert federation.state is FederationState.FAILED
+    assert federation.reason == "a cannot take part: no data"
+
+
 # --- PushResult -------------------------------------------------------------------
 
 
@@ -388,6 +539,104 @@ def test_push_result_codes(served: ServerThread) -> None:
     bad = _result(task2, cid, names=("linear.weight", "other"))
     err = rpc_error(lambda: _push(served, bad))
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and "other" in str(err.details())
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        ({"metrics": {"blob": b"\x00"}}, "metric 'blob' is bytes"),
+        ({"loss": float("nan")}, "loss must be a finite number"),
+        ({"num_examples": 2**64 - 1}, "max_examples_per_client"),
+    ],
+)
+def test_a_bad_value_in_a_result_is_invalid_argument(
+    served: ServerThread, bad: dict[str, Any], needle: str
+) -> None:
+    session = serde.session_from_proto(
+        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    )
+    task, delivered = open_task(served, session.client_id)
+    pull(served, session.client_id)
+    err = rpc_error(lambda: _push(served, _result(task, session.client_id, **bad)))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and needle in str(err.details())
+    with pytest.raises(Exception, match="update rejected"):
+        delivered.result(timeout=10)
+
+
+def test_an_oversize_chunk_is_invalid_argument_not_cut_by_the_transport(
+    served: ServerThread,
+) -> None:
+    session = serde.session_from_proto(
+        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    )
+    task, _ = open_task(served, session.client_id)
+    pull(served, session.client_id)
+    header = serde.result_header_to_proto(_result(task, session.client_id))
+    # 4.5 MiB: above gRPC's default 4 MiB message limit and the largest chunk.
+    chunk = pb.PushResultRequest(chunk=tpb.TensorChunk(data=b"\0" * (9 << 19)))
+    err = rpc_error(
+        lambda: served.stub.PushResult(
+            iter([pb.PushResultRequest(header=header), chunk]), timeout=10
+        )
+    )
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
+
+
+def test_a_stalled_upload_is_cut_off(tmp_path: Path) -> None:
+    served = ServerThread(tmp_path, stream_idle_timeout=0.5)
+    try:
+        session = serde.session_from_proto(
+            served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+        )
+        task, delivered = open_task(served, session.client_id)
+        pull(served, session.client_id)
+        messages = list(serde.result_to_stream(_result(task, session.client_id)))
+
+        def stalling() -> Iterator[pb.PushResultRequest]:
+            yield messages[0]
+            time.sleep(5)  # the client hangs after its header
+            yield from messages[1:]
+
+        started = time.monotonic()
+        err = rpc_error(lambda: served.stub.PushResult(stalling(), timeout=10))
+        assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "upload stalled" in str(err.details())
+        assert time.monotonic() - started < 4
+        with pytest.raises(Exception, match="upload stalled"):
+            delivered.result(timeout=10)
+    finally:
+        served.close()
+
+
+def test_a_stalled_download_is_cut_off_and_its_task_failed(tmp_path: Path) -> None:
+    big = (TensorSpec("w", (16 << 20,)),)  # 64 MiB: far above any flow-control window
+    served = ServerThread(tmp_path, stream_idle_timeout=0.5, model="big", tensors=big)
+    try:
+        session = serde.session_from_proto(
+            served.stub.Join(serde.join_to_proto(join_info(model_spec=None)), timeout=10)
+        )
+        task = Task(
+            task_id="t-big",
+            type=TaskType.FIT,
+            round=1,
+            config={},
+            timeout=60.0,
+            names=("w",),
+            parameters=[np.zeros(16 << 20, np.float32)],
+        )
+        delivered = served.submit(served.pool.run_task(session.client_id, task))
+        request = serde.poll_to_proto(
+            TaskPoll(client_id=session.client_id, wait_seconds=5.0, max_chunk_bytes=0)
+        )
+        call = served.stub.PullTask(request, timeout=30)
+        next(call)  # the header; then the client stops reading
+        with pytest.raises(Exception, match="download stalled"):
+            delivered.result(timeout=10)  # the round learns at once, not at its deadline
+        err = rpc_error(lambda: list(call))
+        assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "download stalled" in str(err.details())
+    finally:
+        served.close()
 
 
 def test_a_result_above_the_upload_limit_is_refused_before_its_bytes(tmp_path: Path) -> None:

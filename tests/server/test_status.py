@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
@@ -17,9 +19,18 @@ from tests.server.test_servicer import ServerThread, join_info, served
 __all__ = ["served"]
 
 
+@pytest.fixture
+def open_served(tmp_path: Path) -> Iterator[ServerThread]:
+    """A server whose federation needs no join token (status lists it to anyone)."""
+    server = ServerThread(tmp_path, auth_token="")
+    yield server
+    server.close()
+
+
 def test_status_lists_the_federation_and_its_clients(
-    served: ServerThread, capsys: pytest.CaptureFixture[str]
+    open_served: ServerThread, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    served = open_served
     served.stub.Join(serde.join_to_proto(join_info(framework="numpy")), timeout=10)
     served.stub.Join(
         serde.join_to_proto(join_info(instance_id="inst-b", display_name="b")), timeout=10
@@ -36,6 +47,16 @@ def test_status_lists_the_federation_and_its_clients(
     out = capsys.readouterr().out
     assert out.startswith("blobs: logreg, fedavg, round 0/1 done; waiting")
     assert "2 clients:" in out and "numpy" in out and "trainer" in out
+
+
+def test_without_a_web_token_the_status_names_no_token_protected_federation(
+    served: ServerThread,
+) -> None:
+    # "blobs" needs a join token; the server has no web token: strangers may
+    # ask for the status, but learn of the open federations only.
+    assert served.server.hosted["blobs"].pool.policy.protected
+    served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    assert fetch_status(f"127.0.0.1:{served.port}", insecure=True) == []
 
 
 def test_status_of_an_unreachable_server_says_so(capsys: pytest.CaptureFixture[str]) -> None:

@@ -292,3 +292,11 @@ def test_weighted_average_loss() -> None:
         weighted_average_loss([(1, math.inf)])
     with pytest.raises(AggregationError, match="finite number"):
         weighted_average_loss([(1, "low")])  # type: ignore[list-item]
+
+
+def test_averages_near_the_float_range_do_not_overflow() -> None:
+    # 1e308 * weight overflowed to inf when sums were formed before dividing.
+    assert weighted_average_metrics([(3, {"m": 1e308}), (5, {"m": 1e308})])["m"] == pytest.approx(
+        1e308
+    )
+    assert weighted_average_loss([(3, 1e308), (5, 1e308)]) == pytest.approx(1e308)

@@ -86,7 +86,13 @@ def test_a_selection_policy_is_part_of_the_strategy() -> None:
 @pytest.mark.parametrize(
     ("name", "options", "aggregator", "server_optimizer", "message"),
     [
-        ("fedavg", {}, "krum", "", "unknown aggregator 'krum'; valid aggregators: mean, median"),
+        (
+            "fedavg",
+            {},
+            "bulyan",
+            "",
+            "unknown aggregator 'bulyan'; valid aggregators: mean, median",
+        ),
         (
             "fedavg",
             {},

@@ -11,6 +11,14 @@ PUBLIC = {
     "UniformSampling",
     "sample_clients",
     "sample_size",
+    "round_rng",
+    # robust aggregation
+    "Krum",
+    "NormClipping",
+    "krum",
+    "KrumOptions",
+    "KrumStrategyOptions",
+    "MultiKrumOptions",
     # aggregate
     "AggregationError",
     "Aggregator",

@@ -49,6 +49,8 @@ def test_the_named_strategies() -> None:
         "fedprox",
         "fedmedian",
         "fedtrimmedavg",
+        "krum",
+        "multikrum",
     )
     for name in STRATEGY_NAMES:
         strategy = make_strategy(name, {})
@@ -67,6 +69,8 @@ def test_incremental_only_for_mean_type_aggregates() -> None:
         "fedprox": True,
         "fedmedian": False,
         "fedtrimmedavg": False,
+        "krum": False,
+        "multikrum": False,
     }
     assert isinstance(make_strategy("fedmedian").new_aggregator(), CoordinateMedian)
     trimmed = make_strategy("fedtrimmedavg", {"beta": 0.3}).new_aggregator()

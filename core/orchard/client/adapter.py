@@ -250,7 +250,6 @@ class AdapterClient(NumPyClient, Generic[ModelT, SplitT]):
         self.model = adapter.build_model(model_id, seed=seed)
         self.data = data
         self.role = role
-        self._fits = 0
         #: Each epoch's end is posted here (the runtime's heartbeats report it).
         self.progress = progress if progress is not None else ProgressBoard()
         #: Also told of every epoch (e.g. :class:`~orchard.client.curves.EpochCurves`).
@@ -271,8 +270,7 @@ class AdapterClient(NumPyClient, Generic[ModelT, SplitT]):
             raise ConfigError("this client is an evaluator: it holds no training data to fit on")
         cfg = TrainConfig.from_config(config)
         self.adapter.set_parameters(self.model, parameters)
-        seed = fit_seed(cfg.seed, self.data.partition_id, self._fits)
-        self._fits += 1
+        seed = fit_seed(cfg.seed, self.data.partition_id)
         train_set = self.data.train
         log.info("%s", cfg.describe(len(train_set)))
         self.progress.post(TaskProgress(fraction=0.0, epoch=1))

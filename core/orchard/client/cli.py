@@ -7,7 +7,9 @@ A framework's ``cli`` module describes itself in a :class:`FrameworkCommands`
 :func:`framework_main`; the commands (``client``, ``baseline``), option names,
 environment variables, defaults and error handling are then the same in every
 client by construction. :func:`run_command` is the one place that turns a
-problem the user can fix into one clear line and exit status 2.
+problem the user can fix into one clear line and exit status 2. A client whose
+dataset cannot be read says so to the server too (a fatal leave), so the
+federation fails at once instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import socket
 from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from orchard.client.adapter import DEVICE_CHOICES, AdapterClient, DeviceError, F
 from orchard.client.baseline import BaselineSettings, run_baseline
 from orchard.client.curves import EpochCurves
 from orchard.client.numpy_client import ClientContext
-from orchard.client.runtime import ClientSettings, TlsSettings, run_client
+from orchard.client.runtime import ClientSettings, TlsSettings, report_fatal, run_client
 from orchard.client.training import OPTIMIZERS, ConfigError, TrainConfig, TrainingError
 from orchard.data.client_data import (
     DataError,
@@ -38,6 +41,7 @@ from orchard.data.client_data import default_dataset as default_dataset_of
 from orchard.data.download import DownloadError
 from orchard.data.errors import DatasetError
 from orchard.data.partition import SCHEMES, PartitionError, PartitionSpec
+from orchard.data.synth import is_synthetic
 from orchard.env import env_default, env_flag, env_float, env_int
 from orchard.logs import LOG_FORMATS
 from orchard.logs import configure_logging as setup_logging
@@ -46,6 +50,7 @@ from orchard.models import get_model_spec
 from orchard.spec import SpecError
 
 __all__ = [
+    "DATA_LOAD_ERRORS",
     "USER_ERRORS",
     "FrameworkCommands",
     "add_baseline_arguments",
@@ -55,11 +60,13 @@ __all__ = [
     "build_framework_parser",
     "configure_logging",
     "data_settings_from_args",
+    "default_display_name",
     "env_default",
     "env_flag",
     "env_float",
     "env_int",
     "framework_main",
+    "label_synthetic",
     "log_fields",
     "make_client_factory",
     "partition_from_args",
@@ -107,7 +114,8 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--name",
         default=env_default("CLIENT_NAME", ""),
-        help="display name in the server's logs (ORCHARD_CLIENT_NAME; default host name)",
+        help="display name in the server's logs (ORCHARD_CLIENT_NAME; default: SERVICE-N in a "
+        "compose stack that sets ORCHARD_SERVICE and ORCHARD_COMPOSE_PROJECT, else the host name)",
     )
     g.add_argument(
         "--connect-timeout",
@@ -160,6 +168,18 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         help="CA bundle that signed the server's certificate (ORCHARD_CA_CERT)",
     )
     t.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=Path(v) if (v := env_default("CLIENT_CERT")) else None,
+        help="this client's certificate for mutual TLS (ORCHARD_CLIENT_CERT)",
+    )
+    t.add_argument(
+        "--tls-key",
+        type=Path,
+        default=Path(v) if (v := env_default("CLIENT_KEY")) else None,
+        help="the key of --tls-cert (ORCHARD_CLIENT_KEY)",
+    )
+    t.add_argument(
         "--server-name",
         default=env_default("TLS_SERVER_NAME"),
         help="expected name in the server's certificate (ORCHARD_TLS_SERVER_NAME)",
@@ -204,6 +224,49 @@ def log_fields(args: argparse.Namespace) -> dict[str, object]:
     return {k: v for k, v in fields.items() if v}
 
 
+#: Set by the compose files: the client's service (``client_pytorch``) and the
+#: compose project (``${COMPOSE_PROJECT_NAME}``).
+SERVICE_ENV_VAR = "ORCHARD_SERVICE"
+PROJECT_ENV_VAR = "ORCHARD_COMPOSE_PROJECT"
+
+#: Replica numbers tried after the last one that exists, before giving up.
+_REPLICA_GAP = 4
+
+
+def default_display_name() -> str:
+    """``<service>-<replica>`` (``client_pytorch-2``) in a compose stack, else the host name.
+
+    A container's host name is its id, which says nothing in the server's
+    log. Compose names replicas ``<project>-<service>-<n>`` and Docker's DNS
+    resolves those names on the stack's network, so a client whose compose
+    file sets ``ORCHARD_SERVICE`` and ``ORCHARD_COMPOSE_PROJECT`` finds its
+    own number by resolving them until one has its address (a reverse lookup
+    would answer from ``/etc/hosts``, with the id). Anything unexpected falls
+    back to the host name.
+    """
+    host = socket.gethostname()
+    service = os.environ.get(SERVICE_ENV_VAR, "").strip()
+    project = os.environ.get(PROJECT_ENV_VAR, "").strip()
+    if not service or not project:
+        return host
+    try:
+        mine = socket.gethostbyname(host)
+    except OSError:
+        return host
+    number, misses = 0, 0
+    while misses < _REPLICA_GAP:
+        number += 1
+        try:
+            address = socket.gethostbyname(f"{project}-{service}-{number}")
+        except OSError:
+            misses += 1
+            continue
+        if address == mine:
+            return f"{service}-{number}"
+        misses = 0
+    return host
+
+
 def settings_from_args(args: argparse.Namespace, *, framework: str) -> ClientSettings:
     """Runtime settings from parsed options; refuses contradictions up front."""
     if args.partition_id is not None and args.num_partitions is None:
@@ -214,18 +277,41 @@ def settings_from_args(args: argparse.Namespace, *, framework: str) -> ClientSet
         )
     if args.ca_cert is not None and not args.ca_cert.is_file():
         raise SystemExit(f"--ca-cert {args.ca_cert}: no such file")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("--tls-cert and --tls-key go together (mutual TLS)")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not path.is_file():
+            raise SystemExit(f"{flag} {path}: no such file")
     return ClientSettings(
         server=args.server,
         federation=args.federation,
         framework=framework,
-        display_name=args.name,
+        display_name=args.name or default_display_name(),
         role=Role(args.role),
         auth_token=args.auth_token,
-        tls=TlsSettings(ca_cert=args.ca_cert, insecure=args.insecure, server_name=args.server_name),
+        tls=TlsSettings(
+            ca_cert=args.ca_cert,
+            insecure=args.insecure,
+            server_name=args.server_name,
+            cert=args.tls_cert,
+            key=args.tls_key,
+        ),
         partition_id=args.partition_id,
         num_partitions=args.num_partitions,
         connect_timeout=args.connect_timeout,
     )
+
+
+def label_synthetic(settings: ClientSettings, data: DataSettings) -> ClientSettings:
+    """``settings`` with ``(SYNTHETIC data)`` after the display name when the data are synthetic.
+
+    Results trained or scored on ``orchard-data synth`` files must not pass
+    for real ones: the name carries the label into the server's log and into
+    every line of the history that names this client.
+    """
+    if not is_synthetic(data.data_dir, data.dataset):
+        return settings
+    return dataclasses.replace(settings, display_name=f"{settings.display_name} (SYNTHETIC data)")
 
 
 def add_dataset_arguments(
@@ -526,21 +612,42 @@ def make_client_factory(
     return factory
 
 
+#: Errors of reading this client's dataset before joining: the federation is
+#: told of them at once (:func:`~orchard.client.runtime.report_fatal`).
+DATA_LOAD_ERRORS: Final[tuple[type[Exception], ...]] = (
+    DataError,
+    DatasetError,
+    DownloadError,
+    OSError,
+)
+
+
 def _run_client(commands: FrameworkCommands, args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, framework=commands.framework)
+    data_settings = data_settings_from_args(args, DataSettings)  # wrong pairs fail here
+    settings = label_synthetic(
+        settings_from_args(args, framework=commands.framework), data_settings
+    )
     adapter = commands.adapter(args.device)  # no GPU fails here, before connecting
-    factory = make_client_factory(args, adapter, role=settings.role)
-    logging.getLogger(f"orchard_{commands.framework}").info(
+    logger = logging.getLogger(f"orchard_{commands.framework}")
+    model_spec = get_model_spec(args.model)
+    try:
+        factory = make_client_factory(args, adapter, role=settings.role)
+    except DATA_LOAD_ERRORS as exc:
+        logger.error("%s", exc)
+        # The federation learns why at once, instead of waiting for us in vain.
+        reason = f"cannot load its {data_settings.dataset} data: {exc}"
+        return report_fatal(settings, reason, model_spec=model_spec)
+    logger.info(
         "%s %s client for federation %r at %s: model %s on %s (%s)",
         commands.title,
         settings.role.value,
         settings.federation,
         settings.server,
         args.model,
-        args.dataset or default_dataset_of(args.model),
+        data_settings.dataset,
         adapter.device,
     )
-    return run_client(factory, settings, model_spec=get_model_spec(args.model))
+    return run_client(factory, settings, model_spec=model_spec)
 
 
 def _run_baseline(commands: FrameworkCommands, args: argparse.Namespace) -> int:

@@ -58,6 +58,10 @@ log = logging.getLogger("orchard.client")
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
+#: Longest :meth:`ClientRuntime.report_fatal` tries to reach the server, in seconds.
+REPORT_TIMEOUT = 10.0
+
+
 class ClientError(RuntimeError):
     """The client cannot go on; the message says why (and the exit code how bad)."""
 
@@ -81,6 +85,9 @@ class TlsSettings:
     ca_cert: Path | None = None
     insecure: bool = False
     server_name: str | None = None
+    #: Mutual TLS: this client's certificate and key (PEM), both or neither.
+    cert: Path | None = None
+    key: Path | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,7 +127,12 @@ def make_channel(settings: ClientSettings) -> grpc.Channel:
     root = settings.tls.ca_cert.read_bytes() if settings.tls.ca_cert else None
     if settings.tls.server_name:
         options.append(("grpc.ssl_target_name_override", settings.tls.server_name))
-    credentials = grpc.ssl_channel_credentials(root_certificates=root)
+    tls = settings.tls
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root,
+        private_key=tls.key.read_bytes() if tls.key else None,
+        certificate_chain=tls.cert.read_bytes() if tls.cert else None,
+    )
     return grpc.secure_channel(settings.server, credentials, options=options)
 
 
@@ -223,7 +235,7 @@ class ClientRuntime:
             session = self._require_session()
             message = f"client set-up failed: {type(exc).__name__}: {exc}"
             self._push(Result(client_id=session.client_id, task_id=task.task_id, error=message))
-            self._leave("client set-up failed")
+            self._leave(message, fatal=True)
             raise ClientError(message) from exc
         started = time.monotonic()
         kind = task.type.value
@@ -295,8 +307,10 @@ class ClientRuntime:
             if self._stop.is_set():
                 raise _Terminated
             stub = self._stub or self._connect()
+            # A re-join proves it owns its instance with its current session's secret.
+            owner = serde.session_metadata(self._session.secret if self._session else "")
             try:
-                response = stub.Join(request, timeout=10.0)
+                response = stub.Join(request, timeout=10.0, metadata=owner)
                 break
             except grpc.RpcError as exc:
                 code = exc.code()
@@ -364,7 +378,11 @@ class ClientRuntime:
             )
         )
         try:
-            call = stub.PullTask(request, timeout=self.settings.poll_seconds + 30.0)
+            call = stub.PullTask(
+                request,
+                timeout=self.settings.poll_seconds + 30.0,
+                metadata=serde.session_metadata(session.secret),
+            )
             self._call = call
             if self._session_lost.is_set():  # the heartbeat noticed before the call was stored
                 call.cancel()
@@ -395,8 +413,9 @@ class ClientRuntime:
         stub = self._stub
         assert stub is not None
         stream = serde.result_to_stream(result, self.settings.max_chunk_bytes)
+        proof = serde.session_metadata(self._require_session().secret)
         try:
-            response = stub.PushResult(stream, timeout=600.0)
+            response = stub.PushResult(stream, timeout=600.0, metadata=proof)
             log.debug("result %s accepted: %s", result.task_id, serde.push_ack_from_proto(response))
         except grpc.RpcError as exc:
             code = exc.code()
@@ -415,17 +434,55 @@ class ClientRuntime:
             else:
                 raise ClientError(f"PushResult failed: {code.name}: {exc.details()}") from None
 
-    def _leave(self, reason: str) -> None:
+    def report_fatal(self, reason: str) -> int:
+        """Tell the server this client can never take part, and why; returns exit status 2.
+
+        For a failure before the client could serve (its dataset cannot be
+        loaded, say): it joins only to leave at once with ``fatal`` set, so
+        the server fails the federation with ``reason`` instead of waiting
+        ``wait_timeout`` for a client that is not coming. When the server
+        cannot be reached either, the reason stays in this client's log only.
+        """
+        previous = self._install_signal_handlers()
+        # Bounded: the server is usually up already (compose starts clients
+        # once it is healthy), and a missing server must not hide the error.
+        self.settings = replace(
+            self.settings, connect_timeout=min(self.settings.connect_timeout, REPORT_TIMEOUT)
+        )
+        try:
+            self._join_with_retries()
+            self._leave(reason, fatal=True)
+        except ClientError as exc:
+            log.error("could not report this to the server: %s", exc)
+        except _Terminated:
+            log.info("stopping on %s", self._stop_reason)
+        finally:
+            self._stop_heartbeat()
+            if self._channel is not None:
+                self._channel.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 2
+
+    def _leave(self, reason: str, *, fatal: bool = False) -> None:
         session, stub = self._session, self._stub
         self._stop_heartbeat()
         if session is None or stub is None:
             return
         try:
             stub.Leave(
-                serde.leave_to_proto(LeaveNotice(client_id=session.client_id, reason=reason)),
+                serde.leave_to_proto(
+                    LeaveNotice(client_id=session.client_id, reason=reason, fatal=fatal)
+                ),
                 timeout=5.0,
+                metadata=serde.session_metadata(session.secret),
             )
-            log.info("left federation %r (%s)", self.settings.federation, reason)
+            if fatal:
+                log.info(
+                    "told federation %r that this client cannot take part", self.settings.federation
+                )
+            else:
+                log.info("left federation %r (%s)", self.settings.federation, reason)
         except grpc.RpcError as exc:
             log.info("could not say goodbye to the server (%s); leaving anyway", exc.code().name)
         self._session = None
@@ -467,12 +524,14 @@ class ClientRuntime:
         stub = self._stub
         assert stub is not None
 
+        proof = serde.session_metadata(session.secret)
+
         def beat() -> None:
             interval = max(session.heartbeat_interval, 0.1)
             while not stop.wait(interval):
                 request = serde.heartbeat_to_proto(session.client_id, self.progress.current())
                 try:
-                    stub.Heartbeat(request, timeout=max(interval, 5.0))
+                    stub.Heartbeat(request, timeout=max(interval, 5.0), metadata=proof)
                 except grpc.RpcError as exc:
                     if exc.code() is grpc.StatusCode.NOT_FOUND:
                         # The server forgot the session: the main loop joins again
@@ -513,6 +572,17 @@ class ClientRuntime:
 def _format_metrics(result: Result) -> str:
     parts = [f", {k} {v:.4f}" for k, v in result.metrics.items() if isinstance(v, float)]
     return "".join(parts)
+
+
+def report_fatal(
+    settings: ClientSettings, reason: str, *, model_spec: ModelSpec | None = None
+) -> int:
+    """Tell the federation this client cannot take part (see :meth:`ClientRuntime.report_fatal`)."""
+
+    def no_client(ctx: ClientContext) -> NumPyClient:
+        raise ClientError("this client only reports a failure")
+
+    return ClientRuntime(no_client, settings, model_spec=model_spec).report_fatal(reason)
 
 
 def run_client(

@@ -174,17 +174,18 @@ class TrainConfig:
         )
 
 
-def fit_seed(seed: int, partition_id: int, fit_number: int) -> int:
+def fit_seed(seed: int, partition_id: int) -> int:
     """The shuffling seed of one local fit, in ``[0, 2**63)``.
 
-    Derived from (config seed, partition, how many fits this client has run)
-    so runs are reproducible, clients do not shuffle in lockstep, and each
-    round draws a new order even when the server sends the same seed every
-    round. Any integer seed works (the fit config allows negative ones).
+    Derived from the fit task's ``seed`` (which the server derives from the
+    federation seed and the round) and the client's partition, and from
+    nothing in the process: a fit redone after a server restart, or by a
+    restarted client, shuffles exactly as the first try did, so a resumed
+    federation ends bit-identical to an uninterrupted one. Clients of different
+    partitions do not shuffle in lockstep. Any integer seed works (the fit
+    config allows negative ones).
     """
-    state = np.random.SeedSequence([seed % 2**63, partition_id, fit_number]).generate_state(
-        1, dtype=np.uint64
-    )
+    state = np.random.SeedSequence([seed % 2**63, partition_id]).generate_state(1, dtype=np.uint64)
     return int(state[0]) % 2**63
 
 

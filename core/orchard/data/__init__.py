@@ -10,5 +10,7 @@ Import from the modules, which keeps ``import orchard`` light:
 * :mod:`orchard.data.download` -- checksummed, atomic, mirror-aware downloads (``fetch``);
 * :mod:`orchard.data.client_data` -- one client's share as arrays: dataset settings,
   ``load_split`` and the partition's train/val/test splits (``ClientDataset``);
-* :mod:`orchard.data.errors` -- ``DatasetError``.
+* :mod:`orchard.data.errors` -- ``DatasetError``;
+* :mod:`orchard.data.synth` -- synthetic files in the official formats, marked as such;
+* :mod:`orchard.data.tool` -- the ``orchard-data fetch|import|synth`` command.
 """

@@ -147,7 +147,7 @@ class JoinRequest(_message.Message):
     PARTITION_ID_FIELD_NUMBER: _builtins.int
     NUM_PARTITIONS_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
-    """API version the client speaks, "MAJOR.MINOR" (this file describes "1.1")."""
+    """API version the client speaks, "MAJOR.MINOR" (this file describes "1.2")."""
     federation: _builtins.str
     """Name of the federation to join."""
     instance_id: _builtins.str
@@ -222,8 +222,11 @@ class JoinResponse(_message.Message):
     PARTITION_ID_FIELD_NUMBER: _builtins.int
     NUM_PARTITIONS_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    SESSION_SECRET_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
-    """Session identifier; every later call carries it."""
+    """Public session identifier: logs and history name the client by it, and
+    every later request carries it. It is not a credential.
+    """
     api_version: _builtins.str
     """The API version the server will speak in this session."""
     heartbeat_interval_seconds: _builtins.float
@@ -234,6 +237,11 @@ class JoinResponse(_message.Message):
     """Number of partitions the data set is split into."""
     state: Global___FederationState.ValueType
     """Current state of the federation."""
+    session_secret: _builtins.str
+    """The session's credential (since 1.2): every later call carries it as the
+    gRPC metadata entry `orchard-session-secret`. Unguessable (256 random
+    bits); the server keeps only its hash and never logs it. Keep it private.
+    """
     @_builtins.property
     def model_spec(self) -> _tensor_pb2.ModelSpec:
         """The federation's model specification."""
@@ -248,10 +256,11 @@ class JoinResponse(_message.Message):
         partition_id: _builtins.int = ...,
         num_partitions: _builtins.int = ...,
         state: Global___FederationState.ValueType = ...,
+        session_secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model_spec", b"model_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "client_id", b"client_id", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "model_spec", b"model_spec", "num_partitions", b"num_partitions", "partition_id", b"partition_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "client_id", b"client_id", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "model_spec", b"model_spec", "num_partitions", b"num_partitions", "partition_id", b"partition_id", "session_secret", b"session_secret", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -698,19 +707,28 @@ class LeaveRequest(_message.Message):
 
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    FATAL_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Session identifier from JoinResponse."""
     reason: _builtins.str
     """Why the client leaves, for logs (for example "SIGTERM")."""
+    fatal: _builtins.bool
+    """True when the client cannot take part at all (for example its dataset
+    cannot be loaded) and leaves for good: the server then fails the
+    federation at once with `reason` instead of waiting for clients that will
+    never come. False (the default, and what older clients send) is an
+    ordinary leave.
+    """
     def __init__(
         self,
         *,
         client_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        fatal: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "fatal", b"fatal", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -34,6 +34,15 @@ class FederationServiceStub:
     with Heartbeat every `heartbeat_interval_seconds` throughout, from a second
     thread, so that a client busy training is still known to be alive.
     docs/protocol.md walks through the conversation with examples.
+
+    Sessions (since 1.2): Join answers a public `client_id` (for logs, history
+    and the requests' `client_id` fields) and a private `session_secret`. Every
+    later call carries the secret as the gRPC metadata entry
+    `orchard-session-secret`; a call whose secret is missing or wrong gets
+    UNAUTHENTICATED. A Join whose instance_id belongs to a connected session
+    takes it over only when it carries that session's secret in the same
+    metadata entry. Clients of API versions below 1.2 cannot carry it and are
+    refused at Join with FAILED_PRECONDITION.
     """
 
     def __init__(self, channel):
@@ -83,22 +92,37 @@ class FederationServiceServicer:
     with Heartbeat every `heartbeat_interval_seconds` throughout, from a second
     thread, so that a client busy training is still known to be alive.
     docs/protocol.md walks through the conversation with examples.
+
+    Sessions (since 1.2): Join answers a public `client_id` (for logs, history
+    and the requests' `client_id` fields) and a private `session_secret`. Every
+    later call carries the secret as the gRPC metadata entry
+    `orchard-session-secret`; a call whose secret is missing or wrong gets
+    UNAUTHENTICATED. A Join whose instance_id belongs to a connected session
+    takes it over only when it carries that session's secret in the same
+    metadata entry. Clients of API versions below 1.2 cannot carry it and are
+    refused at Join with FAILED_PRECONDITION.
     """
 
     def Join(self, request, context):
         """Joins a federation and opens a session.
 
         Errors:
-        FAILED_PRECONDITION: the API version is not served (the message names the
-        versions this server speaks), or the client's model spec differs from
-        the federation's (the message names the first differing tensor).
-        NOT_FOUND: no federation of that name (the message lists the known ones).
+        FAILED_PRECONDITION: the API version is not served (another major
+        version, or a minor version below 1.2; the message names the version
+        this server speaks), or the client's model spec differs from the
+        federation's (the message names the first differing tensor).
+        NOT_FOUND: no federation of that name (the message lists the known ones
+        that need no token).
         INVALID_ARGUMENT: a required field is missing or malformed (for example
-        an empty instance_id, or a partition_id outside 0..num_partitions-1).
-        UNAUTHENTICATED: the federation requires a token and it is missing or wrong.
+        an api_version that is not "MAJOR.MINOR", an empty instance_id, or a
+        partition_id outside 0..num_partitions-1).
+        UNAUTHENTICATED: the federation requires a token (or a client
+        certificate) and it is missing or wrong.
+        ALREADY_EXISTS: the instance_id belongs to a connected session and the
+        call does not carry that session's secret.
         RESOURCE_EXHAUSTED: the federation already holds its maximum number of
         sessions (its `max_clients`); a client re-joining with the instance_id
-        of a connected session replaces it and is not refused.
+        (and the secret) of a connected session replaces it and is not refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,6 +134,7 @@ class FederationServiceServicer:
         Errors:
         NOT_FOUND: the session is unknown (the server restarted or dropped it);
         the client joins again with the same instance_id.
+        UNAUTHENTICATED: the session secret is missing or wrong.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +150,9 @@ class FederationServiceServicer:
         NOT_FOUND: the session is unknown; the client joins again with the same
         instance_id.
         INVALID_ARGUMENT: max_chunk_bytes is above the largest chunk size.
+        UNAUTHENTICATED: the session secret is missing or wrong.
+        DEADLINE_EXCEEDED: the client stopped reading the task's stream for the
+        server's `stream_idle_timeout`; the task fails and its round goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,6 +171,9 @@ class FederationServiceServicer:
         FAILED_PRECONDITION: the task is no longer open (its round closed or its
         deadline passed).
         NOT_FOUND: the session or the task is unknown.
+        UNAUTHENTICATED: the session secret is missing or wrong.
+        DEADLINE_EXCEEDED: the upload stalled (no message for the server's
+        `stream_idle_timeout`); the round goes on without this result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,9 +181,12 @@ class FederationServiceServicer:
 
     def Leave(self, request, context):
         """Ends a session cleanly; the client is dropped from any open task at once.
+        A fatal leave (`LeaveRequest.fatal`) also fails the federation with the
+        client's reason.
 
         Errors:
         NOT_FOUND: the session is unknown (nothing to do).
+        UNAUTHENTICATED: the session secret is missing or wrong.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -221,6 +255,15 @@ class FederationService:
     with Heartbeat every `heartbeat_interval_seconds` throughout, from a second
     thread, so that a client busy training is still known to be alive.
     docs/protocol.md walks through the conversation with examples.
+
+    Sessions (since 1.2): Join answers a public `client_id` (for logs, history
+    and the requests' `client_id` fields) and a private `session_secret`. Every
+    later call carries the secret as the gRPC metadata entry
+    `orchard-session-secret`; a call whose secret is missing or wrong gets
+    UNAUTHENTICATED. A Join whose instance_id belongs to a connected session
+    takes it over only when it carries that session's secret in the same
+    metadata entry. Clients of API versions below 1.2 cannot carry it and are
+    refused at Join with FAILED_PRECONDITION.
     """
 
     @staticmethod

@@ -35,6 +35,15 @@ class FederationServiceStub:
     with Heartbeat every `heartbeat_interval_seconds` throughout, from a second
     thread, so that a client busy training is still known to be alive.
     docs/protocol.md walks through the conversation with examples.
+
+    Sessions (since 1.2): Join answers a public `client_id` (for logs, history
+    and the requests' `client_id` fields) and a private `session_secret`. Every
+    later call carries the secret as the gRPC metadata entry
+    `orchard-session-secret`; a call whose secret is missing or wrong gets
+    UNAUTHENTICATED. A Join whose instance_id belongs to a connected session
+    takes it over only when it carries that session's secret in the same
+    metadata entry. Clients of API versions below 1.2 cannot carry it and are
+    refused at Join with FAILED_PRECONDITION.
     """
 
     @_typing.overload
@@ -45,16 +54,22 @@ class FederationServiceStub:
     """Joins a federation and opens a session.
 
     Errors:
-      FAILED_PRECONDITION: the API version is not served (the message names the
-        versions this server speaks), or the client's model spec differs from
-        the federation's (the message names the first differing tensor).
-      NOT_FOUND: no federation of that name (the message lists the known ones).
+      FAILED_PRECONDITION: the API version is not served (another major
+        version, or a minor version below 1.2; the message names the version
+        this server speaks), or the client's model spec differs from the
+        federation's (the message names the first differing tensor).
+      NOT_FOUND: no federation of that name (the message lists the known ones
+        that need no token).
       INVALID_ARGUMENT: a required field is missing or malformed (for example
-        an empty instance_id, or a partition_id outside 0..num_partitions-1).
-      UNAUTHENTICATED: the federation requires a token and it is missing or wrong.
+        an api_version that is not "MAJOR.MINOR", an empty instance_id, or a
+        partition_id outside 0..num_partitions-1).
+      UNAUTHENTICATED: the federation requires a token (or a client
+        certificate) and it is missing or wrong.
+      ALREADY_EXISTS: the instance_id belongs to a connected session and the
+        call does not carry that session's secret.
       RESOURCE_EXHAUSTED: the federation already holds its maximum number of
         sessions (its `max_clients`); a client re-joining with the instance_id
-        of a connected session replaces it and is not refused.
+        (and the secret) of a connected session replaces it and is not refused.
     """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_federation_service_pb2.HeartbeatRequest, _federation_service_pb2.HeartbeatResponse]
     """Tells the server the session is alive and learns the federation's state.
@@ -62,6 +77,7 @@ class FederationServiceStub:
     Errors:
       NOT_FOUND: the session is unknown (the server restarted or dropped it);
         the client joins again with the same instance_id.
+      UNAUTHENTICATED: the session secret is missing or wrong.
     """
     PullTask: _grpc.UnaryStreamMultiCallable[_federation_service_pb2.PullTaskRequest, _federation_service_pb2.PullTaskResponse]
     """Waits (at most `wait_seconds`) for the next task of this session and
@@ -73,6 +89,9 @@ class FederationServiceStub:
       NOT_FOUND: the session is unknown; the client joins again with the same
         instance_id.
       INVALID_ARGUMENT: max_chunk_bytes is above the largest chunk size.
+      UNAUTHENTICATED: the session secret is missing or wrong.
+      DEADLINE_EXCEEDED: the client stopped reading the task's stream for the
+        server's `stream_idle_timeout`; the task fails and its round goes on.
     """
     PushResult: _grpc.StreamUnaryMultiCallable[_federation_service_pb2.PushResultRequest, _federation_service_pb2.PushResultResponse]
     """Uploads the result of a task: a ResultHeader, then the chunks of the
@@ -87,12 +106,18 @@ class FederationServiceStub:
       FAILED_PRECONDITION: the task is no longer open (its round closed or its
         deadline passed).
       NOT_FOUND: the session or the task is unknown.
+      UNAUTHENTICATED: the session secret is missing or wrong.
+      DEADLINE_EXCEEDED: the upload stalled (no message for the server's
+        `stream_idle_timeout`); the round goes on without this result.
     """
     Leave: _grpc.UnaryUnaryMultiCallable[_federation_service_pb2.LeaveRequest, _federation_service_pb2.LeaveResponse]
     """Ends a session cleanly; the client is dropped from any open task at once.
+    A fatal leave (`LeaveRequest.fatal`) also fails the federation with the
+    client's reason.
 
     Errors:
       NOT_FOUND: the session is unknown (nothing to do).
+      UNAUTHENTICATED: the session secret is missing or wrong.
     """
     GetStatus: _grpc.UnaryUnaryMultiCallable[_federation_service_pb2.GetStatusRequest, _federation_service_pb2.GetStatusResponse]
     """Reads what every federation of this server is doing: model, strategy,
@@ -114,6 +139,15 @@ class FederationServiceAsyncStub(FederationServiceStub):
     with Heartbeat every `heartbeat_interval_seconds` throughout, from a second
     thread, so that a client busy training is still known to be alive.
     docs/protocol.md walks through the conversation with examples.
+
+    Sessions (since 1.2): Join answers a public `client_id` (for logs, history
+    and the requests' `client_id` fields) and a private `session_secret`. Every
+    later call carries the secret as the gRPC metadata entry
+    `orchard-session-secret`; a call whose secret is missing or wrong gets
+    UNAUTHENTICATED. A Join whose instance_id belongs to a connected session
+    takes it over only when it carries that session's secret in the same
+    metadata entry. Clients of API versions below 1.2 cannot carry it and are
+    refused at Join with FAILED_PRECONDITION.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -121,16 +155,22 @@ class FederationServiceAsyncStub(FederationServiceStub):
     """Joins a federation and opens a session.
 
     Errors:
-      FAILED_PRECONDITION: the API version is not served (the message names the
-        versions this server speaks), or the client's model spec differs from
-        the federation's (the message names the first differing tensor).
-      NOT_FOUND: no federation of that name (the message lists the known ones).
+      FAILED_PRECONDITION: the API version is not served (another major
+        version, or a minor version below 1.2; the message names the version
+        this server speaks), or the client's model spec differs from the
+        federation's (the message names the first differing tensor).
+      NOT_FOUND: no federation of that name (the message lists the known ones
+        that need no token).
       INVALID_ARGUMENT: a required field is missing or malformed (for example
-        an empty instance_id, or a partition_id outside 0..num_partitions-1).
-      UNAUTHENTICATED: the federation requires a token and it is missing or wrong.
+        an api_version that is not "MAJOR.MINOR", an empty instance_id, or a
+        partition_id outside 0..num_partitions-1).
+      UNAUTHENTICATED: the federation requires a token (or a client
+        certificate) and it is missing or wrong.
+      ALREADY_EXISTS: the instance_id belongs to a connected session and the
+        call does not carry that session's secret.
       RESOURCE_EXHAUSTED: the federation already holds its maximum number of
         sessions (its `max_clients`); a client re-joining with the instance_id
-        of a connected session replaces it and is not refused.
+        (and the secret) of a connected session replaces it and is not refused.
     """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_federation_service_pb2.HeartbeatRequest, _federation_service_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Tells the server the session is alive and learns the federation's state.
@@ -138,6 +178,7 @@ class FederationServiceAsyncStub(FederationServiceStub):
     Errors:
       NOT_FOUND: the session is unknown (the server restarted or dropped it);
         the client joins again with the same instance_id.
+      UNAUTHENTICATED: the session secret is missing or wrong.
     """
     PullTask: _aio.UnaryStreamMultiCallable[_federation_service_pb2.PullTaskRequest, _federation_service_pb2.PullTaskResponse]  # type: ignore[assignment]
     """Waits (at most `wait_seconds`) for the next task of this session and
@@ -149,6 +190,9 @@ class FederationServiceAsyncStub(FederationServiceStub):
       NOT_FOUND: the session is unknown; the client joins again with the same
         instance_id.
       INVALID_ARGUMENT: max_chunk_bytes is above the largest chunk size.
+      UNAUTHENTICATED: the session secret is missing or wrong.
+      DEADLINE_EXCEEDED: the client stopped reading the task's stream for the
+        server's `stream_idle_timeout`; the task fails and its round goes on.
     """
     PushResult: _aio.StreamUnaryMultiCallable[_federation_service_pb2.PushResultRequest, _federation_service_pb2.PushResultResponse]  # type: ignore[assignment]
     """Uploads the result of a task: a ResultHeader, then the chunks of the
@@ -163,12 +207,18 @@ class FederationServiceAsyncStub(FederationServiceStub):
       FAILED_PRECONDITION: the task is no longer open (its round closed or its
         deadline passed).
       NOT_FOUND: the session or the task is unknown.
+      UNAUTHENTICATED: the session secret is missing or wrong.
+      DEADLINE_EXCEEDED: the upload stalled (no message for the server's
+        `stream_idle_timeout`); the round goes on without this result.
     """
     Leave: _aio.UnaryUnaryMultiCallable[_federation_service_pb2.LeaveRequest, _federation_service_pb2.LeaveResponse]  # type: ignore[assignment]
     """Ends a session cleanly; the client is dropped from any open task at once.
+    A fatal leave (`LeaveRequest.fatal`) also fails the federation with the
+    client's reason.
 
     Errors:
       NOT_FOUND: the session is unknown (nothing to do).
+      UNAUTHENTICATED: the session secret is missing or wrong.
     """
     GetStatus: _aio.UnaryUnaryMultiCallable[_federation_service_pb2.GetStatusRequest, _federation_service_pb2.GetStatusResponse]  # type: ignore[assignment]
     """Reads what every federation of this server is doing: model, strategy,
@@ -189,6 +239,15 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
     with Heartbeat every `heartbeat_interval_seconds` throughout, from a second
     thread, so that a client busy training is still known to be alive.
     docs/protocol.md walks through the conversation with examples.
+
+    Sessions (since 1.2): Join answers a public `client_id` (for logs, history
+    and the requests' `client_id` fields) and a private `session_secret`. Every
+    later call carries the secret as the gRPC metadata entry
+    `orchard-session-secret`; a call whose secret is missing or wrong gets
+    UNAUTHENTICATED. A Join whose instance_id belongs to a connected session
+    takes it over only when it carries that session's secret in the same
+    metadata entry. Clients of API versions below 1.2 cannot carry it and are
+    refused at Join with FAILED_PRECONDITION.
     """
 
     @_abc_1.abstractmethod
@@ -200,16 +259,22 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Joins a federation and opens a session.
 
         Errors:
-          FAILED_PRECONDITION: the API version is not served (the message names the
-            versions this server speaks), or the client's model spec differs from
-            the federation's (the message names the first differing tensor).
-          NOT_FOUND: no federation of that name (the message lists the known ones).
+          FAILED_PRECONDITION: the API version is not served (another major
+            version, or a minor version below 1.2; the message names the version
+            this server speaks), or the client's model spec differs from the
+            federation's (the message names the first differing tensor).
+          NOT_FOUND: no federation of that name (the message lists the known ones
+            that need no token).
           INVALID_ARGUMENT: a required field is missing or malformed (for example
-            an empty instance_id, or a partition_id outside 0..num_partitions-1).
-          UNAUTHENTICATED: the federation requires a token and it is missing or wrong.
+            an api_version that is not "MAJOR.MINOR", an empty instance_id, or a
+            partition_id outside 0..num_partitions-1).
+          UNAUTHENTICATED: the federation requires a token (or a client
+            certificate) and it is missing or wrong.
+          ALREADY_EXISTS: the instance_id belongs to a connected session and the
+            call does not carry that session's secret.
           RESOURCE_EXHAUSTED: the federation already holds its maximum number of
             sessions (its `max_clients`); a client re-joining with the instance_id
-            of a connected session replaces it and is not refused.
+            (and the secret) of a connected session replaces it and is not refused.
         """
 
     @_abc_1.abstractmethod
@@ -223,6 +288,7 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors:
           NOT_FOUND: the session is unknown (the server restarted or dropped it);
             the client joins again with the same instance_id.
+          UNAUTHENTICATED: the session secret is missing or wrong.
         """
 
     @_abc_1.abstractmethod
@@ -240,6 +306,9 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
           NOT_FOUND: the session is unknown; the client joins again with the same
             instance_id.
           INVALID_ARGUMENT: max_chunk_bytes is above the largest chunk size.
+          UNAUTHENTICATED: the session secret is missing or wrong.
+          DEADLINE_EXCEEDED: the client stopped reading the task's stream for the
+            server's `stream_idle_timeout`; the task fails and its round goes on.
         """
 
     @_abc_1.abstractmethod
@@ -260,6 +329,9 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
           FAILED_PRECONDITION: the task is no longer open (its round closed or its
             deadline passed).
           NOT_FOUND: the session or the task is unknown.
+          UNAUTHENTICATED: the session secret is missing or wrong.
+          DEADLINE_EXCEEDED: the upload stalled (no message for the server's
+            `stream_idle_timeout`); the round goes on without this result.
         """
 
     @_abc_1.abstractmethod
@@ -269,9 +341,12 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_federation_service_pb2.LeaveResponse, _abc.Awaitable[_federation_service_pb2.LeaveResponse]]:
         """Ends a session cleanly; the client is dropped from any open task at once.
+        A fatal leave (`LeaveRequest.fatal`) also fails the federation with the
+        client's reason.
 
         Errors:
           NOT_FOUND: the session is unknown (nothing to do).
+          UNAUTHENTICATED: the session secret is missing or wrong.
         """
 
     @_abc_1.abstractmethod

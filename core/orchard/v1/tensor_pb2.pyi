@@ -193,7 +193,9 @@ class TensorChunk(_message.Message):
     offset: _builtins.int
     """Byte offset of `data` within that tensor's bytes."""
     data: _builtins.bytes
-    """The bytes; at most the sender's chunk size (1 MiB by default, never above 4 MiB)."""
+    """The bytes; at most the sender's chunk size (1 MiB by default, never above
+    4 MiB - 64 KiB = 4128768 bytes); a longer chunk is refused with INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,

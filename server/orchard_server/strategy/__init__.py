@@ -5,7 +5,8 @@ an aggregate (:class:`WeightedMean`, :class:`CoordinateMedian`,
 :class:`TrimmedMean`) and a server optimizer (:func:`sgd`, :func:`adam`,
 :func:`yogi`, :func:`adagrad`) whose state is an explicit immutable value; any
 combination composes. :func:`make_strategy` builds the named ones (FedAvg,
-FedAvgM, FedAdam, FedYogi, FedAdagrad, FedProx, FedMedian, FedTrimmedAvg);
+FedAvgM, FedAdam, FedYogi, FedAdagrad, FedProx, FedMedian, FedTrimmedAvg,
+Krum, Multi-Krum), each optionally with update-norm clipping (``clip_norm``);
 :func:`compose_strategy` swaps or adds pieces by name, as a config does. Pure
 NumPy: no transport and no ML framework here.
 """
@@ -44,6 +45,7 @@ from orchard_server.strategy.pieces import (
     AdagradOptions,
     AdamOptions,
     AggregatorOptions,
+    KrumOptions,
     MeanOptions,
     MedianOptions,
     OptimizerOptions,
@@ -52,10 +54,12 @@ from orchard_server.strategy.pieces import (
     TrimmedMeanOptions,
     YogiOptions,
 )
+from orchard_server.strategy.robust import Krum, NormClipping, krum
 from orchard_server.strategy.selection import (
     SelectionError,
     SelectionPolicy,
     UniformSampling,
+    round_rng,
     sample_clients,
     sample_size,
 )
@@ -70,6 +74,8 @@ from orchard_server.strategy.strategies import (
     FedProxOptions,
     FedTrimmedAvgOptions,
     FedYogiOptions,
+    KrumStrategyOptions,
+    MultiKrumOptions,
     NamedStrategyOptions,
     make_strategy,
     parse_options,
@@ -95,9 +101,14 @@ __all__ = [
     "FedProxOptions",
     "FedTrimmedAvgOptions",
     "FedYogiOptions",
+    "Krum",
+    "KrumOptions",
+    "KrumStrategyOptions",
     "MeanOptions",
     "MedianOptions",
+    "MultiKrumOptions",
     "NamedStrategyOptions",
+    "NormClipping",
     "OptimizerError",
     "OptimizerOptions",
     "SelectionError",
@@ -117,10 +128,12 @@ __all__ = [
     "adagrad",
     "adam",
     "compose_strategy",
+    "krum",
     "make_strategy",
     "median",
     "parse_options",
     "pseudo_gradient",
+    "round_rng",
     "sample_clients",
     "sample_size",
     "sgd",

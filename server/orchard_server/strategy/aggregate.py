@@ -322,8 +322,7 @@ def weighted_average_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
     whose reporting clients saw no examples at all has no average and is left
     out, for the same reason. Keys come out sorted.
     """
-    sums: dict[str, float] = {}
-    weights: dict[str, int] = {}
+    values: dict[str, list[tuple[int, float]]] = {}
     for index, (num_examples, metrics) in enumerate(results, start=1):
         weight = integer(
             num_examples, what=f"result {index}: num_examples", error=AggregationError, low=0
@@ -334,27 +333,33 @@ def weighted_average_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
             number = float(value)
             if not math.isfinite(number):
                 continue
-            sums[key] = sums.get(key, 0.0) + weight * number
-            weights[key] = weights.get(key, 0) + weight
-    return {key: sums[key] / weights[key] for key in sorted(sums) if weights[key] > 0}
+            values.setdefault(key, []).append((weight, number))
+    # A convex combination (weights divided by their total first): finite
+    # values near the float range (1e308) never overflow to infinity.
+    out: Metrics = {}
+    for key in sorted(values):
+        total = sum(w for w, _ in values[key])
+        if total > 0:
+            out[key] = math.fsum(w / total * x for w, x in values[key])
+    return out
 
 
 def weighted_average_loss(results: Sequence[tuple[int, float]]) -> float:
     """The clients' losses averaged with their example counts as weights."""
-    total_weight = 0
-    total = 0.0
+    pairs: list[tuple[int, float]] = []
     for index, (num_examples, loss) in enumerate(results, start=1):
         weight = integer(
             num_examples, what=f"result {index}: num_examples", error=AggregationError, low=0
         )
         if not _is_number(loss) or not math.isfinite(float(loss)):
             raise AggregationError(f"result {index}: loss must be a finite number, got {loss!r}")
-        total += weight * float(loss)
-        total_weight += weight
+        pairs.append((weight, float(loss)))
+    total_weight = sum(w for w, _ in pairs)
     if not results:
         raise AggregationError("weighted_average_loss: no results to average")
     if total_weight == 0:
         raise AggregationError(
             f"weighted_average_loss: all {len(results)} results report num_examples=0"
         )
-    return total / total_weight
+    # A convex combination: finite losses near the float range never overflow.
+    return math.fsum(w / total_weight * x for w, x in pairs)

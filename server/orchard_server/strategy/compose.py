@@ -1,7 +1,7 @@
 """Strategies composed from pieces: a named strategy with one piece swapped or added.
 
 A config names a strategy (``strategy = "fedavgm"``) and may set the pieces it
-is made of: ``aggregator`` (``mean``, ``median``, ``trimmed_mean``) and
+is made of: ``aggregator`` (``mean``, ``median``, ``trimmed_mean``, ``krum``) and
 ``server_optimizer`` (``sgd``, ``adam``, ``yogi``, ``adagrad``). The options
 then are those of the pieces in effect, each routed to the piece that declares
 it. The rules, so a composition never silently drops what was asked for:
@@ -14,7 +14,8 @@ it. The rules, so a composition never silently drops what was asked for:
   ``strategy = "fedavgm"`` is FedMedian with server momentum 0.9, and so is
   ``aggregator = "median"``, ``server_optimizer = "sgd"`` with
   ``momentum = 0.9``;
-* FedProx's ``proximal_mu`` goes with it into any composition.
+* FedProx's ``proximal_mu`` goes with it into any composition;
+* ``clip_norm`` (update-norm clipping) wraps whatever aggregate results.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Mapping
 
 from orchard.typing import Config, Scalar
 from orchard_server.strategy._checks import real
-from orchard_server.strategy.base import Strategy, StrategyError
+from orchard_server.strategy.base import Strategy, StrategyError, split_clip_norm, with_clipping
 from orchard_server.strategy.pieces import (
     AGGREGATORS,
     SERVER_OPTIMIZERS,
@@ -132,7 +133,8 @@ def compose_strategy(
     default selection policy.
     """
     if aggregator or server_optimizer:
-        strategy = _composed(name, options or {}, aggregator, server_optimizer)
+        rest, clip = split_clip_norm(options)
+        strategy = with_clipping(_composed(name, rest, aggregator, server_optimizer), clip)
     else:
         strategy = make_strategy(name, options)
     return strategy if select is None else dataclasses.replace(strategy, select=select)

@@ -10,6 +10,8 @@ piece             options                 builds
 ``mean``          none                    :class:`.WeightedMean` (McMahan et al. 2017)
 ``median``        none                    :class:`.CoordinateMedian` (Yin et al. 2018)
 ``trimmed_mean``  beta                    :class:`.TrimmedMean` (Yin et al. 2018)
+``krum``          num_malicious,          :class:`.Krum` (Blanchard et al. 2017)
+                  num_selected
 ``sgd``           server_lr, momentum     :func:`.sgd` (Hsu et al. 2019 with momentum)
 ``adam``          eta, beta1, beta2, tau  :func:`.adam` (Reddi et al. 2020)
 ``yogi``          eta, beta1, beta2, tau  :func:`.yogi` (Reddi et al. 2020)
@@ -18,6 +20,8 @@ piece             options                 builds
 
 The named strategies (:mod:`.strategies`) subclass the piece they tune, if any, so
 FedAdam's options *are* Adam's and FedAvgM's are SGD's with momentum 0.9.
+Every strategy also takes ``clip_norm`` (update-norm clipping, :class:`.NormClipping`),
+which wraps whichever aggregate is in effect.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from orchard_server.strategy.aggregate import (
 )
 from orchard_server.strategy.base import StrategyError
 from orchard_server.strategy.optimizers import ServerOptimizer, adagrad, adam, sgd, yogi
+from orchard_server.strategy.robust import Krum
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +110,31 @@ class TrimmedMeanOptions(AggregatorOptions):
 
     def aggregator(self) -> Callable[[], Aggregator]:
         return functools.partial(TrimmedMean, self.beta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KrumOptions(AggregatorOptions):
+    """Krum / Multi-Krum (Blanchard et al. 2017): ``f`` tolerated, ``m`` updates averaged.
+
+    ``num_malicious`` is ``f``; ``num_selected`` is ``m``: 1 is Krum, 0 means
+    ``n - f`` (Multi-Krum as in the paper). Whole numbers only.
+    """
+
+    strategy: ClassVar[str] = "krum"
+    num_malicious: float = 1
+    num_selected: float = 1
+
+    def __post_init__(self) -> None:
+        for option in ("num_malicious", "num_selected"):
+            self._check(option, low=0.0)
+            if not float(getattr(self, option)).is_integer():
+                raise StrategyError(
+                    f"{self.strategy} option {option!r} must be a whole number, "
+                    f"got {getattr(self, option)!r}"
+                )
+
+    def aggregator(self) -> Callable[[], Aggregator]:
+        return functools.partial(Krum, int(self.num_malicious), int(self.num_selected))
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -203,7 +233,7 @@ class AdagradOptions(_AdaptiveOptions):
 
 #: Aggregate pieces by the name a config's ``aggregator`` key uses.
 AGGREGATORS: Mapping[str, type[AggregatorOptions]] = {
-    cls.strategy: cls for cls in (MeanOptions, MedianOptions, TrimmedMeanOptions)
+    cls.strategy: cls for cls in (MeanOptions, MedianOptions, TrimmedMeanOptions, KrumOptions)
 }
 
 #: Server-optimizer pieces by the name a config's ``server_optimizer`` key uses.

@@ -2,10 +2,16 @@
 
 Flower's semantics, so results compare with Flower runs: the sample size is
 ``max(int(len(available) * fraction), min_clients)``, capped at the number of
-clients available. Deterministic given the generator: ``available`` is sorted
-first, so the order in which clients happened to connect does not change who
-is drawn. :class:`UniformSampling` packages the rule as a strategy's
-selection policy (:class:`SelectionPolicy`).
+clients available. Deterministic given the generator *and the order of*
+``available``: the draw is positional, so callers pass clients in an order
+made of stable keys. The round loop passes them ordered by (partition,
+instance id) (:attr:`~orchard_server.pool.ClientInfo.sort_key`), never by the
+random session ids, so two seeded runs, or a run and its resumed twin, draw the
+same clients. :func:`round_rng` gives the generator of one draw: it depends
+only on (federation seed, round, attempt, purpose), so a round aborted by a
+kill re-draws the same sample when the resumed server runs it again, by
+construction, whatever happened in earlier rounds. :class:`UniformSampling`
+packages the rule as a strategy's selection policy (:class:`SelectionPolicy`).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -22,6 +28,26 @@ from orchard_server.strategy._checks import integer, real_in
 
 class SelectionError(ValueError):
     """The selection arguments are invalid; the message names the argument."""
+
+
+#: What a round's generator is drawn for: one independent stream each.
+DrawPurpose = Literal["fit", "evaluate"]
+_PURPOSES: dict[DrawPurpose, int] = {"fit": 0, "evaluate": 1}
+
+
+def round_rng(
+    seed: int, rnd: int, *, attempt: int = 1, purpose: DrawPurpose
+) -> np.random.Generator:
+    """The generator of one round's draw, from (seed, round, attempt, purpose) only.
+
+    Nothing carried from earlier rounds (no generator state, no counter), so a
+    resumed federation re-draws exactly what the killed one drew in the round
+    it did not finish, and a retried attempt draws afresh. Any integer seed
+    works (negative ones are wrapped).
+    """
+    key = [seed % 2**63, integer(rnd, what="round", error=SelectionError, low=0)]
+    key += [integer(attempt, what="attempt", error=SelectionError, low=1), _PURPOSES[purpose]]
+    return np.random.default_rng(np.random.SeedSequence(key))
 
 
 def sample_size(num_available: int, *, fraction: float, min_clients: int) -> int:
@@ -51,10 +77,13 @@ def sample_clients(
     min_clients: int,
     rng: np.random.Generator,
 ) -> list[str]:
-    """Draw a round's clients without replacement; returned in sorted order.
+    """Draw a round's clients without replacement, positionally from ``available``.
 
-    The result is sorted so logs and histories list the same round the same way
-    whatever order the generator drew it in.
+    ``available`` must come in an order of stable keys (the round loop sorts
+    by partition, then instance id): the draw picks positions, so the same
+    order and generator give the same clients. The result keeps the order of
+    ``available``, so logs and histories list a round the same way whatever
+    order the generator drew it in.
     """
     if isinstance(available, str):
         raise SelectionError("available must be a sequence of client ids, not a single string")
@@ -75,18 +104,17 @@ def sample_clients(
             f"got {type(rng).__name__}"
         )
     size = sample_size(len(ids), fraction=fraction, min_clients=min_clients)
-    ids.sort()
     picked = rng.choice(len(ids), size=size, replace=False)
-    return sorted(ids[int(i)] for i in picked)
+    return [ids[int(i)] for i in sorted(picked)]
 
 
 class SelectionPolicy(Protocol):
     """Which clients a round waits for, trains and evaluates; part of a strategy.
 
-    A policy is stateless: the round loop owns the random generator (its state
-    is checkpointed, so a resumed federation draws what an uninterrupted one
-    would) and passes it in. ``available`` holds client ids; the result is a
-    subset of it.
+    A policy is stateless: the round loop makes a fresh generator for each
+    draw (:func:`round_rng`, so a resumed federation draws what an
+    uninterrupted one would) and passes it in. ``available`` holds client ids
+    in an order of stable keys; the result is a subset of it.
     """
 
     @property

@@ -16,7 +16,12 @@ fedadagrad     weighted mean         adagrad                 Reddi et al. 2020
 fedprox        weighted mean         sgd(lr=1)               Li et al. 2020
 fedmedian      coordinate median     sgd(lr=1)               Yin et al. 2018
 fedtrimmedavg  trimmed mean (beta)   sgd(lr=1)               Yin et al. 2018
+krum           Krum (f, m=1)         sgd(lr=1)               Blanchard et al. 2017
+multikrum      Multi-Krum (f, m)     sgd(lr=1)               Blanchard et al. 2017
 ============== ===================== ======================= ==========================
+
+Every one of them also takes ``clip_norm`` (> 0: each client's update is
+clipped to that L2 norm before aggregation, :class:`.NormClipping`).
 
 FedProx (Li, Sahu, Zaheer, Sanjabi, Talwalkar and Smith 2020, "Federated
 Optimization in Heterogeneous Networks") changes nothing on the server: clients
@@ -42,11 +47,12 @@ from typing import ClassVar
 from orchard.typing import Config, Scalar
 from orchard_server.strategy._checks import real
 from orchard_server.strategy.aggregate import Aggregator, WeightedMean
-from orchard_server.strategy.base import Strategy, StrategyError
+from orchard_server.strategy.base import Strategy, StrategyError, split_clip_norm, with_clipping
 from orchard_server.strategy.optimizers import ServerOptimizer, sgd
 from orchard_server.strategy.pieces import (
     AdagradOptions,
     AdamOptions,
+    KrumOptions,
     MedianOptions,
     SgdOptions,
     StrategyOptions,
@@ -183,6 +189,28 @@ class FedTrimmedAvgOptions(TrimmedMeanOptions, NamedStrategyOptions):
         return self._strategy(sgd(lr=1.0), self.aggregator())
 
 
+@dataclass(frozen=True, kw_only=True)
+class KrumStrategyOptions(KrumOptions, NamedStrategyOptions):
+    """Krum (Blanchard et al. 2017): the one most central update; ``f = 1`` by default."""
+
+    strategy: ClassVar[str] = "krum"
+    aggregate_piece: ClassVar[str] = "krum"
+
+    def build(self) -> Strategy:
+        return self._strategy(sgd(lr=1.0), self.aggregator())
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultiKrumOptions(KrumStrategyOptions):
+    """Multi-Krum (Blanchard et al. 2017): the mean of the ``m`` most central updates.
+
+    ``num_selected = 0`` (the default) means ``m = n - f``, as in the paper.
+    """
+
+    strategy: ClassVar[str] = "multikrum"
+    num_selected: float = 0
+
+
 #: Options class of each named strategy, in the order of the table above.
 STRATEGY_OPTIONS: Mapping[str, type[NamedStrategyOptions]] = {
     cls.strategy: cls
@@ -195,6 +223,8 @@ STRATEGY_OPTIONS: Mapping[str, type[NamedStrategyOptions]] = {
         FedProxOptions,
         FedMedianOptions,
         FedTrimmedAvgOptions,
+        KrumStrategyOptions,
+        MultiKrumOptions,
     )
 }
 
@@ -227,5 +257,9 @@ def parse_options(name: str, options: Mapping[str, Scalar] | None = None) -> Nam
 
 
 def make_strategy(name: str, options: Mapping[str, Scalar] | None = None) -> Strategy:
-    """Build the named strategy (case-insensitive) from options over its defaults."""
-    return parse_options(name, options).build()
+    """Build the named strategy (case-insensitive) from options over its defaults.
+
+    ``clip_norm`` is taken by every strategy (update-norm clipping).
+    """
+    rest, clip = split_clip_norm(options)
+    return with_clipping(parse_options(name, rest).build(), clip)

@@ -1,0 +1,253 @@
+"""The pipe protocol between a simulation driver and its local worker processes.
+
+A frame is a 4-byte little-endian length, a JSON header of that length, then
+the raw bytes of the arrays the header lists (``dtype``, ``shape``): model
+parameters cross the pipe as NumPy buffers, never as pickled lists of Python
+floats, and nothing is unpickled (a worker may run another interpreter with
+another NumPy). Frames:
+
+* ``init`` (driver -> worker): ``client_fn`` reference, federation, model spec,
+  node config; answered by ``ready`` or ``error``;
+* ``job`` (driver -> worker): one :class:`~orchard.simulation.job.Job`, its
+  task's parameters then its state's arrays; answered by ``result``.
+
+Both sides use the same encoders; the driver reads with asyncio, the worker
+with blocking file objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from orchard.messages import Result, Role, Task, TaskType
+from orchard.simulation.job import Job, JobResult
+from orchard.spec import ModelSpec, TensorSpec
+from orchard.typing import Config, NDArray, NDArrays, Scalar
+
+__all__ = [
+    "Frame",
+    "ProtocolError",
+    "decode_job",
+    "decode_result",
+    "encode",
+    "job_frame",
+    "read_frame",
+    "result_frame",
+    "spec_from_json",
+    "spec_to_json",
+]
+
+_LENGTH = struct.Struct("<I")
+
+
+class ProtocolError(RuntimeError):
+    """A frame is malformed or the other side went away."""
+
+
+#: A decoded frame: its header and its arrays.
+Frame = tuple[dict[str, Any], NDArrays]
+
+
+def _scalar_to_json(value: Scalar) -> Any:
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode()}
+    return value
+
+
+def _scalar_from_json(value: Any) -> Scalar:
+    if isinstance(value, dict):
+        return base64.b64decode(value["$bytes"])
+    if not isinstance(value, bool | int | float | str):
+        raise ProtocolError(f"config value {value!r} is not a scalar")
+    return value
+
+
+def config_to_json(config: Mapping[str, Scalar]) -> dict[str, Any]:
+    """A config (or metrics) map as JSON values; bytes are base64-tagged."""
+    return {k: _scalar_to_json(v) for k, v in config.items()}
+
+
+def config_from_json(data: Mapping[str, Any]) -> Config:
+    """Inverse of :func:`config_to_json`."""
+    return {k: _scalar_from_json(v) for k, v in data.items()}
+
+
+def spec_to_json(spec: ModelSpec) -> dict[str, Any]:
+    """A model spec as JSON."""
+    return {
+        "model_id": spec.model_id,
+        "tensors": [[t.name, list(t.shape), t.dtype] for t in spec.tensors],
+    }
+
+
+def spec_from_json(data: Mapping[str, Any]) -> ModelSpec:
+    """Inverse of :func:`spec_to_json`."""
+    return ModelSpec(
+        data["model_id"],
+        tuple(TensorSpec(name, tuple(shape), dtype) for name, shape, dtype in data["tensors"]),
+    )
+
+
+def encode(header: Mapping[str, Any], arrays: Sequence[NDArray] = ()) -> list[bytes | memoryview]:
+    """The buffers of one frame (written in order; arrays are not copied)."""
+    flat = [np.asarray(a, order="C") for a in arrays]  # (ascontiguousarray makes 0-d 1-d)
+    body = dict(header)
+    body["arrays"] = [[a.dtype.str, list(a.shape)] for a in flat]
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    parts: list[bytes | memoryview] = [_LENGTH.pack(len(raw)), raw]
+    parts.extend(a.reshape(-1).view(np.uint8).data for a in flat if a.size)
+    return parts
+
+
+def _array_sizes(header: Mapping[str, Any]) -> list[tuple[np.dtype[Any], tuple[int, ...], int]]:
+    out = []
+    for dtype_str, shape in header.get("arrays", []):
+        dtype = np.dtype(dtype_str)
+        shape_t = tuple(int(s) for s in shape)
+        out.append((dtype, shape_t, int(np.prod(shape_t, dtype=np.int64)) * dtype.itemsize))
+    return out
+
+
+def header_length(prefix: bytes) -> int:
+    """The JSON header's length from a frame's first 4 bytes."""
+    (length,) = _LENGTH.unpack(prefix)
+    return int(length)
+
+
+def parse_header(
+    raw: bytes,
+) -> tuple[dict[str, Any], list[tuple[np.dtype[Any], tuple[int, ...], int]]]:
+    """The header and the (dtype, shape, nbytes) of each array that follows."""
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:
+        raise ProtocolError(f"malformed frame header: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("frame header is not a JSON object")
+    return header, _array_sizes(header)
+
+
+def to_array(buffer: bytes | bytearray, dtype: np.dtype[Any], shape: tuple[int, ...]) -> NDArray:
+    """An array over ``buffer`` (writable when the buffer is a bytearray)."""
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = stream.readinto(view[got:])  # type: ignore[attr-defined]
+        if not k:
+            raise ProtocolError("the other side closed the pipe")
+        got += k
+    return buf
+
+
+def read_frame(stream: BinaryIO) -> Frame:
+    """Read one frame, blocking (the worker side)."""
+    length = header_length(bytes(_read_exactly(stream, _LENGTH.size)))
+    header, sizes = parse_header(bytes(_read_exactly(stream, length)))
+    arrays = [to_array(_read_exactly(stream, n), d, s) for d, s, n in sizes]
+    return header, arrays
+
+
+def job_frame(job: Job) -> list[bytes | memoryview]:
+    """The frame of a job: header, then parameters, then state arrays."""
+    task = job.task
+    state_keys = None if job.state is None else list(job.state)
+    header = {
+        "op": "job",
+        "client_id": job.client_id,
+        "partition_id": job.partition_id,
+        "num_partitions": job.num_partitions,
+        "role": job.role.value,
+        "task": {
+            "task_id": task.task_id,
+            "type": task.type.value,
+            "round": task.round,
+            "config": config_to_json(task.config),
+            "timeout": task.timeout,
+            "names": list(task.names),
+        },
+        "params": len(task.parameters),
+        "state_keys": state_keys,
+    }
+    state = [] if job.state is None else list(job.state.values())
+    return encode(header, [*task.parameters, *state])
+
+
+def decode_job(frame: Frame) -> Job:
+    """Inverse of :func:`job_frame`."""
+    header, arrays = frame
+    t = header["task"]
+    n = int(header["params"])
+    keys = header.get("state_keys")
+    return Job(
+        client_id=header["client_id"],
+        partition_id=int(header["partition_id"]),
+        num_partitions=int(header["num_partitions"]),
+        role=Role(header["role"]),
+        task=Task(
+            task_id=t["task_id"],
+            type=TaskType(t["type"]),
+            round=int(t["round"]),
+            config=config_from_json(t["config"]),
+            timeout=float(t["timeout"]),
+            names=tuple(t["names"]),
+            parameters=arrays[:n],
+        ),
+        state=None if keys is None else dict(zip(keys, arrays[n:], strict=True)),
+    )
+
+
+def result_frame(out: JobResult) -> list[bytes | memoryview]:
+    """The frame of a job's result."""
+    r = out.result
+    header = {
+        "op": "result",
+        "result": {
+            "client_id": r.client_id,
+            "task_id": r.task_id,
+            "num_examples": r.num_examples,
+            "loss": r.loss,
+            "metrics": config_to_json(r.metrics),
+            "names": list(r.names),
+            "error": r.error,
+        },
+        "params": len(r.parameters),
+        "state_keys": None if out.state is None else list(out.state),
+        "seconds": out.seconds,
+    }
+    state = [] if out.state is None else list(out.state.values())
+    return encode(header, [*r.parameters, *state])
+
+
+def decode_result(frame: Frame) -> JobResult:
+    """Inverse of :func:`result_frame`."""
+    header, arrays = frame
+    if header.get("op") != "result":
+        raise ProtocolError(f"expected a result frame, got {header.get('op')!r}")
+    r = header["result"]
+    n = int(header["params"])
+    keys = header.get("state_keys")
+    return JobResult(
+        result=Result(
+            client_id=r["client_id"],
+            task_id=r["task_id"],
+            num_examples=int(r["num_examples"]),
+            loss=None if r["loss"] is None else float(r["loss"]),
+            metrics=config_from_json(r["metrics"]),
+            names=tuple(r["names"]),
+            parameters=arrays[:n],
+            error=r["error"],
+        ),
+        state=None if keys is None else dict(zip(keys, arrays[n:], strict=True)),
+        seconds=float(header.get("seconds", 0.0)),
+    )

@@ -1,0 +1,301 @@
+"""Where a simulation's tasks run: the backend interface and the ``local`` backend.
+
+A backend owns one pool of workers per client group and runs a
+:class:`~orchard.simulation.job.Job` on an idle worker of the job's group.
+Workers live for the whole simulation and create a fresh virtual client for
+every job, so memory is bounded by the number of workers, not by the number of
+virtual clients.
+
+The ``local`` backend starts each worker as ``python -m
+orchard.simulation.worker`` with the group's interpreter (the MXNet
+environment's for MXNet clients) and speaks :mod:`orchard.simulation.wire`
+over its pipes: parameters cross as raw NumPy buffers. A job cancelled
+(its deadline passed) or a worker that dies takes its worker down; a fresh
+one replaces it, as a deployed client that missed a deadline is dropped and
+another takes its place.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from orchard.simulation.job import Job, JobResult
+from orchard.simulation.wire import (
+    ProtocolError,
+    config_to_json,
+    decode_result,
+    encode,
+    header_length,
+    job_frame,
+    parse_header,
+    spec_to_json,
+    to_array,
+)
+from orchard.spec import ModelSpec
+from orchard_server.simulation.config import ClientGroup
+
+__all__ = ["Backend", "LocalBackend", "WorkerLostError", "WorkerStartError"]
+
+log = logging.getLogger("orchard.simulation")
+
+#: StreamReader buffer of a worker's pipe: large reads of parameters in few steps.
+_PIPE_LIMIT = 1 << 24
+
+
+class WorkerLostError(RuntimeError):
+    """The worker running a job died; the job's client is dropped."""
+
+
+class WorkerStartError(RuntimeError):
+    """A worker could not start (interpreter, import or ``client_fn`` problem)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSetup:
+    """What every worker of a group is started with."""
+
+    group: ClientGroup
+    federation: str
+    spec: ModelSpec
+    #: Threads each worker's frameworks may use (OMP_NUM_THREADS).
+    threads: int = 1
+
+    def init_header(self) -> dict[str, Any]:
+        return {
+            "op": "init",
+            "client_fn": self.group.client_fn,
+            "federation": self.federation,
+            "spec": spec_to_json(self.spec),
+            "node_config": config_to_json(self.group.node_config),
+        }
+
+
+class Backend(abc.ABC):
+    """Runs jobs on workers; one pool of workers per client group."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Start every worker (a broken setup fails here, before the first round)."""
+
+    @abc.abstractmethod
+    async def run(self, group: int, job: Job) -> JobResult:
+        """Run ``job`` on an idle worker of ``group``; raises :class:`WorkerLostError`.
+
+        Cancelling the call (a missed deadline) stops the worker it ran on.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop every worker."""
+
+    @property
+    @abc.abstractmethod
+    def pids(self) -> list[int]:
+        """Process ids of the workers (memory accounting in benchmarks)."""
+
+
+#: Linux's fcntl to resize a pipe (F_SETPIPE_SZ), and the size asked for.
+_F_SETPIPE_SZ = 1031
+_PIPE_BYTES = 1 << 20
+
+
+def _widen_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Ask for 1 MiB pipes (Linux; default 64 KiB): 16x fewer reads and writes per model."""
+    for stream in (proc.stdin, proc.stdout):
+        transport = getattr(stream, "transport", None) or getattr(stream, "_transport", None)
+        pipe = transport.get_extra_info("pipe") if transport is not None else None
+        if pipe is None:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
+
+
+class _Process:
+    """One local worker process and its pipes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, setup: WorkerSetup) -> _Process:
+        python = setup.group.python or sys.executable
+        env = dict(os.environ)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env.setdefault(var, str(setup.threads))
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                python,
+                "-m",
+                "orchard.simulation.worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+                limit=_PIPE_LIMIT,
+            )
+        except OSError as exc:
+            raise WorkerStartError(f"cannot start a worker with {python}: {exc}") from None
+        _widen_pipes(proc)
+        worker = cls(proc)
+        try:
+            await worker._send(encode(setup.init_header()))
+            header, _ = await worker._read()
+        except (ProtocolError, ConnectionError) as exc:
+            code = await worker.stop()
+            raise WorkerStartError(
+                f"a worker ({python}) exited with code {code} while starting: {exc}; is "
+                "orchard (core) importable by that interpreter (PYTHONPATH)?"
+            ) from None
+        if header.get("op") != "ready":
+            await worker.stop()
+            raise WorkerStartError(f"a worker refused to start: {header.get('message')}")
+        return worker
+
+    async def _send(self, parts: list[bytes | memoryview]) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        for part in parts:
+            stdin.write(part)
+        await stdin.drain()
+
+    async def _read(self) -> tuple[dict[str, Any], list[Any]]:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        try:
+            length = header_length(await stdout.readexactly(4))
+            header, sizes = parse_header(await stdout.readexactly(length))
+            arrays = [to_array(await stdout.readexactly(n), d, s) for d, s, n in sizes]
+        except asyncio.IncompleteReadError:
+            raise ProtocolError("the worker closed its pipe") from None
+        return header, arrays
+
+    async def call(self, job: Job) -> JobResult:
+        try:
+            await self._send(job_frame(job))
+            return decode_result(await self._read())
+        except (ProtocolError, ConnectionError) as exc:
+            # The pipe closes just before the process ends: give it a moment to
+            # report its own exit code before stopping it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 2.0)
+            code = await self.stop()
+            raise WorkerLostError(
+                f"its worker process (pid {self.proc.pid}) died with exit code {code}: {exc}"
+            ) from None
+
+    async def stop(self) -> int | None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.proc.wait(), 10)
+        return self.proc.returncode
+
+
+class _LocalPool:
+    """The workers of one group: a queue of idle ones, replaced when one is lost."""
+
+    def __init__(self, setup: WorkerSetup, size: int) -> None:
+        self.setup = setup
+        self.size = size
+        self.idle: asyncio.Queue[_Process] = asyncio.Queue()
+        self.all: set[_Process] = set()
+        self._spares: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        workers = await asyncio.gather(
+            *(_Process.start(self.setup) for _ in range(self.size)), return_exceptions=True
+        )
+        errors = [w for w in workers if isinstance(w, BaseException)]
+        for w in workers:
+            if isinstance(w, _Process):
+                self.all.add(w)
+                self.idle.put_nowait(w)
+        if errors:
+            raise errors[0]
+
+    def _replace(self, lost: _Process) -> None:
+        self.all.discard(lost)
+
+        async def spare() -> None:
+            try:
+                worker = await _Process.start(self.setup)
+            except WorkerStartError as exc:
+                log.error("could not replace a lost worker: %s", exc)
+                return
+            self.all.add(worker)
+            self.idle.put_nowait(worker)
+
+        task = asyncio.ensure_future(spare())
+        self._spares.add(task)
+        task.add_done_callback(self._spares.discard)
+
+    async def run(self, job: Job) -> JobResult:
+        worker = await self.idle.get()
+        try:
+            out = await worker.call(job)
+        except WorkerLostError:
+            self._replace(worker)
+            raise
+        except asyncio.CancelledError:
+            # The job's deadline passed while the worker was busy: stop it, start another.
+            await asyncio.shield(worker.stop())
+            self._replace(worker)
+            raise
+        self.idle.put_nowait(worker)
+        return out
+
+    async def close(self) -> None:
+        for task in list(self._spares):
+            task.cancel()
+        for worker in list(self.all):
+            if worker.proc.stdin is not None:
+                worker.proc.stdin.close()
+        await asyncio.gather(*(self._close_one(w) for w in list(self.all)))
+        self.all.clear()
+
+    @staticmethod
+    async def _close_one(worker: _Process) -> None:
+        try:
+            await asyncio.wait_for(worker.proc.wait(), 5)
+        except TimeoutError:
+            await worker.stop()
+
+
+class LocalBackend(Backend):
+    """Worker processes on this machine, one per core unless told."""
+
+    def __init__(self, setups: list[WorkerSetup], sizes: list[int]) -> None:
+        self._pools = [_LocalPool(s, n) for s, n in zip(setups, sizes, strict=True)]
+
+    async def start(self) -> None:
+        try:
+            await asyncio.gather(*(p.start() for p in self._pools))
+        except BaseException:
+            await self.close()
+            raise
+        log.info(
+            "local backend: %s",
+            ", ".join(
+                f"{p.size} worker(s) of {p.setup.group.python or sys.executable} "
+                f"running {p.setup.group.client_fn}"
+                for p in self._pools
+            ),
+        )
+
+    async def run(self, group: int, job: Job) -> JobResult:
+        return await self._pools[group].run(job)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.close() for p in self._pools))
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.proc.pid for p in self._pools for w in p.all]
