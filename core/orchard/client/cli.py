@@ -585,7 +585,7 @@ def make_client_factory(
     preloaded = {split: load_split(data_settings, split)}
     curves = None
     if getattr(args, "tensorboard_dir", None) is not None:
-        name = args.name or socket.gethostname()
+        name = args.name or default_display_name()  # as the server names it
         curves = EpochCurves(args.tensorboard_dir, federation=args.federation, client=name)
 
     def factory(ctx: ClientContext) -> AdapterClient[Any, SplitT]:
