@@ -170,3 +170,47 @@ class Result:
     def ok(self) -> bool:
         """True when the task succeeded."""
         return not self.error
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientSummary:
+    """A connected client as the status call and the web view show it.
+
+    It carries no session id: a session id authenticates the session's calls,
+    and status and the web view are for onlookers.
+    """
+
+    display_name: str
+    framework: str
+    role: Role
+    partition_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FederationSummary:
+    """One federation at a glance: what ``orchard-server status`` prints."""
+
+    name: str
+    model_id: str
+    strategy: str
+    state: FederationState
+    #: Why it finished or failed ("" while it runs).
+    reason: str
+    rounds_completed: int
+    num_rounds: int
+    #: The round in progress (0 before the first), and its phase ("" between phases).
+    round: int
+    phase: str
+    clients: tuple[ClientSummary, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskProgress:
+    """How far a client is in a long task, as its heartbeats report it."""
+
+    #: Fraction of the task done, 0..1.
+    fraction: float
+    #: The epoch being trained, 1-based; 0 when unknown.
+    epoch: int = 0
+    #: Training throughput so far; 0 when unknown.
+    examples_per_second: float = 0.0

@@ -17,8 +17,10 @@ import grpc
 import numpy as np
 
 from orchard.messages import (
+    ClientSummary,
     FederationState,
     FederationStatus,
+    FederationSummary,
     Finished,
     Idle,
     JoinInfo,
@@ -29,6 +31,7 @@ from orchard.messages import (
     Session,
     Task,
     TaskPoll,
+    TaskProgress,
     TaskType,
 )
 from orchard.spec import ModelSpec, SpecError, TensorSpec
@@ -588,9 +591,18 @@ def session_secret_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | N
 # --- heartbeat, poll, leave --------------------------------------------------------
 
 
-def heartbeat_to_proto(client_id: str) -> pb.HeartbeatRequest:
-    """A session's heartbeat."""
-    return pb.HeartbeatRequest(client_id=client_id)
+def heartbeat_to_proto(client_id: str, progress: TaskProgress | None = None) -> pb.HeartbeatRequest:
+    """A session's heartbeat, with the progress of its current task when it runs one."""
+    msg = pb.HeartbeatRequest(client_id=client_id)
+    if progress is not None:
+        msg.progress.CopyFrom(
+            pb.TaskProgress(
+                fraction=progress.fraction,
+                epoch=progress.epoch,
+                examples_per_second=progress.examples_per_second,
+            )
+        )
+    return msg
 
 
 def heartbeat_from_proto(msg: pb.HeartbeatRequest) -> str:
@@ -904,3 +916,86 @@ def push_ack_to_proto(message: str) -> pb.PushResultResponse:
 def push_ack_from_proto(msg: pb.PushResultResponse) -> str:
     """PushResultResponse -> its acknowledgement text."""
     return msg.message
+
+
+# --- status (orchard-server status) and task progress -------------------------------
+
+
+def heartbeat_progress_from_proto(msg: pb.HeartbeatRequest) -> TaskProgress | None:
+    """The task progress a heartbeat reports, or None (no task, or an older client)."""
+    if not msg.HasField("progress"):
+        return None
+    p = msg.progress
+    return TaskProgress(
+        fraction=min(max(p.fraction, 0.0), 1.0),
+        epoch=p.epoch,
+        examples_per_second=max(p.examples_per_second, 0.0),
+    )
+
+
+def status_request_to_proto(token: str = "") -> pb.GetStatusRequest:
+    """A status request, with the server's web token when it has one."""
+    return pb.GetStatusRequest(token=token)
+
+
+def status_request_from_proto(msg: pb.GetStatusRequest) -> str:
+    """GetStatusRequest -> the token it carries."""
+    return msg.token
+
+
+def federation_summaries_to_proto(
+    summaries: Sequence[FederationSummary],
+) -> pb.GetStatusResponse:
+    """Domain federation summaries -> GetStatusResponse."""
+    return pb.GetStatusResponse(
+        federations=[
+            pb.FederationStatusSummary(
+                name=f.name,
+                model_id=f.model_id,
+                strategy=f.strategy,
+                state=state_to_proto(f.state),
+                reason=f.reason,
+                rounds_completed=f.rounds_completed,
+                num_rounds=f.num_rounds,
+                round=f.round,
+                phase=f.phase,
+                clients=[
+                    pb.ClientStatusSummary(
+                        display_name=c.display_name,
+                        framework=c.framework,
+                        role=_ROLE_TO_PROTO[c.role],
+                        partition_id=max(c.partition_id, 0),
+                    )
+                    for c in f.clients
+                ],
+            )
+            for f in summaries
+        ]
+    )
+
+
+def federation_summaries_from_proto(msg: pb.GetStatusResponse) -> list[FederationSummary]:
+    """GetStatusResponse -> domain federation summaries."""
+    return [
+        FederationSummary(
+            name=f.name,
+            model_id=f.model_id,
+            strategy=f.strategy,
+            state=state_from_proto(f.state),
+            reason=f.reason,
+            rounds_completed=f.rounds_completed,
+            num_rounds=f.num_rounds,
+            round=f.round,
+            phase=f.phase,
+            clients=tuple(
+                ClientSummary(
+                    display_name=c.display_name,
+                    framework=c.framework,
+                    role=_ROLE_FROM_PROTO.get(c.role, Role.TRAINER),
+                    partition_id=c.partition_id,
+                )
+                for c in f.clients
+            ),
+        )
+        for f in msg.federations
+    ]

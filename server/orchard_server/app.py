@@ -5,6 +5,11 @@ every federation has ended (0 if all finished, 1 if any failed) or on
 SIGTERM/SIGINT (0, or 1 if a federation had failed by then). Checkpoints
 are written after every round, so stopping at any moment loses at most the
 round in progress.
+
+Observability subscribes to each federation's events (:mod:`.events`): the
+Prometheus metrics always, TensorBoard files when ``tensorboard_dir`` is set,
+and the web view (with ``/metrics``) is served on ``web_port`` when it is
+not 0 (docs/observability.md).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import time
 from typing import Any
 
@@ -25,8 +31,11 @@ from orchard_server.admission import AdmissionPolicy
 from orchard_server.config import ServerConfig
 from orchard_server.federation import Federation
 from orchard_server.grpc_pool import GrpcClientPool
+from orchard_server.metrics import ServerMetrics
 from orchard_server.results import ResultPolicy
 from orchard_server.servicer import FederationServicer, Hosted, add_to_server
+from orchard_server.tensorboard import TensorBoardWriter
+from orchard_server.web import WebView
 
 log = logging.getLogger("orchard.server")
 
@@ -41,6 +50,8 @@ class OrchardServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.hosted: dict[str, Hosted] = {}
+        self.metrics = ServerMetrics(lambda: {n: h.pool for n, h in self.hosted.items()})
+        self._tensorboard: list[TensorBoardWriter] = []
         for fed_config in config.federations:
             if not fed_config.enabled:
                 log.info("federation %r is switched off", fed_config.name)
@@ -52,9 +63,33 @@ class OrchardServer:
             )
             federation = Federation(fed_config, pool, config.state_dir)
             federation.restore_or_init()
+            federation.events.subscribe(self.metrics)
+            if config.tensorboard_dir is not None:
+                writer = TensorBoardWriter(config.tensorboard_dir, fed_config.name)
+                federation.events.subscribe(writer)
+                self._tensorboard.append(writer)
             self.hosted[fed_config.name] = Hosted(federation=federation, pool=pool)
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.web: WebView | None = None
+        self.web_port = 0
+
+    async def _start_web(self) -> None:
+        """Serve the web view and /metrics on ``web_port`` (TLS like the API unless insecure)."""
+        context: ssl.SSLContext | None = None
+        if not self.config.insecure:
+            assert self.config.tls_cert is not None and self.config.tls_key is not None
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        self.web = WebView(
+            {n: h.federation for n, h in self.hosted.items()},
+            self.metrics,
+            host=self.config.web_host,
+            port=self.config.web_port,
+            token=self.config.web_token,
+            ssl_context=context,
+        )
+        self.web_port = await self.web.start()
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with port 0)."""
@@ -80,6 +115,7 @@ class OrchardServer:
                 max_poll_seconds=self.config.max_poll_seconds,
                 max_upload_bytes=self.config.max_upload_bytes,
                 max_concurrent_uploads=self.config.max_concurrent_uploads,
+                status_token=self.config.web_token,
                 stream_idle_timeout=self.config.stream_idle_timeout,
             ),
             server,
@@ -108,6 +144,8 @@ class OrchardServer:
                 self.config.tls_key,
             )
         await server.start()
+        if self.config.web_port:
+            await self._start_web()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server = server
@@ -153,6 +191,10 @@ class OrchardServer:
             task.cancel()
         assert self.server is not None
         await self.server.stop(grace=2.0)
+        if self.web is not None:
+            await self.web.stop()
+        for writer in self._tensorboard:  # stopped by a signal: no federation_ended came
+            writer.close()
         states = [h.federation.state for h in self.hosted.values()]
         if FederationState.FAILED in states:
             return 1  # also when stopped: a failed federation must not read as success

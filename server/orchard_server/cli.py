@@ -1,5 +1,8 @@
 """``orchard-server`` / ``python -m orchard_server``: run the aggregation server.
 
+``orchard-server status --server ADDR`` instead prints what a running server
+does (:mod:`orchard_server.status`).
+
 ``orchard-server enroll --credentials-file FILE NAME`` enrolls a client in a
 federation's credentials file (see :mod:`.credentials`) and prints its secret
 once.
@@ -15,11 +18,13 @@ import sys
 from pathlib import Path
 
 from orchard.allocator import tune_allocator
+from orchard.logs import LOG_FORMATS, configure_logging
 from orchard_server.app import OrchardServer
 from orchard_server.checkpoint import CheckpointError
 from orchard_server.config import ConfigError, load_config
 from orchard_server.credentials import CredentialsError, enroll
 from orchard_server.initial import InitError
+from orchard_server.status import status_main
 from orchard_server.strategy import StrategyError
 
 
@@ -27,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line; every option also has an environment variable."""
     parser = argparse.ArgumentParser(
         prog="orchard-server",
-        description="Orchard aggregation server: hosts federations over the orchard.v1 gRPC API.",
+        description="Orchard aggregation server: hosts federations over the orchard.v1 gRPC API. "
+        "'orchard-server status --server ADDR' prints what a running server does.",
     )
     parser.add_argument(
         "--config",
@@ -57,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to keep serving after the last federation ended",
     )
     parser.add_argument("--log-level", default=os.environ.get("ORCHARD_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("ORCHARD_LOG_FORMAT", "text"),
+        help="text: lines for people; json: one event per line with federation, round "
+        "and client ids (ORCHARD_LOG_FORMAT)",
+    )
     return parser
 
 
@@ -87,15 +100,13 @@ def enroll_main(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0: all federations finished)."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:
+        return status_main(argv[1:])
     if argv[:1] == ["enroll"]:
         return enroll_main(argv[1:])
     args = build_parser().parse_args(argv)
     tune_allocator()  # megabyte chunks without a page fault per byte (orchard.allocator)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(args.log_level, args.log_format)
     # Third-party chatter (matplotlib's font cache, PIL's plugins) is not the
     # server's news: warnings only, whatever the server's own level.
     for noisy in ("matplotlib", "PIL"):

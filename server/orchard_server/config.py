@@ -194,6 +194,16 @@ class ServerConfig:
     max_upload_bytes: int = 8 << 30
     #: Results assembled at once; bounds server memory to this many model copies.
     max_concurrent_uploads: int = 4
+    #: Port of the read-only web view and /metrics (0: off). Served with the
+    #: gRPC API's TLS cert and key unless insecure (docs/observability.md).
+    web_port: int = 0
+    web_host: str = "127.0.0.1"
+    #: When set, the web view and /metrics need it (Bearer header or ?token=);
+    #: one operator token per server, never a federation's client token.
+    web_token: str = ""
+    #: When set, every federation's history also goes to TensorBoard event
+    #: files under DIR/<federation>.
+    tensorboard_dir: Path | None = None
     #: Longest wait for the next message of an upload; a stalled upload is cut
     #: off with DEADLINE_EXCEEDED, freeing its slot.
     stream_idle_timeout: float = 60.0
@@ -221,6 +231,16 @@ class ServerConfig:
             raise ConfigError("stream_idle_timeout must be > 0 seconds")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigError("heartbeat_timeout must exceed heartbeat_interval")
+        if not 0 <= self.web_port <= 65535:
+            raise ConfigError(f"web_port must be in 0..65535 (0: off), got {self.web_port}")
+        protected = [f.name for f in self.federations if f.auth_token or f.credentials_file]
+        if self.web_port and protected and not self.web_token:
+            # The web view and /metrics show every federation; strangers must
+            # not learn of those behind a join credential (admission hides them).
+            raise ConfigError(
+                f"web_port: federations {', '.join(protected)} need a join credential, so "
+                "the web view needs a web_token (ORCHARD_WEB_TOKEN) too"
+            )
 
 
 def strategy_from_config(config: FederationConfig) -> Strategy:
@@ -255,6 +275,10 @@ _ENV_SERVER_KEYS = {
     "ORCHARD_TLS_KEY": "tls_key",
     "ORCHARD_TLS_CLIENT_CA": "tls_client_ca",
     "ORCHARD_HEARTBEAT_TIMEOUT": "heartbeat_timeout",
+    "ORCHARD_WEB_PORT": "web_port",
+    "ORCHARD_WEB_HOST": "web_host",
+    "ORCHARD_WEB_TOKEN": "web_token",
+    "ORCHARD_TENSORBOARD_DIR": "tensorboard_dir",
 }
 
 
@@ -280,7 +304,7 @@ _TEXT_KEYS = frozenset(
     if f.type in ("str", str)
 )
 #: Keys never echoed in an error message.
-_SECRET_KEYS = frozenset({"auth_token"})
+_SECRET_KEYS = frozenset({"auth_token", "web_token"})
 
 
 def _override_value(key: str, text: str) -> Any:
@@ -318,6 +342,7 @@ def _coerce(cls: type, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
             "tls_key",
             "tls_client_ca",
             "init_file",
+            "tensorboard_dir",
             "credentials_file",
         ):
             out[key] = Path(value)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from orchard.messages import Result, Role, Task
 from orchard.typing import NDArrays
+from orchard_server.events import drop_kind
 from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool
 from orchard_server.strategy import AggregationError
 
@@ -50,15 +51,18 @@ async def fan_out(
     *,
     task_prefix: str,
     fold: Fold | None = None,
+    name: str | None = None,
 ) -> Fanout:
     """Send ``task`` to every client; collect results until all answered or ``task.timeout``.
 
     Each client gets its own task id (``task_prefix`` plus a random suffix).
+    ``name`` is the federation as logs and events name it (the pool's by default).
     ``fold`` receives each result's parameters as soon as it arrives; an
     update it refuses (:class:`.AggregationError`) counts that client as
     dropped, naming the reason, and the others go on.
     """
     started = time.monotonic()
+    federation = pool.federation if name is None else name
     infos = {c.client_id: c for r in Role for c in pool.clients(r)}
     pending: dict[asyncio.Task[Result], str] = {}
     for cid in client_ids:
@@ -77,10 +81,12 @@ async def fan_out(
                 fut.cancel()
                 _drop(
                     dropped,
-                    pool.federation,
+                    pool,
+                    federation,
                     task,
-                    _name(infos, cid),
-                    f"missed the round deadline of {task.timeout:g} s",
+                    infos=infos,
+                    client_id=cid,
+                    reason=f"missed the round deadline of {task.timeout:g} s",
                 )
             break
         for fut in done:
@@ -88,7 +94,9 @@ async def fan_out(
             try:
                 result = fut.result()
             except ClientDroppedError as exc:
-                _drop(dropped, pool.federation, task, _name(infos, cid), exc.reason)
+                _drop(
+                    dropped, pool, federation, task, infos=infos, client_id=cid, reason=exc.reason
+                )
                 continue
             if fold is not None:
                 try:
@@ -96,10 +104,12 @@ async def fan_out(
                 except AggregationError as exc:  # the aggregator is left unchanged
                     _drop(
                         dropped,
-                        pool.federation,
+                        pool,
+                        federation,
                         task,
-                        _name(infos, cid),
-                        f"update rejected by the aggregator: {exc}",
+                        infos=infos,
+                        client_id=cid,
+                        reason=f"update rejected by the aggregator: {exc}",
                     )
                     continue
                 result = _without_parameters(result)
@@ -157,8 +167,19 @@ async def wait_for_clients(
             return len(pool.clients())
 
 
-def _drop(dropped: dict[str, str], federation: str, task: Task, name: str, reason: str) -> None:
-    """Count ``name`` as dropped from ``task`` for ``reason``, in one log line."""
+def _drop(
+    dropped: dict[str, str],
+    pool: ClientPool,
+    federation: str,
+    task: Task,
+    *,
+    infos: dict[str, ClientInfo],
+    client_id: str,
+    reason: str,
+) -> None:
+    """Count ``client_id`` as dropped from ``task`` for ``reason``: one log line and
+    one ``client_dropped`` event (the web view, metrics and TensorBoard read it)."""
+    name = _name(infos, client_id)
     dropped[name] = reason
     log.warning(
         "federation %r round %d: %s dropped from %s: %s",
@@ -167,7 +188,9 @@ def _drop(dropped: dict[str, str], federation: str, task: Task, name: str, reaso
         name,
         task.type.value,
         reason,
+        extra={"federation": federation, "round": task.round, "client": client_id},
     )
+    pool.events.client_dropped(federation, task.round, name, drop_kind(reason), reason)
 
 
 def _without_parameters(result: Result) -> Result:

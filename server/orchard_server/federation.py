@@ -28,12 +28,19 @@ from pathlib import Path
 
 import numpy as np
 
-from orchard.messages import FederationState, Task, TaskType
+from orchard.messages import (
+    ClientSummary,
+    FederationState,
+    FederationSummary,
+    Task,
+    TaskType,
+)
 from orchard.spec import ModelSpec
 from orchard.typing import Config, NDArrays
 from orchard_server.checkpoint import load_federation, save_federation
 from orchard_server.config import FederationConfig, strategy_from_config
 from orchard_server.evaluation import EvaluateFn, centralized_evaluation, federated_evaluation
+from orchard_server.events import Events, FederationView, Phase
 from orchard_server.fanout import Fanout, Fold, fan_out, wait_for_clients
 from orchard_server.history import History
 from orchard_server.initial import initial_parameters
@@ -74,6 +81,10 @@ class Federation:
     ``strategy`` (selection + aggregate + server optimizer) defaults to the one
     the config describes (:func:`strategy_from_config`); a strategy object
     passed in governs selection, aggregation and the server step instead.
+
+    The loop publishes what it does to :attr:`events` (the pool's stream, so
+    pool and loop events arrive in one place); :attr:`view` is the live state
+    kept from them (:mod:`.events`).
     """
 
     def __init__(
@@ -97,6 +108,9 @@ class Federation:
         self.history = History(federation=config.name)
         self.parameters: NDArrays = []
         self._opt_state: State | None = None
+        self.events: Events = pool.events
+        self.view = FederationView()
+        self.events.subscribe(self.view)
         #: Set by :meth:`fail`: a client reported that it can never take part.
         self._fatal = asyncio.Event()
         self._writer = StateWriter(self.directory, title=self.title)
@@ -148,6 +162,7 @@ class Federation:
         self.rounds_completed = resumed.round
         self._opt_state = resumed.opt_state
         self.history = resumed.history
+        self.view.load_history(self.history.rounds)
         # The pool's admission hands out partitions; the checkpoint keeps them.
         self.pool.partitions.restore(resumed.meta.get("partitions", {}))
         log.info(
@@ -208,6 +223,9 @@ class Federation:
             return
         self.state, self.reason = FederationState.FAILED, reason
         self._fatal.set()
+        # Published here, once: the view, metrics and TensorBoard see the end now,
+        # and the round loop, when it stops on it, does not announce it again.
+        self.events.federation_ended(self.config.name, self.state, self.reason)
 
     def _check_not_failed(self) -> None:
         if self._fatal.is_set():
@@ -225,6 +243,7 @@ class Federation:
             try:
                 while self.rounds_completed < self.config.num_rounds:
                     await self._round(self.rounds_completed + 1)
+                self._check_not_failed()  # failed during the last round: not finished
             finally:
                 # Also when stopped (cancelled): the last completed round reaches the disk.
                 # In a worker thread: the final plot can take seconds, and the event loop
@@ -232,12 +251,15 @@ class Federation:
                 await asyncio.to_thread(self.flush)
         except FederationFailedError as exc:
             self.state, self.reason = FederationState.FAILED, str(exc)
-            log.error("federation %r failed: %s", self.config.name, exc)
+            log.error("federation %r failed: %s", self.config.name, exc, extra=self._extra())
+            if not self._fatal.is_set():  # fail() published the end already
+                self.events.federation_ended(self.config.name, self.state, self.reason)
             return self.state
         except Exception as exc:  # a bug must end this federation, not the whole server
             self.state = FederationState.FAILED
             self.reason = f"internal error: {type(exc).__name__}: {exc}"
             log.exception("federation %r failed with an internal error", self.config.name)
+            self.events.federation_ended(self.config.name, self.state, self.reason)
             return self.state
         self.state = FederationState.FINISHED
         self.reason = f"completed {self.config.num_rounds} rounds"
@@ -246,19 +268,53 @@ class Federation:
             self.config.name,
             self.reason,
             self.directory / "history.json",
+            extra=self._extra(),
         )
+        self.events.federation_ended(self.config.name, self.state, self.reason)
         return self.state
+
+    def _extra(self, rnd: int | None = None) -> dict[str, object]:
+        """The structured-log fields of a line about this federation (and round)."""
+        extra: dict[str, object] = {"federation": self.config.name}
+        if rnd is not None:
+            extra["round"] = rnd
+        return extra
+
+    def summary(self) -> FederationSummary:
+        """The federation at a glance (status call, web view), read now."""
+        return FederationSummary(
+            name=self.config.name,
+            model_id=self.spec.model_id,
+            strategy=self.strategy.name,
+            state=self.state,
+            reason=self.reason,
+            rounds_completed=self.rounds_completed,
+            num_rounds=self.config.num_rounds,
+            round=self.view.round,
+            phase=self.view.phase.value if self.view.phase else "",
+            clients=tuple(
+                ClientSummary(
+                    display_name=c.display_name,
+                    framework=c.framework,
+                    role=c.role,
+                    partition_id=c.partition_id,
+                )
+                for c in self.pool.members()
+            ),
+        )
 
     async def _round(self, rnd: int) -> None:
         """One round: fit (tried again while too few results come back), step, evaluate."""
         select = self.strategy.select
+        name, events = self.config.name, self.events
         started = time.monotonic()
         # Log lines name their federation: one server runs several side by side.
-        label = f"federation {self.config.name!r} round {rnd}/{self.config.num_rounds}"
+        label = f"federation {name!r} round {rnd}/{self.config.num_rounds}"
         fit: Fanout | None = None
         attempts = 0
         dropped: dict[str, str] = {}
         aggregate: NDArrays | None = None
+        events.round_started(name, rnd, self.config.num_rounds)
         while aggregate is None:
             attempts += 1
             if attempts > self.config.round_retries + 1:
@@ -269,14 +325,15 @@ class Federation:
                 )
             self._check_not_failed()
             need, wait = select.min_available_clients, self.config.wait_timeout
-            have = await wait_for_clients(
-                self.pool,
-                need,
-                timeout=wait,
-                why="min_available_clients",
-                name=self.config.name,
-                stop=self._fatal,
-            )
+            with events.phase(name, rnd, Phase.WAITING):
+                have = await wait_for_clients(
+                    self.pool,
+                    need,
+                    timeout=wait,
+                    why="min_available_clients",
+                    name=name,
+                    stop=self._fatal,
+                )
             self._check_not_failed()
             if have < need:
                 raise FederationFailedError(
@@ -284,11 +341,12 @@ class Federation:
                     f"{have} of {need} connected (min_available_clients)"
                 )
             self.state = FederationState.RUNNING
-            # Clients in the pool's stable order (partition, instance id) and a
-            # generator of (seed, round, attempt) alone: a resumed server re-draws
-            # the same clients (sampling docs in strategy.selection).
-            rng = round_rng(self.config.seed, rnd, attempt=attempts, purpose="fit")
-            selected = select.select_fit([c.client_id for c in self.pool.clients()], rng)
+            with events.phase(name, rnd, Phase.SAMPLING):
+                # Clients in the pool's stable order (partition, instance id) and a
+                # generator of (seed, round, attempt) alone: a resumed server re-draws
+                # the same clients (sampling docs in strategy.selection).
+                rng = round_rng(self.config.seed, rnd, attempt=attempts, purpose="fit")
+                selected = select.select_fit([c.client_id for c in self.pool.clients()], rng)
             config: Config = {
                 **self.config.fit_config,
                 **self.strategy.fit_config,
@@ -297,7 +355,8 @@ class Federation:
             }
             aggregator = self.strategy.new_aggregator(self.parameters)
             fold = functools.partial(_weighted_add, aggregator.add, self.pool.results.weight)
-            fit = await self._send(TaskType.FIT, rnd, selected, config, fold)
+            with events.phase(name, rnd, Phase.TRAINING):
+                fit = await self._send(TaskType.FIT, rnd, selected, config, fold)
             dropped.update(fit.dropped)
             if len(fit.results) >= select.min_fit_clients:
                 aggregate = aggregator.result()
@@ -310,14 +369,16 @@ class Federation:
                     select.min_fit_clients,
                     ", ".join(fit.dropped) or "none",  # each one's reason was logged once
                     "retrying" if attempts <= self.config.round_retries else "giving up",
+                    extra=self._extra(rnd),
                 )
         assert fit is not None
         # Model-sized NumPy work runs in a worker thread, so the event loop
         # keeps answering heartbeats and polls meanwhile.
         assert self._opt_state is not None, "a round ran before restore_or_init"
-        self.parameters, self._opt_state = await asyncio.to_thread(
-            self.strategy.step, self.parameters, aggregate, self._opt_state
-        )
+        with events.phase(name, rnd, Phase.AGGREGATING):
+            self.parameters, self._opt_state = await asyncio.to_thread(
+                self.strategy.step, self.parameters, aggregate, self._opt_state
+            )
         fit_record = FitRecord.of(
             fit.results,
             dropped=dropped,
@@ -333,6 +394,7 @@ class Federation:
             fit_record.selected,
             fit.duration,
             format_metrics(fit_record.metrics, "train_"),
+            extra=self._extra(rnd),
         )
         evaluate = centralized = None
         if self.config.evaluate_every and rnd % self.config.evaluate_every == 0:
@@ -348,37 +410,40 @@ class Federation:
             def send_central(kind: TaskType, ids: Sequence[str], cfg: Config) -> Awaitable[Fanout]:
                 return self._send(kind, rnd, ids, cfg, timeout=evaluator_timeout)
 
-            evaluate = await federated_evaluation(
-                rnd,
-                pool=pool,
-                select=select,
-                rng=round_rng(self.config.seed, rnd, purpose="evaluate"),
-                config=config,
-                send=send,
-                label=label,
-            )
-            centralized = await centralized_evaluation(
-                rnd,
-                self.parameters,
-                evaluate_fn=self.evaluate_fn,
-                pool=pool,
-                config=config,
-                send=send_central,
-                label=label,
-            )
+            with events.phase(name, rnd, Phase.EVALUATING):
+                evaluate = await federated_evaluation(
+                    rnd,
+                    pool=pool,
+                    select=select,
+                    rng=round_rng(self.config.seed, rnd, purpose="evaluate"),
+                    config=config,
+                    send=send,
+                    label=label,
+                )
+                centralized = await centralized_evaluation(
+                    rnd,
+                    self.parameters,
+                    evaluate_fn=self.evaluate_fn,
+                    pool=pool,
+                    config=config,
+                    send=send_central,
+                    label=label,
+                )
         self.rounds_completed = rnd
-        self.history.add_round(
-            RoundRecord(
-                round=rnd,
-                fit=fit_record,
-                evaluate=evaluate,
-                centralized=centralized,
-                duration_s=round(time.monotonic() - started, 3),
-                finished_at=round(time.time(), 6),
-            )
+        record = RoundRecord(
+            round=rnd,
+            fit=fit_record,
+            evaluate=evaluate,
+            centralized=centralized,
+            duration_s=round(time.monotonic() - started, 3),
+            finished_at=round(time.time(), 6),
         )
-        # Written by a background thread: the next round starts at once.
-        self._writer.submit(self._snapshot())
+        self.history.add_round(record)
+        # Written by a background thread (the phase is the hand-over the round loop
+        # waits for): the next round starts at once.
+        with events.phase(name, rnd, Phase.CHECKPOINTING):
+            self._writer.submit(self._snapshot())
+        events.round_completed(name, record)
 
     async def _send(
         self,
@@ -402,7 +467,9 @@ class Federation:
             parameters=self.parameters,
         )
         prefix = f"{self.config.name}-r{rnd}-{kind.value}"
-        return await fan_out(self.pool, task, client_ids, task_prefix=prefix, fold=fold)
+        return await fan_out(
+            self.pool, task, client_ids, task_prefix=prefix, fold=fold, name=self.config.name
+        )
 
 
 def _weighted_add(

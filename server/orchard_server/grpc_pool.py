@@ -120,6 +120,7 @@ class GrpcClientPool(ClientPool):
             client.role.value,
             partition_id,
             len(self._sessions),
+            extra={"federation": self.federation, "client": client.client_id},
         )
         return client, secret
 
@@ -169,6 +170,7 @@ class GrpcClientPool(ClientPool):
             client_id,
             reason,
             len(self._sessions),
+            extra={"federation": self.federation, "client": client_id},
         )
 
     def leave(self, notice: LeaveNotice) -> str:
@@ -209,6 +211,7 @@ class GrpcClientPool(ClientPool):
             entry = session.open.get(task.task_id)
             if entry is not None and not entry[1].done():
                 session.last_seen = time.monotonic()
+                self.events.transferred(self.federation, sent=_nbytes(task.parameters))
                 return task
 
     async def encoded_chunks(self, parameters: NDArrays, chunk_bytes: int) -> tuple[bytes, ...]:
@@ -264,6 +267,7 @@ class GrpcClientPool(ClientPool):
                 ClientDroppedError(client_id, f"task failed on the client: {result.error}")
             )
             return
+        self.events.transferred(self.federation, received=_nbytes(result.parameters))
         try:
             self.results.check(self.spec, task, result)
         except (SpecError, InvalidResultError) as exc:
@@ -332,3 +336,8 @@ class GrpcClientPool(ClientPool):
             session.closed.append(task.task_id)
             if not any(s.open for s in self._sessions.values()):
                 self._encoded = None  # the round's tasks are all closed
+
+
+def _nbytes(arrays: NDArrays) -> int:
+    """Bytes of a task's or result's parameters (what crosses the wire, less framing)."""
+    return sum(int(a.nbytes) for a in arrays)

@@ -20,6 +20,7 @@ from orchard.client.numpy_client import ClientContext, NumPyClient, execute_task
 from orchard.messages import API_VERSION, JoinInfo, Result, Role, Task
 from orchard.spec import ModelSpec, SpecError
 from orchard_server.admission import Admission, AdmissionPolicy
+from orchard_server.events import Events
 from orchard_server.partitions import PartitionRegistry
 from orchard_server.results import InvalidResultError, ResultPolicy
 
@@ -56,12 +57,15 @@ class ClientPool(abc.ABC):
     """The clients of one federation, admitted by its :class:`AdmissionPolicy`.
 
     Implementations call :meth:`_membership_changed` whenever a client joins or
-    leaves, which wakes :meth:`wait_for_clients`.
+    leaves, which wakes :meth:`wait_for_clients`. :attr:`events` is the
+    federation's event stream (:mod:`.events`): the pool publishes what only
+    it sees (bytes moved, client progress), the round loop the rest.
     """
 
     def __init__(self, policy: AdmissionPolicy, results: ResultPolicy | None = None) -> None:
         self._changed = asyncio.Event()
         self._policy = policy
+        self.events = Events()
         self._results = results or ResultPolicy()
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
 import logging
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -71,6 +72,7 @@ class FederationServicer:
         max_upload_bytes: int,
         max_concurrent_uploads: int,
         stream_idle_timeout: float = 60.0,
+        status_token: str = "",
     ) -> None:
         self._hosted = dict(hosted)
         self._admission = Admission(h.pool for h in self._hosted.values())
@@ -79,6 +81,8 @@ class FederationServicer:
         self._max_upload = max_upload_bytes
         self._uploads = asyncio.Semaphore(max_concurrent_uploads)
         self._idle = stream_idle_timeout
+        #: GetStatus needs it when set (the server's web token).
+        self._status_token = status_token
 
     async def _session(self, client_id: str, context: Context) -> Hosted:
         """The federation of session ``client_id``, proven by the call's secret; else abort.
@@ -133,8 +137,12 @@ class FederationServicer:
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: Context
     ) -> pb.HeartbeatResponse:
-        hosted = await self._session(serde.heartbeat_from_proto(request), context)
+        client_id = serde.heartbeat_from_proto(request)
+        hosted = await self._session(client_id, context)
         fed = hosted.federation
+        progress = serde.heartbeat_progress_from_proto(request)
+        if progress is not None:
+            hosted.pool.events.progress(fed.config.name, client_id, progress)
         return serde.status_to_proto(
             FederationStatus(state=fed.state, rounds_completed=fed.rounds_completed)
         )
@@ -240,6 +248,27 @@ class FederationServicer:
             hosted.federation.fail(f"{name} cannot take part: {notice.reason or 'no reason given'}")
         return serde.leave_response()
 
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: Context
+    ) -> pb.GetStatusResponse:
+        token = serde.status_request_from_proto(request)
+        if self._status_token and not hmac.compare_digest(
+            token.encode(), self._status_token.encode()
+        ):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this server's status needs its web token (server.web_token)",
+            )
+        # Without a web token anyone may ask, and federations behind a join
+        # credential are not named to strangers (as admission's refusals do):
+        # such a server lists its open federations only.
+        shown = [
+            h.federation.summary()
+            for h in self._hosted.values()
+            if self._status_token or not h.pool.policy.protected
+        ]
+        return serde.federation_summaries_to_proto(shown)
+
 
 def peer_identity(context: Context) -> str:
     """The verified client certificate's common name under mutual TLS, else ""."""
@@ -333,6 +362,11 @@ def add_to_server(servicer: FederationServicer, server: grpc.aio.Server) -> None
             servicer.Leave,
             request_deserializer=pb.LeaveRequest.FromString,
             response_serializer=pb.LeaveResponse.SerializeToString,
+        ),
+        "GetStatus": grpc.unary_unary_rpc_method_handler(
+            servicer.GetStatus,
+            request_deserializer=pb.GetStatusRequest.FromString,
+            response_serializer=pb.GetStatusResponse.SerializeToString,
         ),
     }
     missing = set(pb.DESCRIPTOR.services_by_name["FederationService"].methods_by_name) - set(

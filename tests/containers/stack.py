@@ -26,13 +26,15 @@ from pytest_docker.plugin import Services, get_docker_services
 REPO = Path(__file__).resolve().parents[2]
 SERVER_IMAGE = "orchard/server:latest"
 
-#: Engine-level settings every test stack shares: a free host port for the
-#: server (published on loopback only), one CPU thread per client (the
-#: machines running the tests are small), and the engine's own builder.
+#: Engine-level settings every test stack shares: free host ports for the
+#: server and its web view (published on loopback only, and only by
+#: compose.publish.yml), one CPU thread per client (the machines running the
+#: tests are small), and the engine's own builder.
 BASE_ENV: dict[str, str] = {
     "COMPOSE_BAKE": "false",
     "ORCHARD_TAG": "latest",
     "ORCHARD_PORT": "",
+    "ORCHARD_WEB_PORT": "",
     "ORCHARD_PUBLISH_HOST": "127.0.0.1",
     "ORCHARD_CLIENT_THREADS": "1",
 }

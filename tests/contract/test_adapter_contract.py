@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from orchard.client.adapter import AdapterClient, DeviceError, FrameworkAdapter, TrainResult
+from orchard.client.progress import ProgressBoard
 from orchard.client.training import ConfigError, EpochStats, EvalResult, TrainConfig, TrainingError
 from orchard.data.client_data import DATASETS, DataError
 from orchard.data.partition import PartitionSpec
@@ -275,13 +276,21 @@ def test_the_generic_client_fits_and_evaluates(adapter: Adapter, digits: Generat
         partition=PartitionSpec(scheme="iid", num_partitions=2, seed=0),
         partition_id=1,
     )
-    client = AdapterClient(adapter, model_id=MODEL, data=data)
+    board, epochs = ProgressBoard(), list[EpochStats]()
+    client = AdapterClient(
+        adapter, model_id=MODEL, data=data, progress=board, on_epoch=epochs.append
+    )
     start = client.get_parameters({})
     get_model_spec(MODEL).validate(start)
     before, n_val, _ = client.evaluate(start, {})
     params, n, metrics = client.fit(start, {"epochs": 3, "batch_size": 8, "learning_rate": 0.1})
     after, _, evaluated = client.evaluate(params, {"split": "val"})
     assert (n, n_val) == (90, 10)
+    # Each epoch's end reaches the progress the heartbeats send, and on_epoch.
+    assert [e.epoch for e in epochs] == [1, 2, 3]
+    progress = board.current()
+    assert progress is not None and (progress.fraction, progress.epoch) == (1.0, 3)
+    assert progress.examples_per_second > 0
     assert set(metrics) == {"train_loss", "train_accuracy"}
     assert set(evaluated) == {"accuracy"}
     assert after < before

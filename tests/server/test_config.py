@@ -149,6 +149,34 @@ def test_strategy_errors_name_the_federation_and_the_combination(
         load_config(write(tmp_path, text), environ={})
 
 
+def test_observability_keys_come_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE), environ={})
+    assert (config.web_port, config.web_host, config.web_token) == (0, "127.0.0.1", "")
+    assert config.tensorboard_dir is None
+    env = {
+        "ORCHARD_WEB_PORT": "9090",
+        "ORCHARD_WEB_HOST": "0.0.0.0",
+        "ORCHARD_WEB_TOKEN": "watch",
+        "ORCHARD_TENSORBOARD_DIR": str(tmp_path / "tb"),
+    }
+    config = load_config(write(tmp_path, BASE), environ=env)
+    assert (config.web_port, config.web_host, config.web_token) == (9090, "0.0.0.0", "watch")
+    assert config.tensorboard_dir == tmp_path / "tb"
+    with pytest.raises(ConfigError, match=r"web_port must be in 0\.\.65535"):
+        load_config(write(tmp_path, BASE), overrides=["server.web_port=70000"], environ={})
+
+
+def test_a_web_view_over_token_protected_federations_needs_a_web_token(tmp_path: Path) -> None:
+    protected = ["federations.mnist.auth_token=s3cret", "server.web_port=9090"]
+    with pytest.raises(ConfigError, match=r"mnist need a join credential.*web_token") as err:
+        load_config(write(tmp_path, BASE), overrides=protected, environ={})
+    assert "s3cret" not in str(err.value)
+    config = load_config(
+        write(tmp_path, BASE), overrides=[*protected, "server.web_token=watch"], environ={}
+    )
+    assert (config.web_port, config.web_token) == (9090, "watch")
+
+
 def test_a_numeric_looking_token_is_text_and_never_printed(tmp_path: Path) -> None:
     base = ["server.insecure=true", "federations.f.model=logreg"]
     for text in ("12345", "1e3", "true", '"12345"'):

@@ -24,7 +24,10 @@ def test_public_api_is_exactly_this() -> None:
 
 def test_server_never_imports_torch_or_mxnet() -> None:
     code = (
-        "import sys, orchard_server, orchard_server.cli, orchard_server.history; "
+        "import sys, tempfile, pathlib, orchard_server, orchard_server.cli, "
+        "orchard_server.history, orchard_server.web, orchard_server.tensorboard; "
+        # tensorboardX imports torch whenever it can; the server's writer must not let it.
+        "orchard_server.tensorboard.TensorBoardWriter(pathlib.Path(tempfile.mkdtemp()), 'f'); "
         "print(sorted(m for m in ('torch', 'mxnet') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -65,3 +65,53 @@ def test_tls_federation_and_untrusted_client(tmp_path: Path, launcher: Launcher)
     assert server.process.wait(30) == 0, launcher.tails()
     assert "WITHOUT TLS" not in server.process.read_log()
     assert len(read_history(tmp_path / "state", "blobs")["rounds"]) == 2
+
+
+def test_web_view_serves_https_with_the_api_cert_and_needs_its_token(
+    tmp_path: Path, launcher: Launcher
+) -> None:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from orchard.launch import free_port
+    from orchard_server.status import fetch_status
+
+    certs = tmp_path / "certs"
+    subprocess.run(
+        [str(REPO / "docker" / "dev-certs.sh"), str(certs), "localhost,127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    web_port = free_port()
+    server = launcher.start_server(
+        {
+            "server": {
+                "state_dir": tmp_path / "state",
+                "tls_cert": certs / "server.pem",
+                "tls_key": certs / "server.key",
+                "web_port": web_port,
+                "web_token": "watch",
+            },
+            "federations": {
+                "blobs": {
+                    "model": "logreg",
+                    "tensors": [
+                        {"name": t.name, "shape": list(t.shape)} for t in logreg_spec().tensors
+                    ],
+                    "num_rounds": 1,
+                    "wait_timeout": 60.0,
+                }
+            },
+        },
+        ca_cert=certs / "ca.pem",
+    )
+    context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    url = f"https://127.0.0.1:{web_port}/api/federations"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, context=context, timeout=10)
+    assert refused.value.code == 401
+    with urllib.request.urlopen(url + "?token=watch", context=context, timeout=10) as answer:
+        assert b'"name": "blobs"' in answer.read()
+    (status,) = fetch_status(server.address, token="watch", ca_cert=certs / "ca.pem")
+    assert status.name == "blobs"

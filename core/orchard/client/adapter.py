@@ -32,6 +32,7 @@ from typing import Final, Generic, Protocol, TypeVar
 import numpy as np
 
 from orchard.client.numpy_client import NumPyClient
+from orchard.client.progress import ProgressBoard
 from orchard.client.training import (
     ConfigError,
     EpochStats,
@@ -44,7 +45,7 @@ from orchard.client.training import (
 )
 from orchard.data.client_data import ClientDataset, DataError, DataSettings, OfficialSplit
 from orchard.data.partition import PartitionSpec
-from orchard.messages import Role
+from orchard.messages import Role, TaskProgress
 from orchard.spec import ModelSpec
 from orchard.typing import Config, Metrics, NDArrays
 
@@ -237,6 +238,8 @@ class AdapterClient(NumPyClient, Generic[ModelT, SplitT]):
         data: ClientDataset[SplitT],
         role: Role = Role.TRAINER,
         seed: int = 0,
+        progress: ProgressBoard | None = None,
+        on_epoch: Callable[[EpochStats], None] | None = None,
     ) -> None:
         # Data prepared for another model (other input shape) has a ``model_id`` to say so.
         data_model = getattr(data, "model_id", model_id)
@@ -247,6 +250,10 @@ class AdapterClient(NumPyClient, Generic[ModelT, SplitT]):
         self.model = adapter.build_model(model_id, seed=seed)
         self.data = data
         self.role = role
+        #: Each epoch's end is posted here (the runtime's heartbeats report it).
+        self.progress = progress if progress is not None else ProgressBoard()
+        #: Also told of every epoch (e.g. :class:`~orchard.client.curves.EpochCurves`).
+        self.on_epoch = on_epoch
 
     def get_parameters(self, config: Config) -> NDArrays:
         """The local model's tensors, in spec order."""
@@ -266,14 +273,21 @@ class AdapterClient(NumPyClient, Generic[ModelT, SplitT]):
         seed = fit_seed(cfg.seed, self.data.partition_id)
         train_set = self.data.train
         log.info("%s", cfg.describe(len(train_set)))
+        self.progress.post(TaskProgress(fraction=0.0, epoch=1))
         result = self.adapter.train(
             self.model,
             train_set,
             dataclasses.replace(cfg, seed=seed),
             proximal_reference=parameters if cfg.proximal_mu > 0 else None,
+            on_epoch=self._epoch_done,
         )
         metrics: Metrics = {"train_loss": result.loss, "train_accuracy": result.accuracy}
         return self.adapter.get_parameters(self.model), result.num_examples, metrics
+
+    def _epoch_done(self, stats: EpochStats) -> None:
+        self.progress.post_epoch(stats)
+        if self.on_epoch is not None:
+            self.on_epoch(stats)
 
     def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:
         """Loss, number of examples and ``accuracy`` of ``parameters`` on a split."""

@@ -19,13 +19,14 @@ import dataclasses
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from orchard.client.adapter import DEVICE_CHOICES, AdapterClient, DeviceError, FrameworkAdapter
 from orchard.client.baseline import BaselineSettings, run_baseline
+from orchard.client.curves import EpochCurves
 from orchard.client.numpy_client import ClientContext
 from orchard.client.runtime import ClientSettings, TlsSettings, report_fatal, run_client
 from orchard.client.training import OPTIMIZERS, ConfigError, TrainConfig, TrainingError
@@ -42,6 +43,8 @@ from orchard.data.errors import DatasetError
 from orchard.data.partition import SCHEMES, PartitionError, PartitionSpec
 from orchard.data.synth import is_synthetic
 from orchard.env import env_default, env_flag, env_float, env_int
+from orchard.logs import LOG_FORMATS
+from orchard.logs import configure_logging as setup_logging
 from orchard.messages import Role
 from orchard.models import get_model_spec
 from orchard.spec import SpecError
@@ -64,6 +67,7 @@ __all__ = [
     "env_int",
     "framework_main",
     "label_synthetic",
+    "log_fields",
     "make_client_factory",
     "partition_from_args",
     "run_command",
@@ -196,15 +200,28 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         default=env_default("LOG_LEVEL", "INFO"),
         help="DEBUG, INFO, WARNING (ORCHARD_LOG_LEVEL)",
     )
-
-
-def configure_logging(level: str) -> None:
-    """Readable one-line logs with a timestamp, for terminals and containers."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=env_default("LOG_FORMAT", "text"),
+        help="text: lines for people; json: one event per line (ORCHARD_LOG_FORMAT)",
     )
+
+
+def configure_logging(
+    level: str, log_format: str = "text", *, fields: Mapping[str, object] | None = None
+) -> None:
+    """Readable one-line logs with a timestamp, or JSON events (:mod:`orchard.logs`)."""
+    setup_logging(level, log_format, fields=fields)
+
+
+def log_fields(args: argparse.Namespace) -> dict[str, object]:
+    """The ids every JSON log line of a client carries (its federation and name)."""
+    fields = {
+        "federation": getattr(args, "federation", None),
+        "client": getattr(args, "name", None),
+    }
+    return {k: v for k, v in fields.items() if v}
 
 
 #: Set by the compose files: the client's service (``client_pytorch``) and the
@@ -405,6 +422,12 @@ def add_baseline_arguments(
         default=env_default("LOG_LEVEL", "INFO"),
         help="DEBUG, INFO, WARNING (ORCHARD_LOG_LEVEL)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=env_default("LOG_FORMAT", "text"),
+        help="text: lines for people; json: one event per line (ORCHARD_LOG_FORMAT)",
+    )
 
 
 def add_client_commands(
@@ -434,6 +457,13 @@ def add_client_commands(
     )
     add_client_arguments(client)
     framework_arguments(client)
+    client.add_argument(
+        "--tensorboard-dir",
+        type=Path,
+        default=env_default("TENSORBOARD_DIR"),
+        help="write this client's per-epoch training curves under "
+        "DIR/<federation>/clients/<name> (needs tensorboardX; ORCHARD_TENSORBOARD_DIR)",
+    )
     baseline = commands.add_parser("baseline", help=baseline_help, description=baseline_description)
     framework_arguments(baseline)
     add_baseline_arguments(baseline, baseline_defaults, val_fraction=baseline_val_fraction)
@@ -553,6 +583,10 @@ def make_client_factory(
     data_settings = data_settings_from_args(args, DataSettings)
     split: OfficialSplit = "test" if role is Role.EVALUATOR else "train"
     preloaded = {split: load_split(data_settings, split)}
+    curves = None
+    if getattr(args, "tensorboard_dir", None) is not None:
+        name = args.name or default_display_name()  # as the server names it
+        curves = EpochCurves(args.tensorboard_dir, federation=args.federation, client=name)
 
     def factory(ctx: ClientContext) -> AdapterClient[Any, SplitT]:
         # ctx carries the partition to load: the user's explicit one, else the server's.
@@ -565,7 +599,15 @@ def make_client_factory(
             preloaded=preloaded,
         )
         preloaded.clear()  # the client's data owns the arrays now
-        return AdapterClient(adapter, model_id=args.model, data=data, role=role, seed=args.seed)
+        return AdapterClient(
+            adapter,
+            model_id=args.model,
+            data=data,
+            role=role,
+            seed=args.seed,
+            progress=ctx.progress,
+            on_epoch=curves,
+        )
 
     return factory
 
@@ -646,7 +688,7 @@ def run_command(command: Callable[[], int], logger: logging.Logger) -> int:
 def framework_main(commands: FrameworkCommands, argv: Sequence[str] | None = None) -> int:
     """``python -m orchard_<framework> client|baseline``: parse, run, return the exit status."""
     args = build_framework_parser(commands).parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format, fields=log_fields(args))
     logger = logging.getLogger(f"orchard_{commands.framework}")
     if args.command == "client":
         return run_command(lambda: _run_client(commands, args), logger)

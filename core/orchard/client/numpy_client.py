@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import abc
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from orchard.client.progress import ProgressBoard
 from orchard.messages import Result, Task, TaskType
 from orchard.spec import ModelSpec
 from orchard.typing import Config, Metrics, NDArrays
@@ -32,6 +33,8 @@ class ClientContext:
     partition_id: int
     num_partitions: int
     model_spec: ModelSpec
+    #: Where training posts how far it is; the runtime's heartbeats report it.
+    progress: ProgressBoard = field(default_factory=ProgressBoard, compare=False, repr=False)
 
 
 class NumPyClient(abc.ABC):

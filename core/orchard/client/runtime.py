@@ -35,6 +35,7 @@ import grpc
 from orchard import serde
 from orchard.allocator import tune_allocator
 from orchard.client.numpy_client import ClientContext, NumPyClient, execute_task
+from orchard.client.progress import ProgressBoard
 from orchard.messages import (
     API_VERSION,
     FederationState,
@@ -165,6 +166,8 @@ class ClientRuntime:
         self._heartbeat_stop = threading.Event()
         #: Set by the heartbeat thread when the server answers NOT_FOUND.
         self._session_lost = threading.Event()
+        #: The task's progress, sent with every heartbeat (the client posts to it).
+        self.progress = ProgressBoard()
 
     # -- public ---------------------------------------------------------------
 
@@ -251,6 +254,7 @@ class ClientRuntime:
             result = execute_task(client, task, client_id=self._require_session().client_id)
         finally:
             self._busy = False
+            self.progress.clear()
         elapsed = time.monotonic() - started
         if result.error:
             log.error(
@@ -497,6 +501,7 @@ class ClientRuntime:
                 if explicit
                 else session.num_partitions,
                 model_spec=session.model_spec,
+                progress=self.progress,
             )
             log.info(
                 "loading data partition %d of %d (%s)",
@@ -523,12 +528,12 @@ class ClientRuntime:
         stub = self._stub
         assert stub is not None
 
-        request = serde.heartbeat_to_proto(session.client_id)
         proof = serde.session_metadata(session.secret)
 
         def beat() -> None:
             interval = max(session.heartbeat_interval, 0.1)
             while not stop.wait(interval):
+                request = serde.heartbeat_to_proto(session.client_id, self.progress.current())
                 try:
                     stub.Heartbeat(request, timeout=max(interval, 5.0), metadata=proof)
                 except grpc.RpcError as exc:

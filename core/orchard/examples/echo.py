@@ -12,7 +12,12 @@ import argparse
 
 import numpy as np
 
-from orchard.client.cli import add_client_arguments, configure_logging, settings_from_args
+from orchard.client.cli import (
+    add_client_arguments,
+    configure_logging,
+    log_fields,
+    settings_from_args,
+)
 from orchard.client.numpy_client import ClientContext, NumPyClient
 from orchard.client.runtime import run_client
 from orchard.typing import Config, Metrics, NDArrays
@@ -39,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_client_arguments(parser)
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format, fields=log_fields(args))
 
     def factory(ctx: ClientContext) -> NumPyClient:
         return EchoClient(ctx.partition_id)

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchard.client.cli import add_client_arguments, configure_logging, settings_from_args
+from orchard.client.cli import (
+    add_client_arguments,
+    configure_logging,
+    log_fields,
+    settings_from_args,
+)
 from orchard.client.numpy_client import ClientContext, NumPyClient
 from orchard.client.runtime import run_client
 from orchard.spec import ModelSpec, TensorSpec
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         help="sleep this long in every fit, to stand in for real training time",
     )
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format, fields=log_fields(args))
     settings = settings_from_args(args, framework=f"numpy {np.__version__}")
 
     def factory(ctx: ClientContext) -> NumPyClient:

@@ -273,20 +273,56 @@ class HeartbeatRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CLIENT_ID_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Session identifier from JoinResponse."""
+    @_builtins.property
+    def progress(self) -> Global___TaskProgress:
+        """How far the client's current task is; unset when it runs none."""
+
     def __init__(
         self,
         *,
         client_id: _builtins.str = ...,
+        progress: Global___TaskProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "progress", b"progress"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class TaskProgress(_message.Message):
+    """How far a client is in a long task (training), reported with its heartbeats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRACTION_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    EXAMPLES_PER_SECOND_FIELD_NUMBER: _builtins.int
+    fraction: _builtins.float
+    """Fraction of the task done, 0..1."""
+    epoch: _builtins.int
+    """The epoch being trained, 1-based; 0 when unknown."""
+    examples_per_second: _builtins.float
+    """Training throughput so far; 0 when unknown."""
+    def __init__(
+        self,
+        *,
+        fraction: _builtins.float = ...,
+        epoch: _builtins.int = ...,
+        examples_per_second: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "examples_per_second", b"examples_per_second", "fraction", b"fraction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskProgress: _TypeAlias = TaskProgress  # noqa: Y015
 
 @_typing.final
 class HeartbeatResponse(_message.Message):
@@ -714,3 +750,147 @@ class LeaveResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LeaveResponse: _TypeAlias = LeaveResponse  # noqa: Y015
+
+@_typing.final
+class GetStatusRequest(_message.Message):
+    """Asks for the status of every federation of the server."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The server's web token (server.web_token), when it has one."""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatusRequest: _TypeAlias = GetStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetStatusResponse(_message.Message):
+    """The status of every federation of the server."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEDERATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def federations(self) -> _containers.RepeatedCompositeFieldContainer[Global___FederationStatusSummary]:
+        """One entry per hosted federation, in config order."""
+
+    def __init__(
+        self,
+        *,
+        federations: _abc.Iterable[Global___FederationStatusSummary] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["federations", b"federations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
+
+@_typing.final
+class FederationStatusSummary(_message.Message):
+    """One federation at a glance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ROUNDS_COMPLETED_FIELD_NUMBER: _builtins.int
+    NUM_ROUNDS_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    CLIENTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The federation's name."""
+    model_id: _builtins.str
+    """Model identifier of its spec."""
+    strategy: _builtins.str
+    """The strategy's name (e.g. "fedavg")."""
+    state: Global___FederationState.ValueType
+    """Current state."""
+    reason: _builtins.str
+    """Why it finished or failed; empty while it runs."""
+    rounds_completed: _builtins.int
+    """Rounds completed so far."""
+    num_rounds: _builtins.int
+    """Rounds it runs in all."""
+    round: _builtins.int
+    """The round in progress (0 before the first)."""
+    phase: _builtins.str
+    """The phase of that round ("waiting", "sampling", "training", "aggregating",
+    "evaluating", "checkpointing"); empty between phases.
+    """
+    @_builtins.property
+    def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientStatusSummary]:
+        """Connected clients."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        model_id: _builtins.str = ...,
+        strategy: _builtins.str = ...,
+        state: Global___FederationState.ValueType = ...,
+        reason: _builtins.str = ...,
+        rounds_completed: _builtins.int = ...,
+        num_rounds: _builtins.int = ...,
+        round: _builtins.int = ...,
+        phase: _builtins.str = ...,
+        clients: _abc.Iterable[Global___ClientStatusSummary] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "model_id", b"model_id", "name", b"name", "num_rounds", b"num_rounds", "phase", b"phase", "reason", b"reason", "round", b"round", "rounds_completed", b"rounds_completed", "state", b"state", "strategy", b"strategy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FederationStatusSummary: _TypeAlias = FederationStatusSummary  # noqa: Y015
+
+@_typing.final
+class ClientStatusSummary(_message.Message):
+    """A connected client as the status shows it. Its session id is left out on
+    purpose: a session id authenticates the session's calls.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    FRAMEWORK_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    PARTITION_ID_FIELD_NUMBER: _builtins.int
+    display_name: _builtins.str
+    """The client's display name."""
+    framework: _builtins.str
+    """Its framework ("pytorch", "mxnet", ...)."""
+    role: Global___ClientRole.ValueType
+    """Its role."""
+    partition_id: _builtins.int
+    """Its data partition."""
+    def __init__(
+        self,
+        *,
+        display_name: _builtins.str = ...,
+        framework: _builtins.str = ...,
+        role: Global___ClientRole.ValueType = ...,
+        partition_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "framework", b"framework", "partition_id", b"partition_id", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientStatusSummary: _TypeAlias = ClientStatusSummary  # noqa: Y015

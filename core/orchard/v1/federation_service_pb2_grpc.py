@@ -76,6 +76,11 @@ class FederationServiceStub:
                 request_serializer=orchard_dot_v1_dot_federation__service__pb2.LeaveRequest.SerializeToString,
                 response_deserializer=orchard_dot_v1_dot_federation__service__pb2.LeaveResponse.FromString,
                 _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/orchard.v1.FederationService/GetStatus',
+                request_serializer=orchard_dot_v1_dot_federation__service__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=orchard_dot_v1_dot_federation__service__pb2.GetStatusResponse.FromString,
+                _registered_method=True)
 
 
 class FederationServiceServicer:
@@ -187,6 +192,19 @@ class FederationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatus(self, request, context):
+        """Reads what every federation of this server is doing: model, strategy,
+        round and phase, state, connected clients. Read-only; it needs no session
+        (`orchard-server status` calls it).
+
+        Errors:
+        UNAUTHENTICATED: the server has a web token (server.web_token) and the
+        request carries another one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -214,6 +232,11 @@ def add_FederationServiceServicer_to_server(servicer, server):
                     servicer.Leave,
                     request_deserializer=orchard_dot_v1_dot_federation__service__pb2.LeaveRequest.FromString,
                     response_serializer=orchard_dot_v1_dot_federation__service__pb2.LeaveResponse.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=orchard_dot_v1_dot_federation__service__pb2.GetStatusRequest.FromString,
+                    response_serializer=orchard_dot_v1_dot_federation__service__pb2.GetStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -368,6 +391,33 @@ class FederationService:
             '/orchard.v1.FederationService/Leave',
             orchard_dot_v1_dot_federation__service__pb2.LeaveRequest.SerializeToString,
             orchard_dot_v1_dot_federation__service__pb2.LeaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchard.v1.FederationService/GetStatus',
+            orchard_dot_v1_dot_federation__service__pb2.GetStatusRequest.SerializeToString,
+            orchard_dot_v1_dot_federation__service__pb2.GetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

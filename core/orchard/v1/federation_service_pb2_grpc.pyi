@@ -119,6 +119,15 @@ class FederationServiceStub:
       NOT_FOUND: the session is unknown (nothing to do).
       UNAUTHENTICATED: the session secret is missing or wrong.
     """
+    GetStatus: _grpc.UnaryUnaryMultiCallable[_federation_service_pb2.GetStatusRequest, _federation_service_pb2.GetStatusResponse]
+    """Reads what every federation of this server is doing: model, strategy,
+    round and phase, state, connected clients. Read-only; it needs no session
+    (`orchard-server status` calls it).
+
+    Errors:
+      UNAUTHENTICATED: the server has a web token (server.web_token) and the
+        request carries another one.
+    """
 
 @_typing.type_check_only
 class FederationServiceAsyncStub(FederationServiceStub):
@@ -210,6 +219,15 @@ class FederationServiceAsyncStub(FederationServiceStub):
     Errors:
       NOT_FOUND: the session is unknown (nothing to do).
       UNAUTHENTICATED: the session secret is missing or wrong.
+    """
+    GetStatus: _aio.UnaryUnaryMultiCallable[_federation_service_pb2.GetStatusRequest, _federation_service_pb2.GetStatusResponse]  # type: ignore[assignment]
+    """Reads what every federation of this server is doing: model, strategy,
+    round and phase, state, connected clients. Read-only; it needs no session
+    (`orchard-server status` calls it).
+
+    Errors:
+      UNAUTHENTICATED: the server has a web token (server.web_token) and the
+        request carries another one.
     """
 
 class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -329,6 +347,21 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors:
           NOT_FOUND: the session is unknown (nothing to do).
           UNAUTHENTICATED: the session secret is missing or wrong.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStatus(
+        self,
+        request: _federation_service_pb2.GetStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_service_pb2.GetStatusResponse, _abc.Awaitable[_federation_service_pb2.GetStatusResponse]]:
+        """Reads what every federation of this server is doing: model, strategy,
+        round and phase, state, connected clients. Read-only; it needs no session
+        (`orchard-server status` calls it).
+
+        Errors:
+          UNAUTHENTICATED: the server has a web token (server.web_token) and the
+            request carries another one.
         """
 
 def add_FederationServiceServicer_to_server(servicer: FederationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
