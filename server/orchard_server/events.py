@@ -52,6 +52,19 @@ class Phase(enum.Enum):
     CHECKPOINTING = "checkpointing"  # history.json and the checkpoint on disk
 
 
+class Stage(enum.Enum):
+    """The stages of one client's task inside the TRAINING phase, timed per client.
+
+    A round's TRAINING phase overlaps many clients; each client's task goes
+    through these three in turn, so their durations say whether a slow round
+    waited on the network (sending, receiving) or on the clients' training.
+    """
+
+    SENDING = "sending"  # the task's header and chunks written to the client
+    WAITING_FOR_TRAINING = "waiting_for_training"  # last chunk sent .. result header received
+    RECEIVING = "receiving"  # the result's chunks read from the client
+
+
 class DropKind(enum.Enum):
     """Why a client gave no usable result, coarse enough to be a metric label."""
 
@@ -99,6 +112,11 @@ class Observer:
 
     def transferred(self, federation: str, *, sent: int = 0, received: int = 0) -> None:
         """Parameter bytes sent to or received from clients."""
+
+    def client_stage(
+        self, federation: str, rnd: int, client_id: str, stage: Stage, seconds: float
+    ) -> None:
+        """One client's task in round ``rnd`` spent ``seconds`` in ``stage``."""
 
     def progress(self, federation: str, client_id: str, progress: TaskProgress) -> None:
         """A client reported how far its current task is."""
@@ -153,6 +171,11 @@ class Events(Observer):
 
     def transferred(self, federation: str, *, sent: int = 0, received: int = 0) -> None:
         self._each("transferred", federation, sent=sent, received=received)
+
+    def client_stage(
+        self, federation: str, rnd: int, client_id: str, stage: Stage, seconds: float
+    ) -> None:
+        self._each("client_stage", federation, rnd, client_id, stage, seconds)
 
     def progress(self, federation: str, client_id: str, progress: TaskProgress) -> None:
         self._each("progress", federation, client_id, progress)

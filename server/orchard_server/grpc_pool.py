@@ -25,6 +25,7 @@ from orchard.messages import JoinInfo, LeaveNotice, Result, Role, Task
 from orchard.spec import SpecError
 from orchard.typing import NDArrays
 from orchard_server.admission import AdmissionPolicy, Admitted
+from orchard_server.events import Stage
 from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool
 from orchard_server.results import InvalidResultError, ResultPolicy
 
@@ -44,6 +45,8 @@ class _Session:
     mailbox: asyncio.Queue[Task] = field(default_factory=asyncio.Queue)
     #: task_id -> (task, future the round loop awaits)
     open: dict[str, tuple[Task, asyncio.Future[Result]]] = field(default_factory=dict)
+    #: task_id -> when its last chunk was written (monotonic), until its result arrives.
+    sent_at: dict[str, float] = field(default_factory=dict)
     #: Recently closed tasks, so a late result is told "closed", not "unknown".
     closed: deque[str] = field(default_factory=lambda: deque(maxlen=64))
 
@@ -232,6 +235,32 @@ class GrpcClientPool(ClientPool):
                 cached = self._encoded = _Encoded(parameters, chunk_bytes, chunks)
             return cached.chunks
 
+    def task_sent(self, client_id: str, task: Task, seconds: float) -> None:
+        """The servicer wrote all of ``task`` to its client in ``seconds`` (the sending stage)."""
+        session = self._sessions.get(client_id)
+        if session is None or task.task_id not in session.open:
+            return
+        session.sent_at[task.task_id] = time.monotonic()
+        self.events.client_stage(self.federation, task.round, client_id, Stage.SENDING, seconds)
+
+    def result_read(self, client_id: str, task: Task, header_at: float, seconds: float) -> None:
+        """The servicer read a result whose header came at ``header_at`` in ``seconds``.
+
+        The time from the task's last chunk to the result's header is the client's
+        training (plus the network's latency), the waiting-for-training stage.
+        """
+        session = self._sessions.get(client_id)
+        sent = session.sent_at.pop(task.task_id, None) if session else None
+        if sent is not None:
+            self.events.client_stage(
+                self.federation,
+                task.round,
+                client_id,
+                Stage.WAITING_FOR_TRAINING,
+                max(header_at - sent, 0.0),
+            )
+        self.events.client_stage(self.federation, task.round, client_id, Stage.RECEIVING, seconds)
+
     def open_task(self, client_id: str, task_id: str) -> Task:
         """The open task a result answers; KeyError or LookupError say why not."""
         session = self._sessions.get(client_id)
@@ -333,6 +362,7 @@ class GrpcClientPool(ClientPool):
             if not fut.done():
                 fut.cancel()
             session.open.pop(task.task_id, None)
+            session.sent_at.pop(task.task_id, None)
             session.closed.append(task.task_id)
             if not any(s.open for s in self._sessions.values()):
                 self._encoded = None  # the round's tasks are all closed

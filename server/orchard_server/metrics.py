@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from orchard.messages import Role
-from orchard_server.events import DropKind, Observer, Phase, curve_point
+from orchard_server.events import DropKind, Observer, Phase, Stage, curve_point
 from orchard_server.pool import ClientPool
 from orchard_server.records import RoundRecord
 
@@ -61,6 +61,15 @@ class ServerMetrics(Observer):
             "orchard_round_duration_seconds",
             "Duration of a whole round",
             ["federation"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "orchard_client_stage_duration_seconds",
+            "Time one client's task spent in a stage of the training phase ("
+            + ", ".join(s.value for s in Stage)
+            + ")",
+            ["federation", "stage"],
             buckets=_BUCKETS,
             registry=r,
         )
@@ -111,6 +120,11 @@ class ServerMetrics(Observer):
 
     def phase_ended(self, federation: str, rnd: int, phase: Phase, seconds: float) -> None:
         self.phase_seconds.labels(federation, phase.value).observe(seconds)
+
+    def client_stage(
+        self, federation: str, rnd: int, client_id: str, stage: Stage, seconds: float
+    ) -> None:
+        self.stage_seconds.labels(federation, stage.value).observe(seconds)
 
     def client_dropped(
         self, federation: str, rnd: int, client: str, kind: DropKind, reason: str

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import hmac
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -174,6 +175,7 @@ class FederationServicer:
         chunks = await hosted.pool.encoded_chunks(task.parameters, poll.max_chunk_bytes)
         # The chunks were encoded once for every client of the round (bytes pass
         # the serializer untouched, see add_to_server).
+        sending = time.monotonic()
         for message in (serde.task_header_to_proto(task), *chunks):
             try:
                 await asyncio.wait_for(context.write(message), self._idle)
@@ -184,6 +186,7 @@ class FederationServicer:
                 )
                 hosted.pool.reject(poll.client_id, task.task_id, reason)
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
+        hosted.pool.task_sent(poll.client_id, task, time.monotonic() - sending)
 
     async def PushResult(
         self,
@@ -195,6 +198,7 @@ class FederationServicer:
         stream = _idle_bounded(request_iterator, self._idle)
         try:
             reader = await serde.ResultReader.start(stream)
+            header_at = time.monotonic()  # the client's training ended about now
         except serde.SerdeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except TimeoutError:
@@ -216,6 +220,7 @@ class FederationServicer:
                 _check_header(hosted, specs)
             await reader.read_chunks(stream, lambda: pool.known(ref.client_id))
             result = reader.finish()
+            pool.result_read(ref.client_id, task, header_at, time.monotonic() - header_at)
             pool.deliver(ref.client_id, result)
             # Delivered: the slot stays taken until the round loop has folded and
             # dropped these arrays. Any other way out releases it at once (below),

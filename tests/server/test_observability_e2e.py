@@ -117,6 +117,12 @@ def test_metrics_status_and_json_logs_during_a_run(
         ]
         >= 1
     )
+    for stage in ("sending", "waiting_for_training", "receiving"):  # per client, per task
+        key = (
+            "orchard_client_stage_duration_seconds_count",
+            (("federation", "blobs"), ("stage", stage)),
+        )
+        assert during[key] >= 2, stage  # two clients answered round 1
     assert during[("orchard_last_loss", (("federation", "blobs"), ("kind", "distributed")))] > 0
     (running,) = fetch_status(address, insecure=True)
     assert {c.display_name for c in running.clients} == {"client-0", "client-1"}
