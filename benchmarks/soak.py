@@ -334,14 +334,17 @@ async def _drive(settings: SoakSettings, launcher: Launcher, state_dir: Path) ->
                 raise TimeoutError(f"soak not finished in {settings.timeout:.0f} s")
             done = len(_history(state_dir)["rounds"])
             if done > seen:
-                seen = done
                 rss[done] = _rss_mb(server.process.pid)
+            # Rounds can end faster than this loop polls: each completed round gets its
+            # own churn, however many ended since the last look.
+            for _ in range(seen, done):
                 victims = rng.sample(sessions, int(settings.clients * settings.churn))
                 for i, victim in enumerate(victims):
                     pause = rng.uniform(0.2, 1.5)
                     job = asyncio.create_task(victim.disrupt(crash=i % 2 == 1, pause=pause))
                     churners.add(job)
                     job.add_done_callback(churners.discard)
+            seen = max(seen, done)
             await asyncio.sleep(0.05)
         for s in sessions:
             s.finished = True
