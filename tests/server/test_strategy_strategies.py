@@ -20,6 +20,7 @@ from orchard_server.strategy import (
     WeightedMean,
     make_strategy,
     parse_options,
+    SgdState,
     sgd,
 )
 
@@ -216,3 +217,22 @@ def test_strategy_error_is_a_value_error() -> None:
     assert issubclass(StrategyError, ValueError)
     with pytest.raises(StrategyError):
         FedTrimmedAvgOptions(beta=-1.0)
+
+
+def test_plain_fedavg_takes_the_aggregate_itself() -> None:
+    # x - (x - a) in float64 loses a when a is tiny beside x; FedAvg's step
+    # must not: it lands on the aggregate bit for bit, and counts the step.
+    strategy = make_strategy("fedavg")
+    params: NDArrays = [np.array([1e8, -3.0], np.float32), np.array([7, 9], np.int64)]
+    aggregate: NDArrays = [np.array([1e-30, 2.5], np.float32), np.array([8, -1], np.int64)]
+    state = strategy.init(params)
+    new, new_state = strategy.step(params, aggregate, state)
+    assert [a.tobytes() for a in new] == [a.tobytes() for a in aggregate]
+    assert [a.dtype for a in new] == [np.float32, np.int64]
+    assert new_state == SgdState(step=1, velocity=())
+    # Any other SGD still steps through the pseudo-gradient.
+    assert sgd(lr=1.0).advance is not None
+    assert sgd(lr=0.5).advance is None and sgd(lr=1.0, momentum=0.9).advance is None
+    halving = dataclasses.replace(strategy, optimizer=sgd(lr=0.5))
+    halfway, _ = halving.step(params, aggregate, state)
+    assert halfway[0].tolist() == [np.float32(5e7), np.float32(-0.25)]

@@ -141,8 +141,9 @@ class _Layout:
             raise AggregationError(f"{what}: result() called before any update was added")
 
 
-#: Elements folded per step: the float64 temporary stays at 8 MB whatever the model size.
-_BLOCK = 1 << 20
+#: Elements folded per step: the float64 temporary stays at 2 MB whatever the model size
+#: (small enough to stay in cache: faster than 8 MB blocks, measured).
+_BLOCK = 1 << 18
 
 
 def _fold_blockwise(running: F64, array: NDArray, weight: float) -> None:

@@ -108,7 +108,8 @@ class Strategy:
         return self.optimizer.init(params)
 
     def step(self, params: NDArrays, aggregate: NDArrays, state: State) -> tuple[NDArrays, State]:
-        """One server step: ``pseudo_grad = params - aggregate``, then the optimizer.
+        """One server step: ``pseudo_grad = params - aggregate``, then the optimizer
+        (or the aggregate itself when the optimizer has ``advance``: plain FedAvg).
 
         Returns the new global parameters (each tensor in its own dtype) and the
         new optimizer state; ``params`` and ``state`` are left untouched.
@@ -124,6 +125,8 @@ class Strategy:
                     f"is {p.dtype}{list(p.shape)}"
                 )
         try:
+            if self.optimizer.advance is not None:
+                return list(aggregate), self.optimizer.advance(state)
             return self.optimizer.update(pseudo_gradient(params, aggregate), state, params)
         except OptimizerError as error:
             raise StrategyError(f"{self.name}: {error}") from error

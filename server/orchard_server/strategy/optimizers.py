@@ -66,11 +66,20 @@ State: TypeAlias = SgdState | AdaptiveState
 
 @dataclass(frozen=True, kw_only=True)
 class ServerOptimizer:
-    """A named pair of pure functions; hyperparameters live in their closures."""
+    """A named pair of pure functions; hyperparameters live in their closures.
+
+    ``advance`` is set on an optimizer whose step lands exactly on the
+    aggregate (plain FedAvg: SGD with ``lr=1`` and no momentum). Its
+    ``update`` would compute ``x - (x - aggregate)`` through a float64
+    pseudo-gradient, passes over the model that reproduce the aggregate at
+    best; :meth:`Strategy.step <orchard_server.strategy.base.Strategy.step>`
+    then takes the aggregate itself and ``advance`` gives the next state.
+    """
 
     name: str
     init: Callable[[NDArrays], State]
     update: Callable[[NDArrays, State, NDArrays], tuple[NDArrays, State]]
+    advance: Callable[[State], State] | None = None
 
 
 def _is_float(array: NDArray) -> bool:
@@ -219,7 +228,15 @@ def sgd(*, lr: float = 1.0, momentum: float = 0.0) -> ServerOptimizer:
         slots = tuple(new_velocity) if momentum > 0.0 else ()
         return new_params, SgdState(step=state.step + 1, velocity=slots)
 
-    return ServerOptimizer(name="sgd", init=init, update=update)
+    def advance(state: State) -> State:
+        _check_state(state, SgdState, "sgd")
+        assert isinstance(state, SgdState)  # for the type checker; checked just above
+        return SgdState(step=state.step + 1, velocity=())
+
+    takes_aggregate = lr == 1.0 and momentum == 0.0
+    return ServerOptimizer(
+        name="sgd", init=init, update=update, advance=advance if takes_aggregate else None
+    )
 
 
 #: ``(v_{t-1}, Δ_t^2) -> v_t``: the only line in which Adam, Yogi and Adagrad differ.
