@@ -24,4 +24,4 @@ def test_chunks_come_from_the_heap_and_a_large_models_chunks_are_kept() -> None:
     # and the 44.8 MB benchmark model's chunks, freed together, stay below the
     # trim threshold (so the heap is not handed back between rounds).
     assert serde.MAX_CHUNK_BYTES < MMAP_THRESHOLD
-    assert 11_200_000 * 4 < TRIM_THRESHOLD
+    assert TRIM_THRESHOLD > 11_200_000 * 4

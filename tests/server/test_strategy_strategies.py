@@ -14,13 +14,13 @@ from orchard_server.strategy import (
     CoordinateMedian,
     FedAdamOptions,
     FedTrimmedAvgOptions,
+    SgdState,
     Strategy,
     StrategyError,
     TrimmedMean,
     WeightedMean,
     make_strategy,
     parse_options,
-    SgdState,
     sgd,
 )
 
