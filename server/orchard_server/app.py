@@ -115,6 +115,7 @@ class OrchardServer:
                 max_poll_seconds=self.config.max_poll_seconds,
                 max_upload_bytes=self.config.max_upload_bytes,
                 max_concurrent_uploads=self.config.max_concurrent_uploads,
+                upload_buffer_bytes=self.config.upload_buffer_bytes,
                 status_token=self.config.web_token,
                 stream_idle_timeout=self.config.stream_idle_timeout,
             ),

@@ -192,8 +192,12 @@ class ServerConfig:
     tls_client_ca: Path | None = None
     #: Largest result a client may upload, in bytes (guards memory).
     max_upload_bytes: int = 8 << 30
-    #: Results assembled at once; bounds server memory to this many model copies.
+    #: Results assembled or awaiting their fold at once; bounds server memory to
+    #: this many model copies (orchard_server.uploads).
     max_concurrent_uploads: int = 4
+    #: Bytes of such results held at once (one is always admitted, however
+    #: large): a 1 GiB model's updates come one at a time, small ones four at once.
+    upload_buffer_bytes: int = 1 << 30
     #: Port of the read-only web view and /metrics (0: off). Served with the
     #: gRPC API's TLS cert and key unless insecure (docs/observability.md).
     web_port: int = 0
@@ -227,6 +231,12 @@ class ServerConfig:
         for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
             if path is not None and not path.is_file():
                 raise ConfigError(f"TLS file {path} does not exist")
+        if self.max_concurrent_uploads < 1:
+            raise ConfigError(
+                f"max_concurrent_uploads must be >= 1, got {self.max_concurrent_uploads}"
+            )
+        if self.upload_buffer_bytes < 1:
+            raise ConfigError(f"upload_buffer_bytes must be >= 1, got {self.upload_buffer_bytes}")
         if self.stream_idle_timeout <= 0:
             raise ConfigError("stream_idle_timeout must be > 0 seconds")
         if self.heartbeat_timeout <= self.heartbeat_interval:

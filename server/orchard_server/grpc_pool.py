@@ -47,6 +47,8 @@ class _Session:
     open: dict[str, tuple[Task, asyncio.Future[Result]]] = field(default_factory=dict)
     #: task_id -> when its last chunk was written (monotonic), until its result arrives.
     sent_at: dict[str, float] = field(default_factory=dict)
+    #: Open tasks written to the client in full (the shared chunks are no longer needed for them).
+    sent: set[str] = field(default_factory=set)
     #: Recently closed tasks, so a late result is told "closed", not "unknown".
     closed: deque[str] = field(default_factory=lambda: deque(maxlen=64))
 
@@ -224,8 +226,10 @@ class GrpcClientPool(ClientPool):
         first poll encodes it (in a worker thread: the event loop keeps
         serving) and the others send the same bytes: one copy of the model
         per round instead of two per client. The bytes are dropped as soon as
-        no task is open any more (:meth:`run_task`), so they never outlive
-        their round.
+        every open task has been sent in full (:meth:`task_sent`), or else
+        when no task is open any more (:meth:`run_task`): they never outlive
+        their round, and a large model's chunks are gone before its updates
+        arrive. A task sent again later (its client re-joined) is encoded again.
         """
         async with self._encoding:
             cached = self._encoded
@@ -241,6 +245,9 @@ class GrpcClientPool(ClientPool):
         if session is None or task.task_id not in session.open:
             return
         session.sent_at[task.task_id] = time.monotonic()
+        session.sent.add(task.task_id)
+        if all(tid in s.sent for s in self._sessions.values() for tid in s.open):
+            self._encoded = None  # every open task has its bytes: free the model's chunks
         self.events.client_stage(self.federation, task.round, client_id, Stage.SENDING, seconds)
 
     def result_read(self, client_id: str, task: Task, header_at: float, seconds: float) -> None:
@@ -363,6 +370,7 @@ class GrpcClientPool(ClientPool):
                 fut.cancel()
             session.open.pop(task.task_id, None)
             session.sent_at.pop(task.task_id, None)
+            session.sent.discard(task.task_id)
             session.closed.append(task.task_id)
             if not any(s.open for s in self._sessions.values()):
                 self._encoded = None  # the round's tasks are all closed

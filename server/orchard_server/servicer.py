@@ -9,27 +9,33 @@ carry its session's secret (metadata ``orchard-session-secret``): the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hmac
 import logging
 import time
-import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 
 from orchard import serde
-from orchard.messages import API_VERSION, FederationState, FederationStatus, Finished, Idle, Session
+from orchard.messages import (
+    API_VERSION,
+    FederationState,
+    FederationStatus,
+    Finished,
+    Idle,
+    Session,
+    TaskType,
+)
 from orchard.spec import ModelSpec, SpecError, TensorSpec
 from orchard.v1 import federation_service_pb2 as pb
 from orchard_server.admission import Admission, AdmissionError, Refusal, check_version
 from orchard_server.federation import Federation
 from orchard_server.grpc_pool import GrpcClientPool
 from orchard_server.results import InvalidResultError
+from orchard_server.uploads import UploadBudget
 
 log = logging.getLogger("orchard.server")
 
@@ -72,6 +78,7 @@ class FederationServicer:
         max_poll_seconds: float,
         max_upload_bytes: int,
         max_concurrent_uploads: int,
+        upload_buffer_bytes: int = 1 << 30,
         stream_idle_timeout: float = 60.0,
         status_token: str = "",
     ) -> None:
@@ -80,7 +87,7 @@ class FederationServicer:
         self._heartbeat_interval = heartbeat_interval
         self._max_poll = max_poll_seconds
         self._max_upload = max_upload_bytes
-        self._uploads = asyncio.Semaphore(max_concurrent_uploads)
+        self._uploads = UploadBudget(max_concurrent_uploads, upload_buffer_bytes)
         self._idle = stream_idle_timeout
         #: GetStatus needs it when set (the server's web token).
         self._status_token = status_token
@@ -212,8 +219,9 @@ class FederationServicer:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
         except LookupError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        await self._uploads.acquire()
-        slot = _UploadSlot(self._uploads)
+        # Room for the result's arrays (the task's parameters: a result must match them).
+        expected = sum(int(a.nbytes) for a in task.parameters) if task.type is TaskType.FIT else 0
+        slot = await self._uploads.acquire(expected)
         try:
             specs = reader.announced(max_bytes=self._max_upload)
             if specs:
@@ -291,51 +299,6 @@ async def _idle_bounded(stream: AsyncIterator[T], seconds: float) -> AsyncIterat
         except StopAsyncIteration:
             return
         yield message
-
-
-class _UploadSlot:
-    """One of ``max_concurrent_uploads``, held until the arrays of its upload are freed.
-
-    Releasing the slot when the bytes are read is not enough: a delivered
-    result waits, with its model-sized arrays, until the round loop folds it
-    into the aggregate, and with many clients those results pile up (measured:
-    eight models at once with eight clients). Held until the arrays are garbage
-    (the aggregator folds them and drops them; aggregators never keep the
-    arrays they are given), the slots bound the models in the server's memory
-    to ``max_concurrent_uploads``, however many clients report.
-    """
-
-    def __init__(self, semaphore: asyncio.Semaphore) -> None:
-        self._semaphore = semaphore
-        self._loop = asyncio.get_running_loop()
-        self._alive = 0
-        self._released = False
-
-    def hold_while_alive(self, arrays: Sequence[np.ndarray]) -> None:
-        """Keep the slot until every one of ``arrays`` is freed."""
-        self._alive = len(arrays)
-        for array in arrays:
-            weakref.finalize(array, self._freed_from_any_thread)
-
-    def release_unless_held(self) -> None:
-        """Release now unless delivered arrays hold the slot."""
-        if self._alive == 0:
-            self._release()
-
-    def _freed_from_any_thread(self) -> None:
-        # The last reference may die in the aggregator's worker thread.
-        with contextlib.suppress(RuntimeError):  # the loop is already closed
-            self._loop.call_soon_threadsafe(self._freed)
-
-    def _freed(self) -> None:
-        self._alive -= 1
-        if self._alive == 0:
-            self._release()
-
-    def _release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._semaphore.release()
 
 
 def add_to_server(servicer: FederationServicer, server: grpc.aio.Server) -> None:

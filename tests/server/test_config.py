@@ -64,6 +64,14 @@ def test_file_env_and_flags_in_order(tmp_path: Path) -> None:
         (BASE.replace("insecure = true", ""), "TLS needs tls_cert and tls_key"),
         (BASE.replace("num_rounds = 4", "min_available_clients = 1"), "no round could ever start"),
         ("[server]\ninsecure = true\n", "no federation configured"),
+        (
+            BASE.replace("insecure = true", "insecure = true\nmax_concurrent_uploads = 0"),
+            "max_concurrent_uploads must be >= 1, got 0",
+        ),
+        (
+            BASE.replace("insecure = true", "insecure = true\nupload_buffer_bytes = -1"),
+            "upload_buffer_bytes must be >= 1, got -1",
+        ),
         ("[servr]\n", "unknown top-level"),
     ],
 )

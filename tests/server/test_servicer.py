@@ -447,6 +447,41 @@ def test_pull_task_codes(served: ServerThread) -> None:
     assert isinstance(got, Task) and got.task_id == task.task_id
 
 
+def test_the_shared_chunks_are_freed_once_every_open_task_is_sent(served: ServerThread) -> None:
+    # A large model's encoded chunks must not live on while its updates arrive:
+    # once both clients have their task in full, the pool lets the bytes go.
+    sessions = [
+        serde.session_from_proto(
+            served.stub.Join(serde.join_to_proto(join_info(instance_id=i)), timeout=10)
+        )
+        for i in ("inst-a", "inst-b")
+    ]
+    parameters = [np.zeros(t.shape, np.float32) for t in SPEC.tensors]
+    for s in sessions:
+        task = Task(
+            task_id=f"t-{s.client_id}",
+            type=TaskType.FIT,
+            round=1,
+            config={},
+            timeout=30.0,
+            names=tuple(SPEC.names),
+            parameters=parameters,
+        )
+        served.submit(served.pool.run_task(s.client_id, task))
+    chunk = serde.DEFAULT_CHUNK_BYTES
+
+    def encoded() -> tuple[bytes, ...]:
+        return served.call(served.pool.encoded_chunks(parameters, chunk))
+
+    first = encoded()
+    assert encoded() is first  # shared while a task still waits to be sent
+    pull(served, sessions[0].client_id)
+    assert encoded() is first  # the second client has not had its task yet
+    pull(served, sessions[1].client_id)
+    again = encoded()  # every task sent: the cache was emptied, so this encodes anew
+    assert again is not first and again == first
+
+
 def test_leave_ends_the_session_and_an_unknown_one_gets_not_found(served: ServerThread) -> None:
     session = serde.session_from_proto(
         served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
