@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -89,39 +90,24 @@ async def fan_out(
                     reason=f"missed the round deadline of {task.timeout:g} s",
                 )
             break
-        for fut in done:
-            cid = pending.pop(fut)
-            try:
-                result = fut.result()
-            except ClientDroppedError as exc:
-                _drop(
-                    dropped, pool, federation, task, infos=infos, client_id=cid, reason=exc.reason
-                )
-                continue
-            if fold is not None:
-                try:
-                    await asyncio.to_thread(fold, result.parameters, result.num_examples)
-                except AggregationError as exc:  # the aggregator is left unchanged
-                    _drop(
-                        dropped,
-                        pool,
-                        federation,
-                        task,
-                        infos=infos,
-                        client_id=cid,
-                        reason=f"update rejected by the aggregator: {exc}",
-                    )
-                    continue
-                result = _without_parameters(result)
-            info = infos.get(cid) or ClientInfo(
-                client_id=cid,
-                display_name=cid,
-                framework="",
-                role=Role.TRAINER,
-                partition_id=-1,
-                instance_id=cid,
+        # A finished task holds its result, model-sized, and the server holds an
+        # upload slot until those arrays are freed (orchard_server.uploads): no
+        # name here may keep a result past its fold, or the next upload waits
+        # for a slot that never comes. ``_collect``'s locals die with its call.
+        arrived = deque((pending.pop(fut), fut) for fut in done)
+        del done
+        while arrived:
+            entry = await _collect(
+                *arrived.popleft(),
+                fold=fold,
+                dropped=dropped,
+                pool=pool,
+                federation=federation,
+                task=task,
+                infos=infos,
             )
-            results.append((info, result))
+            if entry is not None:
+                results.append(entry)
     return Fanout(results=results, dropped=dropped, duration=time.monotonic() - started)
 
 
@@ -191,6 +177,42 @@ def _drop(
         extra={"federation": federation, "round": task.round, "client": client_id},
     )
     pool.events.client_dropped(federation, task.round, name, drop_kind(reason), reason)
+
+
+async def _collect(
+    cid: str,
+    finished: asyncio.Task[Result],
+    *,
+    fold: Fold | None,
+    dropped: dict[str, str],
+    pool: ClientPool,
+    federation: str,
+    task: Task,
+    infos: dict[str, ClientInfo],
+) -> tuple[ClientInfo, Result] | None:
+    """One client's answer: folded (its arrays dropped) and named, or its drop recorded."""
+    try:
+        result = finished.result()
+    except ClientDroppedError as exc:
+        _drop(dropped, pool, federation, task, infos=infos, client_id=cid, reason=exc.reason)
+        return None
+    if fold is not None:
+        try:
+            await asyncio.to_thread(fold, result.parameters, result.num_examples)
+        except AggregationError as exc:  # the aggregator is left unchanged
+            reason = f"update rejected by the aggregator: {exc}"
+            _drop(dropped, pool, federation, task, infos=infos, client_id=cid, reason=reason)
+            return None
+        result = _without_parameters(result)
+    info = infos.get(cid) or ClientInfo(
+        client_id=cid,
+        display_name=cid,
+        framework="",
+        role=Role.TRAINER,
+        partition_id=-1,
+        instance_id=cid,
+    )
+    return info, result
 
 
 def _without_parameters(result: Result) -> Result:

@@ -59,7 +59,12 @@ class Cluster:
     (``start_server("server-2")``) and have it resume.
     """
 
-    def __init__(self, tmp: Path, federations: dict[str, dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        federations: dict[str, dict[str, Any]],
+        server: dict[str, Any] | None = None,
+    ) -> None:
         self.tmp = tmp
         self.port = free_port()
         self.state_dir = tmp / "state"
@@ -73,6 +78,7 @@ class Cluster:
                     "heartbeat_interval": 0.5,
                     "heartbeat_timeout": 3.0,
                     "max_poll_seconds": 5.0,
+                    **(server or {}),
                 },
                 "federations": federations,
             },
@@ -99,10 +105,14 @@ class Cluster:
 def cluster_factory(tmp_path: Path) -> Iterator[Any]:
     clusters: list[Cluster] = []
 
-    def make(federations: dict[str, dict[str, Any]], sub: str = "") -> Cluster:
+    def make(
+        federations: dict[str, dict[str, Any]],
+        sub: str = "",
+        server: dict[str, Any] | None = None,
+    ) -> Cluster:
         directory = tmp_path / sub if sub else tmp_path
         directory.mkdir(exist_ok=True)
-        cluster = Cluster(directory, federations)
+        cluster = Cluster(directory, federations, server)
         clusters.append(cluster)
         return cluster
 
@@ -141,6 +151,26 @@ def test_three_clients_three_rounds_loss_falls(cluster_factory: Any) -> None:
     assert all(c is not None and c["source"] == "evaluator" for c in central), central
     central_losses = [c["loss"] for c in central]
     assert central_losses[0] > central_losses[-1], central_losses
+
+
+def test_with_one_upload_slot_every_update_still_lands_in_its_round(
+    cluster_factory: Any,
+) -> None:
+    # The slot of a delivered update is held until its arrays are freed after
+    # the fold: if anything kept them, the other clients' uploads would wait
+    # for the deadline and be dropped.
+    cluster = cluster_factory(
+        {"blobs": federation(num_rounds=2, evaluate_every=0, round_timeout=20.0)},
+        server={"max_concurrent_uploads": 1},
+    )
+    cluster.start_server()
+    clients = [cluster.client("blobs", f"client-{i}") for i in range(3)]
+    assert wait_exit(cluster.server, cluster) == 0, cluster.logs()
+    for client in clients:
+        assert wait_exit(client, cluster, 30) == 0, cluster.logs()
+    rounds = read_history(cluster.state_dir, "blobs")["rounds"]
+    assert [len(r["fit"]["participants"]) for r in rounds] == [3, 3], cluster.logs()
+    assert not any(r["fit"]["dropped"] for r in rounds)
 
 
 def test_history_records_partitions_fixed_by_clients(cluster_factory: Any) -> None:
