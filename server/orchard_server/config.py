@@ -107,10 +107,13 @@ class FederationConfig:
             raise ConfigError(f"{where}: set 'model' (a registered model id) or 'tensors'")
         if self.num_rounds < 1:
             raise ConfigError(f"{where}: num_rounds must be >= 1, got {self.num_rounds}")
-        for key in ("fraction_fit", "fraction_evaluate"):
-            value = getattr(self, key)
-            if not 0.0 < value <= 1.0:
-                raise ConfigError(f"{where}: {key} must be in (0, 1], got {value}")
+        if not 0.0 < self.fraction_fit <= 1.0:
+            raise ConfigError(f"{where}: fraction_fit must be in (0, 1], got {self.fraction_fit}")
+        if not 0.0 <= self.fraction_evaluate <= 1.0:
+            raise ConfigError(
+                f"{where}: fraction_evaluate must be in [0, 1] (0: no federated evaluation), "
+                f"got {self.fraction_evaluate}"
+            )
         for key in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{where}: {key} must be >= 1")

@@ -65,6 +65,10 @@ def test_file_env_and_flags_in_order(tmp_path: Path) -> None:
         (BASE.replace("num_rounds = 4", "min_available_clients = 1"), "no round could ever start"),
         ("[server]\ninsecure = true\n", "no federation configured"),
         (
+            BASE.replace("num_rounds = 4", "fraction_evaluate = -0.5"),
+            "fraction_evaluate must be in \\[0, 1\\] \\(0: no federated evaluation\\)",
+        ),
+        (
             BASE.replace("insecure = true", "insecure = true\nmax_concurrent_uploads = 0"),
             "max_concurrent_uploads must be >= 1, got 0",
         ),

@@ -168,10 +168,19 @@ def test_too_few_clients_for_evaluation_draw_nothing() -> None:
     assert rng.bit_generator.state == before  # the generator is not advanced
 
 
+def test_fraction_evaluate_zero_switches_federated_evaluation_off() -> None:
+    policy = UniformSampling(fraction_evaluate=0.0, min_evaluate_clients=1)
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    assert policy.select_evaluate(CLIENTS, rng) == []
+    assert rng.bit_generator.state == before
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"fraction_fit": 0.0}, r"fraction_fit must be in \(0, 1\]"),
+        ({"fraction_evaluate": -0.1}, r"fraction_evaluate must be in \[0, 1\]"),
         ({"min_evaluate_clients": 0}, "min_evaluate_clients must be at least 1"),
         ({"min_fit_clients": 3, "min_available_clients": 2}, "no round could ever start"),
     ],

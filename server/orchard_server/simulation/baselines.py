@@ -134,7 +134,7 @@ def fedavg_settings(args: argparse.Namespace) -> list[Setting]:
             fraction_fit=args.fraction,
             min_fit_clients=per_round,
             min_available_clients=args.clients,
-            fraction_evaluate=1.0 / args.clients,
+            fraction_evaluate=0.0,  # the clients hold no validation data: test set only
             min_evaluate_clients=1,
             max_clients=args.clients + 1,
             evaluate_every=args.eval_every,
@@ -185,7 +185,7 @@ def fedprox_settings(args: argparse.Namespace) -> list[Setting]:
                 fraction_fit=args.fraction,
                 min_fit_clients=1,
                 min_available_clients=args.clients,
-                fraction_evaluate=1.0 / args.clients,
+                fraction_evaluate=0.0,  # the clients hold no validation data: test set only
                 min_evaluate_clients=1,
                 max_clients=args.clients + 1,
                 evaluate_every=args.eval_every,

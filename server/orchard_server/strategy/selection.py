@@ -141,7 +141,9 @@ class UniformSampling:
     """Flower's client sampling: a uniform draw of ``max(int(n * fraction), min)`` clients.
 
     Federated evaluation is skipped (no draw, so the generator is not advanced)
-    when fewer than ``min_evaluate_clients`` clients are connected.
+    when fewer than ``min_evaluate_clients`` clients are connected, and always
+    with ``fraction_evaluate = 0`` (as in Flower: for clients that hold no
+    validation data, when only the centralized evaluation counts).
     """
 
     fraction_fit: float = 1.0
@@ -158,7 +160,7 @@ class UniformSampling:
                 error=SelectionError,
                 low=0.0,
                 high=1.0,
-                low_open=True,
+                low_open=key == "fraction_fit",
                 high_open=False,
             )
         for key in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
@@ -176,8 +178,9 @@ class UniformSampling:
         )
 
     def select_evaluate(self, available: Sequence[str], rng: np.random.Generator) -> list[str]:
-        """Like :meth:`select_fit` with the evaluate numbers; empty below the minimum."""
-        if len(available) < self.min_evaluate_clients:
+        """Like :meth:`select_fit` with the evaluate numbers; empty below the minimum
+        or with ``fraction_evaluate = 0``."""
+        if self.fraction_evaluate == 0.0 or len(available) < self.min_evaluate_clients:
             return []
         return sample_clients(
             available,
