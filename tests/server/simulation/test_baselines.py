@@ -44,6 +44,7 @@ def test_fedavg_iid_and_non_iid_with_the_paper_column(mnist_dir: Path, tmp_path:
     (record,) = history["rounds"]
     assert record["fit"]["selected"] == 1  # C=0.1 of K=10
     assert record["centralized"]["num_examples"] == 100
+    assert record["evaluate"] is None  # the clients hold no validation data: test set only
 
 
 @pytest.mark.timeout(600)
