@@ -183,7 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"default {DEFAULT_CASES}; make bench-large runs {LARGE_CASES})",
     )
     group.add_argument(
-        "--rounds", type=int, default=6, help="rounds per case, the first a warm-up (min 6)"
+        "--rounds", type=int, default=11, help="rounds per case, the first a warm-up (min 6)"
     )
 
 
