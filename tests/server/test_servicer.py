@@ -41,6 +41,7 @@ from orchard.messages import (
     TaskType,
 )
 from orchard.spec import ModelSpec, TensorSpec
+from orchard.typing import NDArrays
 from orchard.v1 import federation_service_pb2 as pb
 from orchard.v1 import federation_service_pb2_grpc as pb_grpc
 from orchard.v1 import tensor_pb2 as tpb
@@ -239,8 +240,13 @@ def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
     return err.value
 
 
-def open_task(served: ServerThread, client_id: str) -> tuple[Task, Future[Result]]:
-    """Hand a fit task to a session, as the round loop would; returns it and its result."""
+def open_task(
+    served: ServerThread, client_id: str, parameters: NDArrays | None = None
+) -> tuple[Task, Future[Result]]:
+    """Hand a fit task to a session, as the round loop would; returns it and its result.
+
+    A fan-out gives every task the same ``parameters`` list (zeros by default).
+    """
     task = Task(
         task_id=f"t-{client_id}",
         type=TaskType.FIT,
@@ -248,7 +254,9 @@ def open_task(served: ServerThread, client_id: str) -> tuple[Task, Future[Result
         config={},
         timeout=30.0,
         names=tuple(SPEC.names),
-        parameters=[np.zeros(t.shape, np.float32) for t in SPEC.tensors],
+        parameters=[np.zeros(t.shape, np.float32) for t in SPEC.tensors]
+        if parameters is None
+        else parameters,
     )
     return task, served.submit(served.pool.run_task(client_id, task))
 
@@ -458,16 +466,7 @@ def test_the_shared_chunks_are_freed_once_every_open_task_is_sent(served: Server
     ]
     parameters = [np.zeros(t.shape, np.float32) for t in SPEC.tensors]
     for s in sessions:
-        task = Task(
-            task_id=f"t-{s.client_id}",
-            type=TaskType.FIT,
-            round=1,
-            config={},
-            timeout=30.0,
-            names=tuple(SPEC.names),
-            parameters=parameters,
-        )
-        served.submit(served.pool.run_task(s.client_id, task))
+        open_task(served, s.client_id, parameters)
     chunk = serde.DEFAULT_CHUNK_BYTES
 
     def encoded() -> tuple[bytes, ...]:
