@@ -89,40 +89,68 @@ async def fan_out(
                     reason=f"missed the round deadline of {task.timeout:g} s",
                 )
             break
-        for fut in done:
-            cid = pending.pop(fut)
-            try:
-                result = fut.result()
-            except ClientDroppedError as exc:
-                _drop(
-                    dropped, pool, federation, task, infos=infos, client_id=cid, reason=exc.reason
-                )
-                continue
-            if fold is not None:
-                try:
-                    await asyncio.to_thread(fold, result.parameters, result.num_examples)
-                except AggregationError as exc:  # the aggregator is left unchanged
-                    _drop(
-                        dropped,
-                        pool,
-                        federation,
-                        task,
-                        infos=infos,
-                        client_id=cid,
-                        reason=f"update rejected by the aggregator: {exc}",
-                    )
-                    continue
-                result = _without_parameters(result)
-            info = infos.get(cid) or ClientInfo(
-                client_id=cid,
-                display_name=cid,
-                framework="",
-                role=Role.TRAINER,
-                partition_id=-1,
-                instance_id=cid,
+        # One finished task at a time, each dropped once handled: a task keeps
+        # its result (model-sized arrays a pool may lend, such as the
+        # simulation's shared memory) alive for as long as it is referenced.
+        while done:
+            fut = done.pop()
+            await _collect(
+                fut,
+                pending.pop(fut),
+                pool=pool,
+                task=task,
+                federation=federation,
+                infos=infos,
+                fold=fold,
+                results=results,
+                dropped=dropped,
             )
-            results.append((info, result))
+            del fut
     return Fanout(results=results, dropped=dropped, duration=time.monotonic() - started)
+
+
+async def _collect(
+    fut: asyncio.Task[Result],
+    cid: str,
+    *,
+    pool: ClientPool,
+    task: Task,
+    federation: str,
+    infos: dict[str, ClientInfo],
+    fold: Fold | None,
+    results: list[tuple[ClientInfo, Result]],
+    dropped: dict[str, str],
+) -> None:
+    """Fold one client's answer (or count it dropped) and keep its result without arrays."""
+    try:
+        result = fut.result()
+    except ClientDroppedError as exc:
+        _drop(dropped, pool, federation, task, infos=infos, client_id=cid, reason=exc.reason)
+        return
+    if fold is not None:
+        try:
+            await asyncio.to_thread(fold, result.parameters, result.num_examples)
+        except AggregationError as exc:  # the aggregator is left unchanged
+            _drop(
+                dropped,
+                pool,
+                federation,
+                task,
+                infos=infos,
+                client_id=cid,
+                reason=f"update rejected by the aggregator: {exc}",
+            )
+            return
+        result = _without_parameters(result)
+    info = infos.get(cid) or ClientInfo(
+        client_id=cid,
+        display_name=cid,
+        framework="",
+        role=Role.TRAINER,
+        partition_id=-1,
+        instance_id=cid,
+    )
+    results.append((info, result))
 
 
 async def wait_for_clients(
