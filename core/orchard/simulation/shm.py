@@ -377,6 +377,11 @@ class ResultSlots:
             self.limit += 1
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (no segment will be handed out)."""
+        return self._closed
+
+    @property
     def exhausted(self) -> bool:
         """Whether every segment is leased (a :meth:`take` now gives None until one is freed)."""
         with self._lock:

@@ -148,9 +148,12 @@ class _Process:
         loop = asyncio.get_running_loop()
         self._freed = asyncio.Event()
 
+        self._waiting = False
+
         def freed() -> None:  # any thread: the server drops a result's arrays where it folds
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(self._freed.set)
+            if self._waiting:  # else no wake-up of the event loop is needed
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    loop.call_soon_threadsafe(self._freed.set)
 
         self.slots = shm.ResultSlots(on_free=freed)
         #: Whether the current job reached the worker (a cancel before that spares it).
@@ -282,23 +285,29 @@ class _Process:
         update without copying it) gets one more segment for this worker rather
         than a stalled worker.
         """
-        while True:
-            self._freed.clear()
-            slot = self.slots.take(self.result_bytes)
-            if slot is not None or not self.slots.exhausted:
-                return slot
-            try:
-                await asyncio.wait_for(self._freed.wait(), _SLOT_PATIENCE)
-            except TimeoutError:
-                self.slots.grow()
-                log.warning(
-                    "worker %s: the server has held all %d of its results unreleased for "
-                    "%g s; allowing %d (more shared memory)",
-                    self.proc.pid,
-                    self.slots.limit - 1,
-                    _SLOT_PATIENCE,
-                    self.slots.limit,
-                )
+        self._waiting = True  # before take(): a release after it must wake this wait
+        try:
+            while True:
+                self._freed.clear()
+                slot = self.slots.take(self.result_bytes)
+                if slot is not None or self.slots.closed:
+                    return slot
+                if not self.slots.exhausted:
+                    continue  # one was released just now
+                try:
+                    await asyncio.wait_for(self._freed.wait(), _SLOT_PATIENCE)
+                except TimeoutError:
+                    self.slots.grow()
+                    log.warning(
+                        "worker %s: the server has held all %d of its results unreleased for "
+                        "%g s; allowing %d (more shared memory)",
+                        self.proc.pid,
+                        self.slots.limit - 1,
+                        _SLOT_PATIENCE,
+                        self.slots.limit,
+                    )
+        finally:
+            self._waiting = False
 
     def _result_parameters(
         self, header: dict[str, Any], slot: shm.Segment | None
