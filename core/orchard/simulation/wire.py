@@ -7,7 +7,9 @@ floats, and nothing is unpickled (a worker may run another interpreter with
 another NumPy). Frames:
 
 * ``init`` (driver -> worker): ``client_fn`` reference, federation, model spec,
-  node config; answered by ``ready`` or ``error``;
+  node config and, when the driver offers shared memory, a probe segment
+  (``shm``); answered by ``error`` or by ``ready``, whose ``shm`` is empty if
+  the worker can use shared memory and otherwise says why not;
 * ``job`` (driver -> worker): one :class:`~orchard.simulation.job.Job`, its
   task's parameters then its state's arrays; answered by ``result``.
 

@@ -12,12 +12,13 @@ environment's for MXNet clients) and speaks :mod:`orchard.simulation.wire`
 over its pipes. Model arrays travel through shared memory
 (:mod:`orchard.simulation.shm`): a round's parameters are written once into a
 segment every worker maps, and each result comes back in a segment of its
-worker's, handed to the server as views without a copy. A worker that cannot
-open the driver's segments (checked when it starts) gets raw NumPy buffers on
-its pipe instead. A job cancelled
-(its deadline passed) or a worker that dies takes its worker down; a fresh
-one replaces it, as a deployed client that missed a deadline is dropped and
-another takes its place.
+worker's, handed to the server as views without a copy; a worker whose
+result segments the server still holds waits before its next job, so memory
+stays bounded by the workers. A worker that cannot open the driver's segments
+(checked when it starts) gets raw NumPy buffers on its pipe instead. A job
+cancelled while its worker runs it (its deadline passed) or a worker that dies
+takes that worker down; a fresh one replaces it, as a deployed client that
+missed a deadline is dropped and another takes its place.
 """
 
 from __future__ import annotations
