@@ -183,8 +183,8 @@ def test_a_worker_that_cannot_open_the_probe_says_why() -> None:
     made = shm.probe()
     assert made is not None
     segment, ref = made
-    segment.close()
-    with pytest.raises(shm.SegmentError, match="cannot open"):
+    segment.close()  # its descriptor number is gone, or names another file by now
+    with pytest.raises(shm.SegmentError, match=r"cannot open|not the segment"):
         shm.WorkerSegments(ref)
 
 
