@@ -91,9 +91,10 @@ async def fan_out(
                 )
             break
         # A finished task holds its result, model-sized, and the server holds an
-        # upload slot until those arrays are freed (orchard_server.uploads): no
-        # name here may keep a result past its fold, or the next upload waits
-        # for a slot that never comes. ``_collect``'s locals die with its call.
+        # upload slot (orchard_server.uploads) or a simulation worker's shared
+        # segment until those arrays are freed: no name here may keep a result
+        # past its fold, or the next upload or job waits for room that never
+        # comes. ``_collect``'s locals die with its call.
         arrived = deque((pending.pop(fut), fut) for fut in done)
         del done
         while arrived:

@@ -10,6 +10,7 @@ fails, reports and seeds exactly as a deployed one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from orchard.client.numpy_client import execute_task
 from orchard.messages import Result, Role, Task
 from orchard.simulation.context import ClientFn, ClientState, SimulationContext, load_client_fn
 from orchard.spec import ModelSpec
-from orchard.typing import NDArray, Scalar
+from orchard.typing import NDArray, NDArrays, Scalar
 
 __all__ = ["Job", "JobResult", "WorkerRuntime"]
 
@@ -99,3 +100,13 @@ class WorkerRuntime:
             state=state.arrays if state is not None else None,
             seconds=time.perf_counter() - started,
         )
+
+    def run_with(self, job: Job, parameters: NDArrays) -> JobResult:
+        """:meth:`run` with the task's parameters passed apart from the job.
+
+        The Ray backend puts a round's parameters in Ray's object store once
+        and passes that one object to every job, instead of serializing the
+        model into each job.
+        """
+        task = dataclasses.replace(job.task, parameters=list(parameters))
+        return self.run(dataclasses.replace(job, task=task))

@@ -7,9 +7,17 @@ floats, and nothing is unpickled (a worker may run another interpreter with
 another NumPy). Frames:
 
 * ``init`` (driver -> worker): ``client_fn`` reference, federation, model spec,
-  node config; answered by ``ready`` or ``error``;
+  node config and, when the driver offers shared memory, a probe segment
+  (``shm``); answered by ``error`` or by ``ready``, whose ``shm`` is empty if
+  the worker can use shared memory and otherwise says why not;
 * ``job`` (driver -> worker): one :class:`~orchard.simulation.job.Job`, its
   task's parameters then its state's arrays; answered by ``result``.
+
+With shared memory (:mod:`orchard.simulation.shm`, agreed in ``init``), model
+arrays leave the pipe: a job's header names the segment holding its task's
+parameters (``params_shm``: segment and layout) and the segment its result
+may go to (``result_shm``); a result's header then says where its parameters
+lie (``result_layout``) and only state arrays follow it on the pipe.
 
 Both sides use the same encoders; the driver reads with asyncio, the worker
 with blocking file objects.
@@ -158,8 +166,18 @@ def read_frame(stream: BinaryIO) -> Frame:
     return header, arrays
 
 
-def job_frame(job: Job) -> list[bytes | memoryview]:
-    """The frame of a job: header, then parameters, then state arrays."""
+def job_frame(
+    job: Job,
+    *,
+    params_shm: Mapping[str, Any] | None = None,
+    result_shm: Mapping[str, Any] | None = None,
+) -> list[bytes | memoryview]:
+    """The frame of a job: header, then parameters (unless in ``params_shm``), then state arrays.
+
+    ``params_shm`` is the reference of a segment holding the task's parameters
+    (:meth:`~orchard.simulation.shm.Broadcast.acquire`), ``result_shm`` that
+    of a segment for the result (:meth:`~orchard.simulation.shm.Segment.ref`).
+    """
     task = job.task
     state_keys = None if job.state is None else list(job.state)
     header = {
@@ -179,15 +197,26 @@ def job_frame(job: Job) -> list[bytes | memoryview]:
         "params": len(task.parameters),
         "state_keys": state_keys,
     }
+    if params_shm is not None:
+        header["params_shm"] = dict(params_shm)
+    if result_shm is not None:
+        header["result_shm"] = dict(result_shm)
     state = [] if job.state is None else list(job.state.values())
-    return encode(header, [*task.parameters, *state])
+    inline = [] if params_shm is not None else list(task.parameters)
+    return encode(header, [*inline, *state])
 
 
-def decode_job(frame: Frame) -> Job:
-    """Inverse of :func:`job_frame`."""
+def decode_job(frame: Frame, parameters: NDArrays | None = None) -> Job:
+    """Inverse of :func:`job_frame`; ``parameters``: the task's, when in shared memory."""
     header, arrays = frame
     t = header["task"]
     n = int(header["params"])
+    if parameters is not None:
+        if len(parameters) != n:
+            raise ProtocolError(
+                f"the job has {n} parameter arrays, shared memory held {len(parameters)}"
+            )
+        arrays = [*parameters, *arrays]
     keys = header.get("state_keys")
     return Job(
         client_id=header["client_id"],
@@ -207,8 +236,10 @@ def decode_job(frame: Frame) -> Job:
     )
 
 
-def result_frame(out: JobResult) -> list[bytes | memoryview]:
-    """The frame of a job's result."""
+def result_frame(
+    out: JobResult, result_layout: list[Any] | None = None
+) -> list[bytes | memoryview]:
+    """The frame of a job's result; with ``result_layout`` its parameters are in shared memory."""
     r = out.result
     header = {
         "op": "result",
@@ -225,17 +256,26 @@ def result_frame(out: JobResult) -> list[bytes | memoryview]:
         "state_keys": None if out.state is None else list(out.state),
         "seconds": out.seconds,
     }
+    if result_layout is not None:
+        header["result_layout"] = result_layout
     state = [] if out.state is None else list(out.state.values())
-    return encode(header, [*r.parameters, *state])
+    inline = [] if result_layout is not None else list(r.parameters)
+    return encode(header, [*inline, *state])
 
 
-def decode_result(frame: Frame) -> JobResult:
-    """Inverse of :func:`result_frame`."""
+def decode_result(frame: Frame, parameters: NDArrays | None = None) -> JobResult:
+    """Inverse of :func:`result_frame`; ``parameters`` when they came in shared memory."""
     header, arrays = frame
     if header.get("op") != "result":
         raise ProtocolError(f"expected a result frame, got {header.get('op')!r}")
     r = header["result"]
     n = int(header["params"])
+    if parameters is not None:
+        if len(parameters) != n:
+            raise ProtocolError(
+                f"the result has {n} parameter arrays, shared memory held {len(parameters)}"
+            )
+        arrays = [*parameters, *arrays]
     keys = header.get("state_keys")
     return JobResult(
         result=Result(

@@ -5,6 +5,11 @@ so it runs in any environment that has Orchard's core (``.venv-mxnet`` for
 MXNet clients). The protocol is :mod:`orchard.simulation.wire` on stdin and on
 the process's original stdout; ``print`` and log output from client code go
 to stderr so they cannot corrupt a frame.
+
+When the driver offers shared memory (a probe segment in ``init``), the
+worker answers ``ready`` with ``shm`` empty if it could open it, or the
+reason it could not; the driver then sends model arrays through segments
+(:mod:`orchard.simulation.shm`) or keeps them on the pipe for this worker.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ import os
 import sys
 from typing import BinaryIO
 
+from orchard.messages import Result
 from orchard.simulation.context import ClientFnError
-from orchard.simulation.job import WorkerRuntime
+from orchard.simulation.job import JobResult, WorkerRuntime
+from orchard.simulation.shm import SegmentError, WorkerSegments
 from orchard.simulation.wire import (
+    Frame,
     ProtocolError,
     config_from_json,
     decode_job,
@@ -25,6 +33,8 @@ from orchard.simulation.wire import (
     result_frame,
     spec_from_json,
 )
+
+log = logging.getLogger("orchard.simulation")
 
 
 def _write(out: BinaryIO, parts: list[bytes | memoryview]) -> None:
@@ -52,13 +62,52 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     except (ClientFnError, ImportError) as exc:
         _write(out, encode({"op": "error", "message": str(exc)}))
         return 2
-    _write(out, encode({"op": "ready", "pid": os.getpid()}))
+    segments: WorkerSegments | None = None
+    refusal = ""
+    if header.get("shm"):
+        try:
+            segments = WorkerSegments(header["shm"])
+        except (SegmentError, OSError, KeyError, ValueError) as exc:
+            refusal = f"{type(exc).__name__}: {exc}"
+    _write(out, encode({"op": "ready", "pid": os.getpid(), "shm": refusal}))
     while True:
         try:
             frame = read_frame(inp)
         except ProtocolError:
             return 0  # the driver is done
-        _write(out, result_frame(runtime.run(decode_job(frame))))
+        _write(out, _answer(runtime, segments, frame))
+
+
+def _answer(
+    runtime: WorkerRuntime, segments: WorkerSegments | None, frame: Frame
+) -> list[bytes | memoryview]:
+    """Run one job frame; its parameters and result go through shared memory when named."""
+    header = frame[0]
+    params_ref = header.get("params_shm")
+    try:
+        if params_ref is not None and segments is None:
+            raise SegmentError("the job names a shared-memory segment, but none was agreed")
+        parameters = segments.params(params_ref) if segments and params_ref else None
+    except (SegmentError, OSError, KeyError, TypeError, ValueError) as exc:
+        # A job this worker cannot read fails alone, saying why; the worker goes on.
+        return result_frame(
+            JobResult(
+                result=Result(
+                    client_id=str(header.get("client_id", "")),
+                    task_id=str(header.get("task", {}).get("task_id", "")),
+                    error=f"the worker cannot read the job's parameters: {exc}",
+                )
+            )
+        )
+    out = runtime.run(decode_job(frame, parameters))
+    result_ref = header.get("result_shm")
+    layout = None
+    if segments is not None and result_ref is not None and out.result.parameters:
+        try:
+            layout = segments.write_result(result_ref, out.result.parameters)
+        except (SegmentError, OSError) as exc:  # the pipe still carries it
+            log.warning("result through the pipe: %s", exc)
+    return result_frame(out, layout)
 
 
 def main() -> int:

@@ -9,10 +9,16 @@ virtual clients.
 The ``local`` backend starts each worker as ``python -m
 orchard.simulation.worker`` with the group's interpreter (the MXNet
 environment's for MXNet clients) and speaks :mod:`orchard.simulation.wire`
-over its pipes: parameters cross as raw NumPy buffers. A job cancelled
-(its deadline passed) or a worker that dies takes its worker down; a fresh
-one replaces it, as a deployed client that missed a deadline is dropped and
-another takes its place.
+over its pipes. Model arrays travel through shared memory
+(:mod:`orchard.simulation.shm`): a round's parameters are written once into a
+segment every worker maps, and each result comes back in a segment of its
+worker's, handed to the server as views without a copy; a worker whose
+result segments the server still holds waits before its next job, so memory
+stays bounded by the workers. A worker that cannot open the driver's segments
+(checked when it starts) gets raw NumPy buffers on its pipe instead. A job
+cancelled while its worker runs it (its deadline passed) or a worker that dies
+takes that worker down; a fresh one replaces it, as a deployed client that
+missed a deadline is dropped and another takes its place.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from orchard.messages import TaskType
+from orchard.simulation import shm
 from orchard.simulation.job import Job, JobResult
 from orchard.simulation.wire import (
     ProtocolError,
@@ -67,6 +75,13 @@ class WorkerSetup:
     spec: ModelSpec
     #: Threads each worker's frameworks may use (OMP_NUM_THREADS).
     threads: int = 1
+    #: Model arrays through shared memory where the worker can open it (else the pipe).
+    shared_memory: bool = True
+
+    @property
+    def result_bytes(self) -> int:
+        """The size of a result segment: a fit result's arrays, as the spec says."""
+        return shm.capacity([(t.shape, t.dtype) for t in self.spec.tensors])
 
     def init_header(self) -> dict[str, Any]:
         return {
@@ -102,6 +117,13 @@ class Backend(abc.ABC):
         """Process ids of the workers (memory accounting in benchmarks)."""
 
 
+#: Seconds a worker waits for the server to release one of its result segments
+#: before it gets another (see _Process._result_slot).
+_SLOT_PATIENCE = 2.0
+
+#: Frames up to this size are joined into one write (headers; arrays are written as they are).
+_JOIN_BYTES = 1 << 16
+
 #: Linux's fcntl to resize a pipe (F_SETPIPE_SZ), and the size asked for.
 _F_SETPIPE_SZ = 1031
 _PIPE_BYTES = 1 << 20
@@ -119,13 +141,30 @@ def _widen_pipes(proc: asyncio.subprocess.Process) -> None:
 
 
 class _Process:
-    """One local worker process and its pipes."""
+    """One local worker process, its pipes and its result segments."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, broadcast: shm.Broadcast) -> None:
         self.proc = proc
+        self.broadcast = broadcast
+        loop = asyncio.get_running_loop()
+        self._freed = asyncio.Event()
+
+        self._waiting = False
+
+        def freed() -> None:  # any thread: the server drops a result's arrays where it folds
+            if self._waiting:  # else no wake-up of the event loop is needed
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    loop.call_soon_threadsafe(self._freed.set)
+
+        self.slots = shm.ResultSlots(on_free=freed)
+        #: Whether the current job reached the worker (a cancel before that spares it).
+        self.busy = False
+        #: Whether model arrays go through shared memory (agreed when it started).
+        self.shared = False
+        self.result_bytes = 0
 
     @classmethod
-    async def start(cls, setup: WorkerSetup) -> _Process:
+    async def start(cls, setup: WorkerSetup, broadcast: shm.Broadcast) -> _Process:
         python = setup.group.python or sys.executable
         env = dict(os.environ)
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -143,9 +182,19 @@ class _Process:
         except OSError as exc:
             raise WorkerStartError(f"cannot start a worker with {python}: {exc}") from None
         _widen_pipes(proc)
-        worker = cls(proc)
+        worker = cls(proc, broadcast)
+        init = setup.init_header()
+        probe = None
+        if setup.shared_memory:
+            why = shm.available()
+            if why:
+                log.warning("model arrays go through the workers' pipes: %s", why)
+            else:
+                probe = shm.probe()
+                if probe is not None:
+                    init["shm"] = probe[1]
         try:
-            await worker._send(encode(setup.init_header()))
+            await worker._send(encode(init))
             header, _ = await worker._read()
         except (ProtocolError, ConnectionError) as exc:
             code = await worker.stop()
@@ -153,14 +202,30 @@ class _Process:
                 f"a worker ({python}) exited with code {code} while starting: {exc}; is "
                 "orchard (core) importable by that interpreter (PYTHONPATH)?"
             ) from None
+        finally:
+            if probe is not None:
+                probe[0].close()
         if header.get("op") != "ready":
             await worker.stop()
             raise WorkerStartError(f"a worker refused to start: {header.get('message')}")
+        if probe is not None:
+            refusal = header.get("shm", "the worker does not speak shared memory")
+            worker.shared = not refusal
+            worker.result_bytes = setup.result_bytes
+            if refusal:
+                log.warning(
+                    "worker %s cannot open the driver's shared memory (%s): model arrays "
+                    "go through its pipe",
+                    proc.pid,
+                    refusal,
+                )
         return worker
 
     async def _send(self, parts: list[bytes | memoryview]) -> None:
         stdin = self.proc.stdin
         assert stdin is not None
+        if sum(len(p) for p in parts) <= _JOIN_BYTES:
+            parts = [b"".join(parts)]  # one write, one wake-up of the worker
         for part in parts:
             stdin.write(part)
         await stdin.drain()
@@ -177,10 +242,28 @@ class _Process:
         return header, arrays
 
     async def call(self, job: Job) -> JobResult:
+        params_key = params_ref = None
+        slot = None
         try:
-            await self._send(job_frame(job))
-            return decode_result(await self._read())
-        except (ProtocolError, ConnectionError) as exc:
+            if self.shared:
+                try:
+                    if job.task.type is TaskType.FIT:
+                        slot = await self._result_slot()
+                    if job.task.parameters:
+                        params_key, params_ref = self.broadcast.acquire(job.task.parameters)
+                except shm.SegmentError as exc:  # e.g. out of memory: the pipe still works
+                    log.warning("model arrays through the pipe for this job: %s", exc)
+            frame = job_frame(
+                job, params_shm=params_ref, result_shm=None if slot is None else slot.ref()
+            )
+            self.busy = True
+            await self._send(frame)
+            header, arrays = await self._read()
+            parameters = self._result_parameters(header, slot)
+            slot = None  # leased to the result's arrays, or given back
+            self.busy = False
+            return decode_result((header, arrays), parameters)
+        except (ProtocolError, ConnectionError, shm.SegmentError) as exc:
             # The pipe closes just before the process ends: give it a moment to
             # report its own exit code before stopping it.
             with contextlib.suppress(TimeoutError):
@@ -189,6 +272,58 @@ class _Process:
             raise WorkerLostError(
                 f"its worker process (pid {self.proc.pid}) died with exit code {code}: {exc}"
             ) from None
+        finally:
+            if slot is not None:  # the worker may still write into it: never reused
+                self.slots.discard(slot)
+            if params_key is not None:
+                self.broadcast.release(params_key)
+
+    async def _result_slot(self) -> shm.Segment | None:
+        """A result segment, waiting while the server holds all of this worker's results.
+
+        The server folds a result and drops its arrays within milliseconds; one
+        that keeps them longer than ``_SLOT_PATIENCE`` (a strategy holding every
+        update without copying it) gets one more segment for this worker rather
+        than a stalled worker.
+        """
+        self._waiting = True  # before take(): a release after it must wake this wait
+        try:
+            while True:
+                self._freed.clear()
+                slot = self.slots.take(self.result_bytes)
+                if slot is not None or self.slots.closed:
+                    return slot
+                if not self.slots.exhausted:
+                    continue  # one was released just now
+                try:
+                    await asyncio.wait_for(self._freed.wait(), _SLOT_PATIENCE)
+                except TimeoutError:
+                    self.slots.grow()
+                    log.warning(
+                        "worker %s: the server has held all %d of its results unreleased for "
+                        "%g s; allowing %d (more shared memory)",
+                        self.proc.pid,
+                        self.slots.limit - 1,
+                        _SLOT_PATIENCE,
+                        self.slots.limit,
+                    )
+        finally:
+            self._waiting = False
+
+    def _result_parameters(
+        self, header: dict[str, Any], slot: shm.Segment | None
+    ) -> list[Any] | None:
+        """A result's parameters as views of ``slot`` when the worker put them there."""
+        layout = header.get("result_layout")
+        if slot is None:
+            if layout is not None:
+                raise ProtocolError("a result in shared memory that was not offered")
+            return None
+        if layout is None:
+            self.slots.give_back(slot)
+            return None
+        placements = shm.layout_from_json(layout, slot.size, f"result segment {slot.name}")
+        return self.slots.lease(slot, placements)
 
     async def stop(self) -> int | None:
         if self.proc.returncode is None:
@@ -196,22 +331,25 @@ class _Process:
                 self.proc.kill()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.proc.wait(), 10)
+        self.slots.close()
         return self.proc.returncode
 
 
 class _LocalPool:
     """The workers of one group: a queue of idle ones, replaced when one is lost."""
 
-    def __init__(self, setup: WorkerSetup, size: int) -> None:
+    def __init__(self, setup: WorkerSetup, size: int, broadcast: shm.Broadcast) -> None:
         self.setup = setup
         self.size = size
+        self.broadcast = broadcast
         self.idle: asyncio.Queue[_Process] = asyncio.Queue()
         self.all: set[_Process] = set()
         self._spares: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         workers = await asyncio.gather(
-            *(_Process.start(self.setup) for _ in range(self.size)), return_exceptions=True
+            *(_Process.start(self.setup, self.broadcast) for _ in range(self.size)),
+            return_exceptions=True,
         )
         errors = [w for w in workers if isinstance(w, BaseException)]
         for w in workers:
@@ -226,7 +364,7 @@ class _LocalPool:
 
         async def spare() -> None:
             try:
-                worker = await _Process.start(self.setup)
+                worker = await _Process.start(self.setup, self.broadcast)
             except WorkerStartError as exc:
                 log.error("could not replace a lost worker: %s", exc)
                 return
@@ -245,6 +383,9 @@ class _LocalPool:
             self._replace(worker)
             raise
         except asyncio.CancelledError:
+            if not worker.busy:  # cancelled before the job reached it: still a good worker
+                self.idle.put_nowait(worker)
+                raise
             # The job's deadline passed while the worker was busy: stop it, start another.
             await asyncio.shield(worker.stop())
             self._replace(worker)
@@ -267,13 +408,16 @@ class _LocalPool:
             await asyncio.wait_for(worker.proc.wait(), 5)
         except TimeoutError:
             await worker.stop()
+        worker.slots.close()
 
 
 class LocalBackend(Backend):
     """Worker processes on this machine, one per core unless told."""
 
     def __init__(self, setups: list[WorkerSetup], sizes: list[int]) -> None:
-        self._pools = [_LocalPool(s, n) for s, n in zip(setups, sizes, strict=True)]
+        #: The parameter sets in shared memory, one segment each for every worker of every group.
+        self.broadcast = shm.Broadcast()
+        self._pools = [_LocalPool(s, n, self.broadcast) for s, n in zip(setups, sizes, strict=True)]
 
     async def start(self) -> None:
         try:
@@ -295,7 +439,13 @@ class LocalBackend(Backend):
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self._pools))
+        self.broadcast.close()
 
     @property
     def pids(self) -> list[int]:
         return [w.proc.pid for p in self._pools for w in p.all]
+
+    @property
+    def workers(self) -> list[_Process]:
+        """Every live worker (tests: transport, segments)."""
+        return [w for p in self._pools for w in p.all]

@@ -4,7 +4,10 @@ For users who outgrow one machine. Each actor is a
 :class:`~orchard.simulation.job.WorkerRuntime` (core only, never the
 server), created with the resources each virtual client needs
 (``[simulation.resources]``: CPUs, GPUs), so Ray places as many actors as
-the cluster holds. ``ray_address`` names an existing cluster (``auto``,
+the cluster holds. A round's parameters go into Ray's object store once
+and every job of the round refers to that one object (the actors read it
+without a copy), rather than each job carrying the model.
+``ray_address`` names an existing cluster (``auto``,
 ``ray://head:10001``); empty starts a local Ray instance for the simulation
 and stops it afterwards. Ray is an optional extra: ``pip install
 'orchard-server[ray]'``.
@@ -13,10 +16,12 @@ and stops it afterwards. Ray is an optional extra: ``pip install
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
 from orchard.simulation.job import Job, JobResult, WorkerRuntime
+from orchard.typing import NDArrays
 from orchard_server.simulation.backend import (
     Backend,
     WorkerLostError,
@@ -78,11 +83,12 @@ class _ActorPool:
         ray.kill(lost)
         self.idle.put_nowait(self._new())
 
-    async def run(self, job: Job) -> JobResult:
+    async def run(self, job: Job, parameters: Any) -> JobResult:
+        """Run ``job`` (its task's parameters stripped) with ``parameters``, an object ref."""
         ray = _ray()
         actor = await self.idle.get()
         try:
-            out: JobResult = await actor.run.remote(job)
+            out: JobResult = await actor.run_with.remote(job, parameters)
         except asyncio.CancelledError:
             self._replace(actor)
             raise
@@ -118,6 +124,8 @@ class RayBackend(Backend):
         self._workers = workers
         self._pools: list[_ActorPool] = []
         self._started_ray = False
+        #: The last parameter set put in the object store: (identity key, arrays, object ref).
+        self._shared: tuple[tuple[int, ...], Any, Any] | None = None
 
     async def start(self) -> None:
         ray = _ray()
@@ -143,10 +151,25 @@ class RayBackend(Backend):
             raise
         log.info("ray backend: %s actor(s)", ", ".join(str(p.size) for p in self._pools))
 
+    def _object(self, parameters: NDArrays) -> Any:
+        """The object ref of ``parameters``, put once per distinct set (a round's tasks share one).
+
+        Keyed on the identity of the list and its arrays, which the cache holds,
+        as :class:`~orchard.simulation.shm.Broadcast` does; jobs in flight keep
+        an older set's object alive through their own references.
+        """
+        key = (id(parameters), *map(id, parameters))
+        if self._shared is None or self._shared[0] != key:
+            self._shared = (key, parameters, _ray().put(list(parameters)))
+        return self._shared[2]
+
     async def run(self, group: int, job: Job) -> JobResult:
-        return await self._pools[group].run(job)
+        ref = self._object(job.task.parameters)
+        stripped = dataclasses.replace(job, task=dataclasses.replace(job.task, parameters=[]))
+        return await self._pools[group].run(stripped, ref)
 
     async def close(self) -> None:
+        self._shared = None
         for pool in self._pools:
             pool.close()
         if self._started_ray:
