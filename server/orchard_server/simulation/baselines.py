@@ -167,10 +167,16 @@ def fedavg_settings(args: argparse.Namespace) -> list[Setting]:
 
 
 def fedprox_settings(args: argparse.Namespace) -> list[Setting]:
-    """FedAvg (stragglers dropped) and FedProx for each mu, at each straggler share."""
+    """FedAvg (stragglers dropped) and FedProx for each mu, at each straggler share.
+
+    Without stragglers FedAvg is FedProx with mu=0 (nothing to drop, no
+    proximal term): when mu=0 is asked for, that setting is run once.
+    """
     out = []
     for stragglers in args.stragglers:
-        runs: list[tuple[str, float, bool]] = [("FedAvg", 0.0, True)]
+        runs: list[tuple[str, float, bool]] = []
+        if stragglers > 0 or 0.0 not in args.mu:
+            runs.append(("FedAvg", 0.0, True))
         runs += [(f"FedProx mu={mu:g}", mu, False) for mu in args.mu]
         for label, mu, drop in runs:
             slug = "fedavg" if drop else f"fedprox-mu{mu:g}"

@@ -11,7 +11,7 @@ import pytest
 from orchard.launch.kinds import checkout_root
 from orchard.messages import FederationState
 from orchard.typing import Config
-from orchard_server.simulation.baselines import main
+from orchard_server.simulation.baselines import build_parser, fedprox_settings, main
 from tests.helpers.datasets import write_cifar10_tarball, write_mnist_files
 
 _ROOT = checkout_root()
@@ -23,6 +23,24 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("mnist")
     write_mnist_files(directory, 600, 100, seed=0)
     return directory
+
+
+def test_fedprox_runs_fedavg_without_stragglers_once_as_mu_zero() -> None:
+    args = build_parser().parse_args(["fedprox", "--mu", "0", "1", "--stragglers", "0", "0.5"])
+    names = [s.name for s in fedprox_settings(args)]
+    assert names == [
+        "fedprox-mu0-pytorch-s0",
+        "fedprox-mu1-pytorch-s0",
+        "fedavg-pytorch-s50",
+        "fedprox-mu0-pytorch-s50",
+        "fedprox-mu1-pytorch-s50",
+    ]
+    # Without mu=0 in the list, FedAvg is the only run without a proximal term.
+    args = build_parser().parse_args(["fedprox", "--mu", "1", "--stragglers", "0"])
+    assert [s.name for s in fedprox_settings(args)] == [
+        "fedavg-pytorch-s0",
+        "fedprox-mu1-pytorch-s0",
+    ]
 
 
 def _history(out: Path, name: str) -> Any:
