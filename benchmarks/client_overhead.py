@@ -1,0 +1,514 @@
+"""What a federated PyTorch client adds to local training (issue 12: at most 5%).
+
+One case compares, on the same generated CIFAR-10 files (official binary
+format, :mod:`orchard.data.synth`), the same model (``cifar10-cnn``), the
+same training examples (9,000 of 10,000 by default: 10% are held out for
+validation on both sides), batch size, optimizer (SGD, learning rate 0.01,
+momentum 0.9, the deployment's fit config) and one epoch at a time:
+
+* **centralized**: the project's centralized script,
+  :func:`orchard_pytorch.baseline.run_baseline` (what ``python -m
+  orchard_pytorch baseline`` runs), for ``rounds`` epochs in one process;
+  each epoch's examples per second as its training loop times it;
+* **federated**: a real server and one PyTorch client process started
+  through :mod:`orchard.launch`, ``rounds`` rounds of one epoch each (FedAvg,
+  no evaluation); the client reports, per round
+  (:func:`orchard.client.adapter.fit_metrics`), examples per second inside
+  its training loop and over its whole fit (loading the global parameters,
+  training, reading the new ones back), and the server's history gives the
+  fit phase as the server saw it (sending the task, the client's fit,
+  receiving the update), from which the round's examples per second follow.
+
+Both sides get the same ``OMP_NUM_THREADS`` (torch's intra-op thread count;
+the line reports what each process actually used). The first epoch and the
+first round of every run are warm-up (data preparation, allocator and kernel
+caches) and are left out; each line reports medians of the rest and every
+measured value (``*_all``), so the spread is visible. Two modes, one line each:
+
+* ``sequential``: one side at a time, the runs alternating (centralized,
+  federated, federated, centralized, ...) so a load that drifts weighs on
+  both alike. The textbook measurement, for a quiet machine;
+* ``concurrent``: a centralized run trains beside each federation, and only
+  its epochs that lie within the federation's measured rounds count. On a
+  machine shared with other jobs both sides then see the same load at the
+  same moments; each needs a core of its own (two single-threaded trainers
+  on two cores: the server is idle while its client trains).
+
+``overhead_pct`` is ``100 * (1 - fit / centralized)`` with the whole fit's
+rate: what the client costs beside training; ``train_loop_overhead_pct``
+uses the loop's own rate, ``round_overhead_pct`` the server's view of the
+fit phase (parameter transfer both ways included). Those compare medians
+taken in different processes (and, sequentially, at different times).
+``fit_vs_loop_pct`` and ``round_vs_loop_pct`` compare within each round
+(the whole fit, and the server's fit phase, against that round's own
+training loop): paired, so machine noise mostly cancels; they measure what
+the client does around the loop, not whether the loop itself runs slower in
+the client process. Run the centralized half
+alone with ``python -m benchmarks.client_overhead --data-dir DIR`` (a
+directory holding ``cifar-10-binary.tar.gz``; one JSON line per epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from orchard.data.synth import write_synthetic
+from orchard.launch import ClientOptions, Launcher, find_python
+from orchard.launch.kinds import get_kind
+
+NAME = "client"
+
+MODEL: Final = "cifar10-cnn"
+DATASET: Final = "cifar10"
+#: The validation share both sides hold out (the client's default).
+VAL_FRACTION: Final = 0.1
+#: The deployment's CIFAR-10 fit config (deploy/server.toml), one epoch per round.
+FIT_CONFIG: Final[dict[str, Any]] = {
+    "epochs": 1,
+    "batch_size": 32,
+    "learning_rate": 0.01,
+    "momentum": 0.9,
+}
+#: Issue 12's bound on what the client adds.
+TARGET_PCT: Final = 5.0
+#: The client's device line names its torch thread count.
+_THREADS_LINE = re.compile(r"using device cpu \((\d+) threads\)")
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment that gives a torch process ``threads`` intra-op threads."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def overhead_pct(federated: float, centralized: float) -> float:
+    """How much slower the federated rate is, in percent of the centralized one."""
+    return 100.0 * (1.0 - federated / centralized)
+
+
+def centralized_argv(data_dir: Path, *, epochs: int, seed: int) -> list[str]:
+    """The command of the centralized half (:func:`main`) with the PyTorch client's interpreter."""
+    python = find_python(get_kind("pytorch"))
+    return [
+        python,
+        "-m",
+        "benchmarks.client_overhead",
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+    ]
+
+
+def epoch_lines(text: str) -> list[dict[str, Any]]:
+    """The per-epoch JSON lines of the centralized half's output (other lines are skipped)."""
+    lines = []
+    for line in text.splitlines():
+        if line.startswith('{"centralized_epoch"'):
+            lines.append(json.loads(line))
+    return lines
+
+
+def run_centralized(
+    data_dir: Path, *, epochs: int, threads: int, seed: int, timeout: float
+) -> list[dict[str, Any]]:
+    """Run the centralized script for ``epochs`` epochs in a fresh process; its epoch lines."""
+    argv = centralized_argv(data_dir, epochs=epochs, seed=seed)
+    env = {**os.environ, **thread_env(threads)}
+    done = subprocess.run(
+        argv, check=False, capture_output=True, text=True, timeout=timeout, env=env
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"the centralized run exited with status {done.returncode}:\n{done.stderr[-3000:]}"
+        )
+    return epoch_lines(done.stdout)
+
+
+def client_threads(log: Path) -> int | None:
+    """The torch thread count the client's log states, or None when it states none."""
+    match = _THREADS_LINE.search(log.read_text(errors="replace"))
+    return int(match.group(1)) if match else None
+
+
+def round_rates(history: dict[str, Any]) -> list[dict[str, float]]:
+    """Per round of a one-client history: the client's ``train`` and ``fit`` rates, the
+    ``round`` rate (its examples over the server's fit phase), ``examples`` and the
+    round's ``finished_at``."""
+    out: list[dict[str, float]] = []
+    for record in history["rounds"]:
+        fit = record["fit"]
+        (outcome,) = fit["participants"]
+        metrics = outcome["metrics"]
+        out.append(
+            {
+                "train": float(metrics["train_examples_per_second"]),
+                "fit": float(metrics["fit_examples_per_second"]),
+                "round": outcome["num_examples"] / fit["duration_s"],
+                "examples": outcome["num_examples"],
+                "finished_at": float(record["finished_at"]),
+            }
+        )
+    return out
+
+
+def run_federated(
+    data_dir: Path,
+    workdir: Path,
+    *,
+    rounds: int,
+    threads: int,
+    seed: int,
+    timeout: float,
+    alongside: bool = False,
+) -> dict[str, Any]:
+    """A server and one PyTorch client for ``rounds`` one-epoch rounds.
+
+    Returns ``threads`` (the client's), ``rounds`` (:func:`round_rates`,
+    warm-up included) and, with ``alongside``, ``centralized``: the epoch
+    lines of a centralized run started just before the server and stopped
+    when the federation ends, so both trained through the same minutes.
+    """
+    federation = {
+        "model": MODEL,
+        "num_rounds": rounds,
+        "seed": seed,
+        "min_fit_clients": 1,
+        "min_evaluate_clients": 1,
+        "min_available_clients": 1,
+        "num_partitions": 1,
+        "evaluate_every": 0,
+        "round_timeout": timeout,
+        "wait_timeout": timeout,
+        "fit_config": FIT_CONFIG,
+    }
+    server_table = {"heartbeat_interval": 2.0, "heartbeat_timeout": 60.0}
+    with Launcher(workdir) as launcher:
+        central = None
+        if alongside:
+            # Far more epochs than the federation lasts: it is stopped when the federation ends.
+            argv = centralized_argv(data_dir, epochs=100_000, seed=seed)
+            central = launcher.start_process("centralized", argv, env=thread_env(threads))
+        launcher.start_server(
+            {"server": server_table, "federations": {DATASET: federation}},
+            linger=0.5,
+            health_timeout=120.0,
+        )
+        client = launcher.start_client(
+            "pytorch",
+            ClientOptions(
+                federation=DATASET,
+                name="client-0",
+                data_dir=data_dir,
+                device="cpu",
+                partition_id=0,
+                num_partitions=1,
+                seed=seed,
+                env=thread_env(threads),
+            ),
+        )
+        history = launcher.wait(timeout * rounds)[DATASET]
+        if central is not None and central.returncode is not None:
+            raise RuntimeError(
+                f"the centralized run ended early (status {central.returncode}):\n{central.tail()}"
+            )
+        centralized = epoch_lines(central.log.read_text()) if central is not None else []
+    return {
+        "threads": client_threads(client.log),
+        "rounds": round_rates(history),
+        "centralized": centralized,
+    }
+
+
+def _median(values: Sequence[float]) -> float:
+    return round(statistics.median(values), 1)
+
+
+def _rounded(values: Sequence[float]) -> list[float]:
+    return [round(v, 1) for v in values]
+
+
+@dataclass
+class _Samples:
+    """The measured values of one case, pooled over its runs."""
+
+    centralized: list[float] = field(default_factory=list)
+    train: list[float] = field(default_factory=list)
+    fit: list[float] = field(default_factory=list)
+    round: list[float] = field(default_factory=list)
+    #: Per round: what the whole fit and the round add to the same round's loop, in %.
+    fit_vs_loop: list[float] = field(default_factory=list)
+    round_vs_loop: list[float] = field(default_factory=list)
+    counts: set[int] = field(default_factory=set)
+    threads: dict[str, set[int | None]] = field(
+        default_factory=lambda: {"centralized": set(), "client": set()}
+    )
+
+    def add_centralized(self, epochs: Sequence[dict[str, Any]]) -> None:
+        for epoch in epochs:
+            self.threads["centralized"].add(epoch["threads"])
+            self.counts.add(epoch["examples"])
+            self.centralized.append(epoch["examples_per_second"])
+
+    def add_federated(self, threads: int | None, measured: Sequence[dict[str, float]]) -> None:
+        self.threads["client"].add(threads)
+        for r in measured:
+            self.counts.add(int(r["examples"]))
+            self.train.append(r["train"])
+            self.fit.append(r["fit"])
+            self.round.append(r["round"])
+            self.fit_vs_loop.append(overhead_pct(r["fit"], r["train"]))
+            self.round_vs_loop.append(overhead_pct(r["round"], r["train"]))
+
+    def line(self, mode: str, repeats: int) -> dict[str, Any]:
+        if len(self.counts) != 1:
+            raise RuntimeError(
+                f"the two sides trained on different example counts: {sorted(self.counts)}"
+            )
+        if not self.centralized or not self.fit:
+            raise RuntimeError(
+                f"{mode}: no measured epochs ({len(self.centralized)} centralized, "
+                f"{len(self.fit)} federated); raise --client-rounds"
+            )
+        central = statistics.median(self.centralized)
+        return {
+            "mode": mode,
+            "model": MODEL,
+            "dataset": f"{DATASET} (generated, official binary format)",
+            "train_examples": next(iter(self.counts)),
+            **{k: v for k, v in FIT_CONFIG.items() if k != "epochs"},
+            "optimizer": "sgd",
+            "epochs_per_round": FIT_CONFIG["epochs"],
+            "threads": {k: sorted(v, key=str) for k, v in self.threads.items()},
+            "repeats": repeats,
+            "centralized_measured": len(self.centralized),
+            "rounds_measured": len(self.fit),
+            "centralized_examples_per_second": _median(self.centralized),
+            "client_train_examples_per_second": _median(self.train),
+            "client_fit_examples_per_second": _median(self.fit),
+            "round_examples_per_second": _median(self.round),
+            "overhead_pct": round(overhead_pct(statistics.median(self.fit), central), 2),
+            "train_loop_overhead_pct": round(
+                overhead_pct(statistics.median(self.train), central), 2
+            ),
+            "round_overhead_pct": round(overhead_pct(statistics.median(self.round), central), 2),
+            "fit_vs_loop_pct": round(statistics.median(self.fit_vs_loop), 2),
+            "round_vs_loop_pct": round(statistics.median(self.round_vs_loop), 2),
+            "target_pct": TARGET_PCT,
+            "centralized_all": _rounded(self.centralized),
+            "client_train_all": _rounded(self.train),
+            "client_fit_all": _rounded(self.fit),
+            "round_all": _rounded(self.round),
+        }
+
+
+def run_sequential(
+    data_dir: Path,
+    workdir: Path,
+    *,
+    rounds: int,
+    threads: int,
+    repeats: int,
+    seed: int = 0,
+    timeout: float = 600.0,
+) -> dict[str, Any]:
+    """``repeats`` centralized and federated runs, one at a time, alternating (ABBA...)."""
+    started = time.monotonic()
+    samples = _Samples()
+    for repeat in range(repeats):
+        order = ("centralized", "federated") if repeat % 2 == 0 else ("federated", "centralized")
+        for side in order:
+            if side == "centralized":
+                epochs = run_centralized(
+                    data_dir, epochs=rounds, threads=threads, seed=seed, timeout=timeout
+                )
+                samples.add_centralized(epochs[1:])
+            else:
+                fed = run_federated(
+                    data_dir,
+                    workdir / f"sequential-{repeat}",
+                    rounds=rounds,
+                    threads=threads,
+                    seed=seed,
+                    timeout=timeout,
+                )
+                samples.add_federated(fed["threads"], fed["rounds"][1:])
+    return {**samples.line("sequential", repeats), "wall_s": round(time.monotonic() - started, 1)}
+
+
+def run_concurrent(
+    data_dir: Path,
+    workdir: Path,
+    *,
+    rounds: int,
+    threads: int,
+    repeats: int,
+    seed: int = 0,
+    timeout: float = 600.0,
+) -> dict[str, Any]:
+    """``repeats`` federations, each with a centralized run beside it (see :func:`run_federated`).
+
+    Only centralized epochs that began and ended within the federation's
+    measured rounds (after the warm-up round's end, before the last round's)
+    count, so both sides' values come from the same stretch of time.
+    """
+    started = time.monotonic()
+    samples = _Samples()
+    for repeat in range(repeats):
+        fed = run_federated(
+            data_dir,
+            workdir / f"concurrent-{repeat}",
+            rounds=rounds,
+            threads=threads,
+            seed=seed,
+            timeout=timeout,
+            alongside=True,
+        )
+        measured = fed["rounds"][1:]
+        begin, end = fed["rounds"][0]["finished_at"], fed["rounds"][-1]["finished_at"]
+        samples.add_federated(fed["threads"], measured)
+        samples.add_centralized(
+            [
+                e
+                for e in fed["centralized"]
+                if e["centralized_epoch"] > 1 and e["started_at"] >= begin and e["at"] <= end
+            ]
+        )
+    return {**samples.line("concurrent", repeats), "wall_s": round(time.monotonic() - started, 1)}
+
+
+#: ``--client-modes`` choices.
+MODES: Final = ("sequential", "concurrent")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This suite's options."""
+    group = parser.add_argument_group(NAME)
+    group.add_argument(
+        "--client-examples",
+        type=int,
+        default=10_000,
+        help="generated CIFAR-10 training images (90%% are trained on; default 10000)",
+    )
+    group.add_argument(
+        "--client-rounds",
+        type=int,
+        default=8,
+        help="epochs (centralized) and rounds (federated) per run, the first a warm-up "
+        "(min 4; default 8)",
+    )
+    group.add_argument(
+        "--client-threads",
+        type=int,
+        default=1,
+        help="torch threads of both sides (OMP_NUM_THREADS; default 1)",
+    )
+    group.add_argument(
+        "--client-repeats",
+        type=int,
+        default=2,
+        help="runs of each side per mode (sequential runs alternate; default 2)",
+    )
+    group.add_argument(
+        "--client-modes",
+        default=",".join(MODES),
+        help="comma-separated: sequential (one side at a time), concurrent (both sides at "
+        "once, through the same load); default both",
+    )
+
+
+def run(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]]:
+    """One JSON line per mode."""
+    if args.client_rounds < 4:
+        raise SystemExit("--client-rounds must be at least 4 (a warm-up and 3 measured)")
+    for option in ("client_threads", "client_repeats"):
+        if getattr(args, option) < 1:
+            raise SystemExit(f"--{option.replace('_', '-')} must be at least 1")
+    if args.client_examples < 100:
+        raise SystemExit("--client-examples must be at least 100")
+    modes = [m.strip() for m in args.client_modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown or not modes:
+        raise SystemExit(f"--client-modes: unknown {unknown}; choose from {', '.join(MODES)}")
+    data_dir = workdir / "data"
+    write_synthetic(data_dir, DATASET, n_train=args.client_examples, n_test=10)
+    options = {
+        "rounds": args.client_rounds,
+        "threads": args.client_threads,
+        "repeats": args.client_repeats,
+    }
+    if "sequential" in modes:
+        yield run_sequential(data_dir, workdir, **options)
+    if "concurrent" in modes:
+        yield run_concurrent(data_dir, workdir, **options)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The centralized half: train ``--epochs`` epochs with the centralized script, printing
+    one JSON line per epoch as it ends: ``{"centralized_epoch", "started_at", "at",
+    "examples", "examples_per_second", "threads"}``."""
+    parser = argparse.ArgumentParser(description="the centralized half of the client benchmark")
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    # torch only in this child: the benchmark process itself never loads it.
+    import torch
+
+    from orchard.client.baseline import BaselineEpoch, BaselineSettings
+    from orchard.client.training import TrainConfig
+    from orchard.data.client_data import DataSettings
+    from orchard_pytorch.baseline import run_baseline
+    from orchard_pytorch.client import PyTorchAdapter
+
+    training = TrainConfig(
+        epochs=args.epochs,
+        batch_size=FIT_CONFIG["batch_size"],
+        learning_rate=FIT_CONFIG["learning_rate"],
+        momentum=FIT_CONFIG["momentum"],
+        seed=args.seed,
+    )
+    data = DataSettings(
+        dataset=DATASET, data_dir=args.data_dir, download=False, val_fraction=VAL_FRACTION
+    )
+    # What the baseline trains on, counted here: its epochs do not carry the count.
+    examples = len(PyTorchAdapter("cpu").client_data(data, model_id=MODEL, seed=args.seed).train)
+    last = time.time()
+
+    def epoch_done(epoch: BaselineEpoch) -> None:
+        nonlocal last
+        now = time.time()
+        line = {
+            "centralized_epoch": epoch.train.epoch,
+            "started_at": last,
+            "at": now,
+            "examples": examples,
+            "examples_per_second": epoch.train.examples_per_second,
+            "threads": torch.get_num_threads(),
+        }
+        last = now
+        print(json.dumps(line), flush=True)
+
+    run_baseline(
+        BaselineSettings(model_id=MODEL, data=data, training=training),
+        device="cpu",
+        report=lambda line: print(line, file=sys.stderr),
+        on_epoch=epoch_done,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
