@@ -23,16 +23,9 @@ Both sides get the same ``OMP_NUM_THREADS`` (torch's intra-op thread count;
 the line reports what each process actually used). The first epoch and the
 first round of every run are warm-up (data preparation, allocator and kernel
 caches) and are left out; each line reports medians of the rest and every
-measured value (``*_all``), so the spread is visible. Two modes, one line each:
-
-* ``sequential``: one side at a time, the runs alternating (centralized,
-  federated, federated, centralized, ...) so a load that drifts weighs on
-  both alike. The textbook measurement, for a quiet machine;
-* ``concurrent``: a centralized run trains beside each federation, and only
-  its epochs that lie within the federation's measured rounds count. On a
-  machine shared with other jobs both sides then see the same load at the
-  same moments; each needs a core of its own (two single-threaded trainers
-  on two cores: the server is idle while its client trains).
+measured value (``*_all``), so the spread is visible. The runs alternate
+(centralized, federated, federated, centralized, ...) so a load that drifts
+during the case weighs on both sides alike.
 
 ``overhead_pct`` is ``100 * (1 - fit / centralized)`` with the whole fit's
 rate: what the client costs beside training; ``train_loop_overhead_pct``
@@ -43,9 +36,11 @@ taken in different processes (and, sequentially, at different times).
 (the whole fit, and the server's fit phase, against that round's own
 training loop): paired, so machine noise mostly cancels; they measure what
 the client does around the loop, not whether the loop itself runs slower in
-the client process. Run the centralized half
-alone with ``python -m benchmarks.client_overhead --data-dir DIR`` (a
-directory holding ``cifar-10-binary.tar.gz``; one JSON line per epoch).
+the client process (that is the cross-process comparison above).
+
+Run the centralized half alone with ``python -m benchmarks.client_overhead
+--data-dir DIR`` (a directory holding ``cifar-10-binary.tar.gz``; one JSON
+line per epoch).
 """
 
 from __future__ import annotations
@@ -145,8 +140,7 @@ def client_threads(log: Path) -> int | None:
 
 def round_rates(history: dict[str, Any]) -> list[dict[str, float]]:
     """Per round of a one-client history: the client's ``train`` and ``fit`` rates, the
-    ``round`` rate (its examples over the server's fit phase), ``examples`` and the
-    round's ``finished_at``."""
+    ``round`` rate (its examples over the server's fit phase) and ``examples``."""
     out: list[dict[str, float]] = []
     for record in history["rounds"]:
         fit = record["fit"]
@@ -158,28 +152,18 @@ def round_rates(history: dict[str, Any]) -> list[dict[str, float]]:
                 "fit": float(metrics["fit_examples_per_second"]),
                 "round": outcome["num_examples"] / fit["duration_s"],
                 "examples": outcome["num_examples"],
-                "finished_at": float(record["finished_at"]),
             }
         )
     return out
 
 
 def run_federated(
-    data_dir: Path,
-    workdir: Path,
-    *,
-    rounds: int,
-    threads: int,
-    seed: int,
-    timeout: float,
-    alongside: bool = False,
+    data_dir: Path, workdir: Path, *, rounds: int, threads: int, seed: int, timeout: float
 ) -> dict[str, Any]:
     """A server and one PyTorch client for ``rounds`` one-epoch rounds.
 
-    Returns ``threads`` (the client's), ``rounds`` (:func:`round_rates`,
-    warm-up included) and, with ``alongside``, ``centralized``: the epoch
-    lines of a centralized run started just before the server and stopped
-    when the federation ends, so both trained through the same minutes.
+    Returns ``threads`` (the client's) and ``rounds`` (:func:`round_rates`,
+    warm-up included).
     """
     federation = {
         "model": MODEL,
@@ -196,11 +180,6 @@ def run_federated(
     }
     server_table = {"heartbeat_interval": 2.0, "heartbeat_timeout": 60.0}
     with Launcher(workdir) as launcher:
-        central = None
-        if alongside:
-            # Far more epochs than the federation lasts: it is stopped when the federation ends.
-            argv = centralized_argv(data_dir, epochs=100_000, seed=seed)
-            central = launcher.start_process("centralized", argv, env=thread_env(threads))
         launcher.start_server(
             {"server": server_table, "federations": {DATASET: federation}},
             linger=0.5,
@@ -220,16 +199,7 @@ def run_federated(
             ),
         )
         history = launcher.wait(timeout * rounds)[DATASET]
-        if central is not None and central.returncode is not None:
-            raise RuntimeError(
-                f"the centralized run ended early (status {central.returncode}):\n{central.tail()}"
-            )
-        centralized = epoch_lines(central.log.read_text()) if central is not None else []
-    return {
-        "threads": client_threads(client.log),
-        "rounds": round_rates(history),
-        "centralized": centralized,
-    }
+    return {"threads": client_threads(client.log), "rounds": round_rates(history)}
 
 
 def _median(values: Sequence[float]) -> float:
@@ -247,7 +217,7 @@ class _Samples:
     centralized: list[float] = field(default_factory=list)
     train: list[float] = field(default_factory=list)
     fit: list[float] = field(default_factory=list)
-    round: list[float] = field(default_factory=list)
+    rounds: list[float] = field(default_factory=list)
     #: Per round: what the whole fit and the round add to the same round's loop, in %.
     fit_vs_loop: list[float] = field(default_factory=list)
     round_vs_loop: list[float] = field(default_factory=list)
@@ -257,34 +227,36 @@ class _Samples:
     )
 
     def add_centralized(self, epochs: Sequence[dict[str, Any]]) -> None:
+        """Pool measured epoch lines of the centralized half (warm-up already left out)."""
         for epoch in epochs:
             self.threads["centralized"].add(epoch["threads"])
             self.counts.add(epoch["examples"])
             self.centralized.append(epoch["examples_per_second"])
 
     def add_federated(self, threads: int | None, measured: Sequence[dict[str, float]]) -> None:
+        """Pool measured rounds (:func:`round_rates`, warm-up already left out)."""
         self.threads["client"].add(threads)
         for r in measured:
             self.counts.add(int(r["examples"]))
             self.train.append(r["train"])
             self.fit.append(r["fit"])
-            self.round.append(r["round"])
+            self.rounds.append(r["round"])
             self.fit_vs_loop.append(overhead_pct(r["fit"], r["train"]))
             self.round_vs_loop.append(overhead_pct(r["round"], r["train"]))
 
-    def line(self, mode: str, repeats: int) -> dict[str, Any]:
+    def line(self, repeats: int) -> dict[str, Any]:
+        """The case's JSON line; refuses sides that trained on different example counts."""
         if len(self.counts) != 1:
             raise RuntimeError(
                 f"the two sides trained on different example counts: {sorted(self.counts)}"
             )
         if not self.centralized or not self.fit:
             raise RuntimeError(
-                f"{mode}: no measured epochs ({len(self.centralized)} centralized, "
+                f"no measured epochs ({len(self.centralized)} centralized, "
                 f"{len(self.fit)} federated); raise --client-rounds"
             )
         central = statistics.median(self.centralized)
         return {
-            "mode": mode,
             "model": MODEL,
             "dataset": f"{DATASET} (generated, official binary format)",
             "train_examples": next(iter(self.counts)),
@@ -298,23 +270,23 @@ class _Samples:
             "centralized_examples_per_second": _median(self.centralized),
             "client_train_examples_per_second": _median(self.train),
             "client_fit_examples_per_second": _median(self.fit),
-            "round_examples_per_second": _median(self.round),
+            "round_examples_per_second": _median(self.rounds),
             "overhead_pct": round(overhead_pct(statistics.median(self.fit), central), 2),
             "train_loop_overhead_pct": round(
                 overhead_pct(statistics.median(self.train), central), 2
             ),
-            "round_overhead_pct": round(overhead_pct(statistics.median(self.round), central), 2),
+            "round_overhead_pct": round(overhead_pct(statistics.median(self.rounds), central), 2),
             "fit_vs_loop_pct": round(statistics.median(self.fit_vs_loop), 2),
             "round_vs_loop_pct": round(statistics.median(self.round_vs_loop), 2),
             "target_pct": TARGET_PCT,
             "centralized_all": _rounded(self.centralized),
             "client_train_all": _rounded(self.train),
             "client_fit_all": _rounded(self.fit),
-            "round_all": _rounded(self.round),
+            "round_all": _rounded(self.rounds),
         }
 
 
-def run_sequential(
+def run_case(
     data_dir: Path,
     workdir: Path,
     *,
@@ -338,59 +310,14 @@ def run_sequential(
             else:
                 fed = run_federated(
                     data_dir,
-                    workdir / f"sequential-{repeat}",
+                    workdir / f"federated-{repeat}",
                     rounds=rounds,
                     threads=threads,
                     seed=seed,
                     timeout=timeout,
                 )
                 samples.add_federated(fed["threads"], fed["rounds"][1:])
-    return {**samples.line("sequential", repeats), "wall_s": round(time.monotonic() - started, 1)}
-
-
-def run_concurrent(
-    data_dir: Path,
-    workdir: Path,
-    *,
-    rounds: int,
-    threads: int,
-    repeats: int,
-    seed: int = 0,
-    timeout: float = 600.0,
-) -> dict[str, Any]:
-    """``repeats`` federations, each with a centralized run beside it (see :func:`run_federated`).
-
-    Only centralized epochs that began and ended within the federation's
-    measured rounds (after the warm-up round's end, before the last round's)
-    count, so both sides' values come from the same stretch of time.
-    """
-    started = time.monotonic()
-    samples = _Samples()
-    for repeat in range(repeats):
-        fed = run_federated(
-            data_dir,
-            workdir / f"concurrent-{repeat}",
-            rounds=rounds,
-            threads=threads,
-            seed=seed,
-            timeout=timeout,
-            alongside=True,
-        )
-        measured = fed["rounds"][1:]
-        begin, end = fed["rounds"][0]["finished_at"], fed["rounds"][-1]["finished_at"]
-        samples.add_federated(fed["threads"], measured)
-        samples.add_centralized(
-            [
-                e
-                for e in fed["centralized"]
-                if e["centralized_epoch"] > 1 and e["started_at"] >= begin and e["at"] <= end
-            ]
-        )
-    return {**samples.line("concurrent", repeats), "wall_s": round(time.monotonic() - started, 1)}
-
-
-#: ``--client-modes`` choices.
-MODES: Final = ("sequential", "concurrent")
+    return {**samples.line(repeats), "wall_s": round(time.monotonic() - started, 1)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -419,18 +346,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--client-repeats",
         type=int,
         default=2,
-        help="runs of each side per mode (sequential runs alternate; default 2)",
-    )
-    group.add_argument(
-        "--client-modes",
-        default=",".join(MODES),
-        help="comma-separated: sequential (one side at a time), concurrent (both sides at "
-        "once, through the same load); default both",
+        help="runs of each side, alternating (default 2)",
     )
 
 
 def run(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]]:
-    """One JSON line per mode."""
+    """One JSON line."""
     if args.client_rounds < 4:
         raise SystemExit("--client-rounds must be at least 4 (a warm-up and 3 measured)")
     for option in ("client_threads", "client_repeats"):
@@ -438,27 +359,21 @@ def run(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]]:
             raise SystemExit(f"--{option.replace('_', '-')} must be at least 1")
     if args.client_examples < 100:
         raise SystemExit("--client-examples must be at least 100")
-    modes = [m.strip() for m in args.client_modes.split(",") if m.strip()]
-    unknown = sorted(set(modes) - set(MODES))
-    if unknown or not modes:
-        raise SystemExit(f"--client-modes: unknown {unknown}; choose from {', '.join(MODES)}")
     data_dir = workdir / "data"
     write_synthetic(data_dir, DATASET, n_train=args.client_examples, n_test=10)
-    options = {
-        "rounds": args.client_rounds,
-        "threads": args.client_threads,
-        "repeats": args.client_repeats,
-    }
-    if "sequential" in modes:
-        yield run_sequential(data_dir, workdir, **options)
-    if "concurrent" in modes:
-        yield run_concurrent(data_dir, workdir, **options)
+    yield run_case(
+        data_dir,
+        workdir,
+        rounds=args.client_rounds,
+        threads=args.client_threads,
+        repeats=args.client_repeats,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The centralized half: train ``--epochs`` epochs with the centralized script, printing
-    one JSON line per epoch as it ends: ``{"centralized_epoch", "started_at", "at",
-    "examples", "examples_per_second", "threads"}``."""
+    one JSON line per epoch as it ends: ``{"centralized_epoch", "examples",
+    "examples_per_second", "threads"}``."""
     parser = argparse.ArgumentParser(description="the centralized half of the client benchmark")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=8)
@@ -485,20 +400,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # What the baseline trains on, counted here: its epochs do not carry the count.
     examples = len(PyTorchAdapter("cpu").client_data(data, model_id=MODEL, seed=args.seed).train)
-    last = time.time()
 
     def epoch_done(epoch: BaselineEpoch) -> None:
-        nonlocal last
-        now = time.time()
         line = {
             "centralized_epoch": epoch.train.epoch,
-            "started_at": last,
-            "at": now,
             "examples": examples,
             "examples_per_second": epoch.train.examples_per_second,
             "threads": torch.get_num_threads(),
         }
-        last = now
         print(json.dumps(line), flush=True)
 
     run_baseline(
