@@ -139,8 +139,8 @@ def client_threads(log: Path) -> int | None:
 
 
 def round_rates(history: dict[str, Any]) -> list[dict[str, float]]:
-    """Per round of a one-client history: the client's ``train`` and ``fit`` rates, the
-    ``round`` rate (its examples over the server's fit phase) and ``examples``."""
+    """Per round of a one-client history: the client's ``train``, ``fit`` and ``fit_cpu``
+    rates, the ``round`` rate (its examples over the server's fit phase) and ``examples``."""
     out: list[dict[str, float]] = []
     for record in history["rounds"]:
         fit = record["fit"]
@@ -150,6 +150,7 @@ def round_rates(history: dict[str, Any]) -> list[dict[str, float]]:
             {
                 "train": float(metrics["train_examples_per_second"]),
                 "fit": float(metrics["fit_examples_per_second"]),
+                "fit_cpu": float(metrics["fit_cpu_examples_per_second"]),
                 "round": outcome["num_examples"] / fit["duration_s"],
                 "examples": outcome["num_examples"],
             }
@@ -215,6 +216,9 @@ class _Samples:
     """The measured values of one case, pooled over its runs."""
 
     centralized: list[float] = field(default_factory=list)
+    #: Examples per CPU second: the centralized loop's, the client's whole fit's.
+    centralized_cpu: list[float] = field(default_factory=list)
+    fit_cpu: list[float] = field(default_factory=list)
     train: list[float] = field(default_factory=list)
     fit: list[float] = field(default_factory=list)
     rounds: list[float] = field(default_factory=list)
@@ -232,6 +236,8 @@ class _Samples:
             self.threads["centralized"].add(epoch["threads"])
             self.counts.add(epoch["examples"])
             self.centralized.append(epoch["examples_per_second"])
+            if epoch["cpu_examples_per_second"] is not None:
+                self.centralized_cpu.append(epoch["cpu_examples_per_second"])
 
     def add_federated(self, threads: int | None, measured: Sequence[dict[str, float]]) -> None:
         """Pool measured rounds (:func:`round_rates`, warm-up already left out)."""
@@ -240,6 +246,7 @@ class _Samples:
             self.counts.add(int(r["examples"]))
             self.train.append(r["train"])
             self.fit.append(r["fit"])
+            self.fit_cpu.append(r["fit_cpu"])
             self.rounds.append(r["round"])
             self.fit_vs_loop.append(overhead_pct(r["fit"], r["train"]))
             self.round_vs_loop.append(overhead_pct(r["round"], r["train"]))
@@ -250,10 +257,10 @@ class _Samples:
             raise RuntimeError(
                 f"the two sides trained on different example counts: {sorted(self.counts)}"
             )
-        if not self.centralized or not self.fit:
+        if not self.centralized_cpu or not self.fit_cpu:
             raise RuntimeError(
-                f"no measured epochs ({len(self.centralized)} centralized, "
-                f"{len(self.fit)} federated); raise --client-rounds"
+                f"no measured CPU rates ({len(self.centralized_cpu)} centralized, "
+                f"{len(self.fit_cpu)} federated); raise --client-rounds"
             )
         central = statistics.median(self.centralized)
         return {
@@ -276,6 +283,14 @@ class _Samples:
                 overhead_pct(statistics.median(self.train), central), 2
             ),
             "round_overhead_pct": round(overhead_pct(statistics.median(self.rounds), central), 2),
+            "centralized_cpu_examples_per_second": _median(self.centralized_cpu),
+            "client_fit_cpu_examples_per_second": _median(self.fit_cpu),
+            "cpu_overhead_pct": round(
+                overhead_pct(
+                    statistics.median(self.fit_cpu), statistics.median(self.centralized_cpu)
+                ),
+                2,
+            ),
             "fit_vs_loop_pct": round(statistics.median(self.fit_vs_loop), 2),
             "round_vs_loop_pct": round(statistics.median(self.round_vs_loop), 2),
             "target_pct": TARGET_PCT,
@@ -283,6 +298,8 @@ class _Samples:
             "client_train_all": _rounded(self.train),
             "client_fit_all": _rounded(self.fit),
             "round_all": _rounded(self.rounds),
+            "centralized_cpu_all": _rounded(self.centralized_cpu),
+            "client_fit_cpu_all": _rounded(self.fit_cpu),
         }
 
 
@@ -373,7 +390,12 @@ def run(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """The centralized half: train ``--epochs`` epochs with the centralized script, printing
     one JSON line per epoch as it ends: ``{"centralized_epoch", "examples",
-    "examples_per_second", "threads"}``."""
+    "examples_per_second", "cpu_examples_per_second", "threads"}``.
+
+    ``cpu_examples_per_second`` divides by this process's CPU time between
+    two epoch ends less the baseline's validation pass in between (the
+    client's ``fit_cpu_examples_per_second`` has no evaluation in it either).
+    """
     parser = argparse.ArgumentParser(description="the centralized half of the client benchmark")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=8)
@@ -382,11 +404,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     # torch only in this child: the benchmark process itself never loads it.
     import torch
 
-    from orchard.client.baseline import BaselineEpoch, BaselineSettings
-    from orchard.client.training import TrainConfig
+    from orchard.client.baseline import BaselineEpoch, BaselineSettings, run_baseline
+    from orchard.client.training import EvalResult, TrainConfig
     from orchard.data.client_data import DataSettings
-    from orchard_pytorch.baseline import run_baseline
     from orchard_pytorch.client import PyTorchAdapter
+    from orchard_pytorch.data import ImageSet
+    from orchard_pytorch.models import SpecNet
+
+    class EvalTimedAdapter(PyTorchAdapter):
+        """The PyTorch adapter, counting the CPU seconds its evaluations take."""
+
+        eval_cpu_seconds = 0.0
+
+        def evaluate(self, model: SpecNet, data: ImageSet, *, batch_size: int) -> EvalResult:
+            started = time.process_time()
+            try:
+                return super().evaluate(model, data, batch_size=batch_size)
+            finally:
+                self.eval_cpu_seconds += time.process_time() - started
 
     training = TrainConfig(
         epochs=args.epochs,
@@ -398,21 +433,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = DataSettings(
         dataset=DATASET, data_dir=args.data_dir, download=False, val_fraction=VAL_FRACTION
     )
+    adapter = EvalTimedAdapter("cpu")
     # What the baseline trains on, counted here: its epochs do not carry the count.
-    examples = len(PyTorchAdapter("cpu").client_data(data, model_id=MODEL, seed=args.seed).train)
+    examples = len(adapter.client_data(data, model_id=MODEL, seed=args.seed).train)
+    last_cpu, last_eval = time.process_time(), 0.0
 
     def epoch_done(epoch: BaselineEpoch) -> None:
+        nonlocal last_cpu, last_eval
+        cpu = time.process_time()
+        train_cpu = (cpu - last_cpu) - (adapter.eval_cpu_seconds - last_eval)
+        last_cpu, last_eval = cpu, adapter.eval_cpu_seconds
         line = {
             "centralized_epoch": epoch.train.epoch,
             "examples": examples,
             "examples_per_second": epoch.train.examples_per_second,
+            "cpu_examples_per_second": examples / train_cpu if train_cpu > 0 else None,
             "threads": torch.get_num_threads(),
         }
         print(json.dumps(line), flush=True)
 
     run_baseline(
+        adapter,
         BaselineSettings(model_id=MODEL, data=data, training=training),
-        device="cpu",
         report=lambda line: print(line, file=sys.stderr),
         on_epoch=epoch_done,
     )

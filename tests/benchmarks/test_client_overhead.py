@@ -22,7 +22,8 @@ from orchard.data.synth import write_synthetic
 
 
 def _history(rounds: list[tuple[float, float, float]]) -> dict[str, Any]:
-    """A one-client history: per round (train rate, fit rate, fit phase seconds)."""
+    """A one-client history: per round (train rate, fit rate, fit phase seconds); the fit's
+    CPU rate is 1.25 times its wall-clock rate."""
     return {
         "rounds": [
             {
@@ -35,6 +36,7 @@ def _history(rounds: list[tuple[float, float, float]]) -> dict[str, Any]:
                             "metrics": {
                                 "train_examples_per_second": train,
                                 "fit_examples_per_second": fit,
+                                "fit_cpu_examples_per_second": fit * 1.25,
                             },
                         }
                     ],
@@ -48,8 +50,8 @@ def _history(rounds: list[tuple[float, float, float]]) -> dict[str, Any]:
 def test_round_rates_read_the_clients_metrics_and_the_servers_fit_phase() -> None:
     rates = client_overhead.round_rates(_history([(1000.0, 900.0, 1.2), (1000.0, 1000.0, 1.0)]))
     assert rates == [
-        {"train": 1000.0, "fit": 900.0, "round": 750.0, "examples": 900},
-        {"train": 1000.0, "fit": 1000.0, "round": 900.0, "examples": 900},
+        {"train": 1000.0, "fit": 900.0, "fit_cpu": 1125.0, "round": 750.0, "examples": 900},
+        {"train": 1000.0, "fit": 1000.0, "fit_cpu": 1250.0, "round": 900.0, "examples": 900},
     ]
 
 
@@ -57,7 +59,12 @@ def test_the_line_compares_medians_and_pairs_each_round_with_its_own_loop() -> N
     samples = client_overhead._Samples()
     samples.add_centralized(
         [
-            {"examples": 900, "examples_per_second": rate, "threads": 1}
+            {
+                "examples": 900,
+                "examples_per_second": rate,
+                "cpu_examples_per_second": 1250.0,
+                "threads": 1,
+            }
             for rate in (1000.0, 2000.0, 1000.0)
         ]
     )
@@ -70,6 +77,9 @@ def test_the_line_compares_medians_and_pairs_each_round_with_its_own_loop() -> N
     assert line["overhead_pct"] == 5.0
     assert line["train_loop_overhead_pct"] == 0.0
     assert line["round_overhead_pct"] == 10.0  # 900 examples in 1 s
+    assert line["centralized_cpu_examples_per_second"] == 1250.0
+    assert line["client_fit_cpu_examples_per_second"] == 1187.5
+    assert line["cpu_overhead_pct"] == 5.0
     assert line["fit_vs_loop_pct"] == 5.0
     assert line["round_vs_loop_pct"] == 10.0
     assert line["target_pct"] == client_overhead.TARGET_PCT == 5.0
@@ -78,7 +88,16 @@ def test_the_line_compares_medians_and_pairs_each_round_with_its_own_loop() -> N
 
 def test_sides_that_trained_on_different_counts_are_refused() -> None:
     samples = client_overhead._Samples()
-    samples.add_centralized([{"examples": 1000, "examples_per_second": 1.0, "threads": 1}])
+    samples.add_centralized(
+        [
+            {
+                "examples": 1000,
+                "examples_per_second": 1.0,
+                "cpu_examples_per_second": 1.0,
+                "threads": 1,
+            }
+        ]
+    )
     samples.add_federated(1, client_overhead.round_rates(_history([(1.0, 1.0, 1.0)])))
     with pytest.raises(RuntimeError, match=r"different example counts: \[900, 1000\]"):
         samples.line(1)
@@ -112,4 +131,5 @@ def test_the_centralized_half_prints_one_line_per_epoch(tmp_path: Path) -> None:
     # 100 generated images, 10% held out for validation as the client holds them out.
     assert {(line["examples"], line["threads"]) for line in lines} == {(90, 1)}
     assert all(line["examples_per_second"] > 0 for line in lines)
+    assert all(line["cpu_examples_per_second"] > 0 for line in lines)
     assert json.loads(done.stdout.splitlines()[-1]) == lines[-1]

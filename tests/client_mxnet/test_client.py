@@ -49,6 +49,7 @@ def test_fit_trains_from_the_given_parameters_and_counts_training_examples(
         "train_accuracy",
         "train_examples_per_second",
         "fit_examples_per_second",
+        "fit_cpu_examples_per_second",
     }
     assert 0.0 <= float(metrics["train_accuracy"]) <= 1.0
     get_model_spec("mnist-mlp").validate(parameters)

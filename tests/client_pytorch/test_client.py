@@ -52,6 +52,7 @@ def test_fit_returns_valid_parameters_and_the_number_of_training_examples(
         "train_accuracy",
         "train_examples_per_second",
         "fit_examples_per_second",
+        "fit_cpu_examples_per_second",
     }
     assert isinstance(metrics["train_loss"], float)
     assert not all(np.array_equal(a, b) for a, b in zip(params, start, strict=True))

@@ -296,11 +296,13 @@ def test_the_generic_client_fits_and_evaluates(adapter: Adapter, digits: Generat
         "train_accuracy",
         "train_examples_per_second",
         "fit_examples_per_second",
+        "fit_cpu_examples_per_second",
     }
     # The whole fit contains the training loops, so it cannot be faster than them.
     assert (
         0 < float(metrics["fit_examples_per_second"]) <= float(metrics["train_examples_per_second"])
     )
+    assert float(metrics["fit_cpu_examples_per_second"]) > 0
     assert set(evaluated) == {"accuracy"}
     assert after < before
     evaluator = AdapterClient(adapter, model_id=MODEL, data=data, role=Role.EVALUATOR)

@@ -80,12 +80,13 @@ def test_fit_metrics_rate_every_epoch_over_loop_time_and_over_the_whole_fit() ->
     result = TrainResult(
         num_examples=100, loss=0.25, accuracy=0.75, history=(_epoch(1, 100.0), _epoch(2, 400.0))
     )
-    metrics = fit_metrics(result, fit_seconds=2.0)
+    metrics = fit_metrics(result, fit_seconds=2.0, fit_cpu_seconds=1.6)
     assert metrics == {
         "train_loss": 0.25,
         "train_accuracy": 0.75,
         "train_examples_per_second": 160.0,  # not the mean of the epochs' rates (250)
         "fit_examples_per_second": 100.0,
+        "fit_cpu_examples_per_second": 125.0,
     }
 
 
@@ -93,4 +94,5 @@ def test_fit_metrics_leave_out_a_rate_whose_time_was_too_short_to_measure() -> N
     instant = TrainResult(
         num_examples=10, loss=0.1, accuracy=1.0, history=(_epoch(1, float("inf")),)
     )
-    assert fit_metrics(instant, fit_seconds=0.0) == {"train_loss": 0.1, "train_accuracy": 1.0}
+    metrics = fit_metrics(instant, fit_seconds=0.0, fit_cpu_seconds=0.0)
+    assert metrics == {"train_loss": 0.1, "train_accuracy": 1.0}
