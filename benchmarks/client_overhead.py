@@ -6,18 +6,21 @@ same training examples (9,000 of 10,000 by default: 10% are held out for
 validation on both sides), batch size, optimizer (SGD, learning rate 0.01,
 momentum 0.9, the deployment's fit config) and one epoch at a time:
 
-* **centralized**: the project's centralized script,
-  :func:`orchard_pytorch.baseline.run_baseline` (what ``python -m
-  orchard_pytorch baseline`` runs), for ``rounds`` epochs in one process;
-  each epoch's examples per second as its training loop times it;
+* **centralized**: the project's centralized script, the shared
+  :func:`orchard.client.baseline.run_baseline` on the PyTorch adapter (what
+  ``python -m orchard_pytorch baseline`` runs; here the adapter also counts
+  the CPU time of the validation pass after each epoch), for ``rounds``
+  epochs in one process; each epoch's examples per second as its training
+  loop times it, and per CPU second of the process (validation left out);
 * **federated**: a real server and one PyTorch client process started
   through :mod:`orchard.launch`, ``rounds`` rounds of one epoch each (FedAvg,
   no evaluation); the client reports, per round
   (:func:`orchard.client.adapter.fit_metrics`), examples per second inside
   its training loop and over its whole fit (loading the global parameters,
-  training, reading the new ones back), and the server's history gives the
-  fit phase as the server saw it (sending the task, the client's fit,
-  receiving the update), from which the round's examples per second follow.
+  training, reading the new ones back) and per CPU second of its process
+  during that fit, and the server's history gives the fit phase as the
+  server saw it (sending the task, the client's fit, receiving the update),
+  from which the round's examples per second follow.
 
 Both sides get the same ``OMP_NUM_THREADS`` (torch's intra-op thread count;
 the line reports what each process actually used). The first epoch and the
@@ -37,6 +40,10 @@ taken in different processes (and, sequentially, at different times).
 training loop): paired, so machine noise mostly cancels; they measure what
 the client does around the loop, not whether the loop itself runs slower in
 the client process (that is the cross-process comparison above).
+``cpu_overhead_pct`` compares per CPU second instead of per second: the
+client's whole fit (every thread of its process) against the centralized
+loop. It barely moves with other programs' load, which the wall-clock
+figures on a shared machine do.
 
 Run the centralized half alone with ``python -m benchmarks.client_overhead
 --data-dir DIR`` (a directory holding ``cifar-10-binary.tar.gz``; one JSON
