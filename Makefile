@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 BENCH_FLOWER_ARGS ?=
 
-.PHONY: setup proto check check-proto-stale lint typecheck buf-lint buf-breaking test test-main test-mxnet bench bench-large bench-flower fuzz clean
+.PHONY: setup proto check check-proto-stale lint typecheck buf-lint buf-breaking test test-main test-mxnet bench bench-client bench-large bench-flower fuzz clean
 
 ## setup: create both Python environments, install buf and (as root) Debian's Fashion-MNIST
 setup: $(BIN)/.ok $(MXBIN)/.ok $(BUF) fashion-data
@@ -79,13 +79,20 @@ test-main: $(BIN)/.ok
 test-mxnet: $(MXBIN)/.ok $(BIN)/.ok
 	ORCHARD_SERVER_PYTHON=$(abspath $(BIN)/python) $(MXBIN)/pytest tests/core tests/client_mxnet tests/contract $(PYTEST_ARGS)
 
-## bench: round cadence, server memory, serde and aggregation costs: one JSON line per case
-## on stdout and in runs/bench.jsonl (a few minutes; docs/performance.md explains them)
+## bench: round cadence, server memory, serde and aggregation costs, and what a PyTorch
+## client adds to local training: one JSON line per case on stdout and in runs/bench.jsonl
+## (several minutes; docs/performance.md explains them)
 bench: $(BIN)/.ok
 	mkdir -p runs
 	set -o pipefail; $(BIN)/python -m benchmarks $(BENCH_ARGS) | tee runs/bench.jsonl
 	$(BIN)/python -m benchmarks.soak | tee runs/soak.jsonl
 	$(BIN)/python -m benchmarks.simulation | tee runs/bench-simulation.jsonl
+
+## bench-client: only the client-overhead suite (a federated PyTorch client against the
+## centralized script on CIFAR-10-format files; BENCH_CLIENT_ARGS e.g. --client-repeats 4)
+bench-client: $(BIN)/.ok
+	mkdir -p runs
+	set -o pipefail; $(BIN)/python -m benchmarks --suite client $(BENCH_CLIENT_ARGS) | tee runs/bench-client.jsonl
 
 ## bench-large: the 1 GiB model (268M float32 parameters) with 2 clients
 bench-large: $(BIN)/.ok

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from orchard.client.baseline import BaselineResult, BaselineSettings
+from orchard.client.baseline import BaselineEpoch, BaselineResult, BaselineSettings
 from orchard.client.baseline import run_baseline as run_shared_baseline
 from orchard.client.training import TrainConfig
 from orchard_pytorch.client import PyTorchAdapter
@@ -38,7 +38,11 @@ TUTORIAL_VAL_FRACTION: Final = 0.0
 
 
 def run_baseline(
-    settings: BaselineSettings, *, device: str = "auto", report: Callable[[str], None] = print
+    settings: BaselineSettings,
+    *,
+    device: str = "auto",
+    report: Callable[[str], None] = print,
+    on_epoch: Callable[[BaselineEpoch], None] | None = None,
 ) -> BaselineResult[SpecNet]:
     """Train centrally on ``device``, then evaluate on the test set (see the shared baseline)."""
-    return run_shared_baseline(PyTorchAdapter(device), settings, report=report)
+    return run_shared_baseline(PyTorchAdapter(device), settings, report=report, on_epoch=on_epoch)

@@ -44,7 +44,13 @@ def test_fit_trains_from_the_given_parameters_and_counts_training_examples(
     before_loss, _, before = client.evaluate(start, {"batch_size": 64})
     parameters, num_examples, metrics = client.fit(start, FIT_CONFIG)
     assert num_examples == 135  # 150 in the partition, 10% held out
-    assert set(metrics) == {"train_loss", "train_accuracy"}
+    assert set(metrics) == {
+        "train_loss",
+        "train_accuracy",
+        "train_examples_per_second",
+        "fit_examples_per_second",
+        "fit_cpu_examples_per_second",
+    }
     assert 0.0 <= float(metrics["train_accuracy"]) <= 1.0
     get_model_spec("mnist-mlp").validate(parameters)
     assert not np.array_equal(parameters[0], start[0])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from orchard.client.baseline import BaselineEpoch
 from orchard_pytorch.baseline import TUTORIAL_TRAINING, BaselineSettings, run_baseline
 from orchard_pytorch.data import DataError
 from orchard_pytorch.train import TrainConfig
@@ -30,8 +31,10 @@ def test_cifar10_baseline_reports_test_metrics_of_the_trained_model(
         training=TrainConfig(epochs=2, batch_size=10, learning_rate=0.01, momentum=0.9),
     )
     lines: list[str] = []
-    result = run_baseline(settings, device="cpu", report=lines.append)
+    seen: list[BaselineEpoch] = []
+    result = run_baseline(settings, device="cpu", report=lines.append, on_epoch=seen.append)
     assert result.train.num_examples == 100  # the whole training set
+    assert seen == list(result.epochs)  # each epoch as it ended, in order
     assert result.test.num_examples == 20
     assert lines[0].startswith("centralized baseline: cifar10-cnn on cifar10 (pytorch, cpu)")
     assert [line.split(":")[0] for line in lines[1:3]] == ["epoch 1/2", "epoch 2/2"]

@@ -47,7 +47,13 @@ def test_fit_returns_valid_parameters_and_the_number_of_training_examples(
     get_model_spec("mnist-mlp").validate(params)
     # 100 examples in the partition, 90 of them for training; epochs do not multiply it.
     assert num_examples == 90
-    assert set(metrics) == {"train_loss", "train_accuracy"}
+    assert set(metrics) == {
+        "train_loss",
+        "train_accuracy",
+        "train_examples_per_second",
+        "fit_examples_per_second",
+        "fit_cpu_examples_per_second",
+    }
     assert isinstance(metrics["train_loss"], float)
     assert not all(np.array_equal(a, b) for a, b in zip(params, start, strict=True))
 

@@ -291,7 +291,18 @@ def test_the_generic_client_fits_and_evaluates(adapter: Adapter, digits: Generat
     progress = board.current()
     assert progress is not None and (progress.fraction, progress.epoch) == (1.0, 3)
     assert progress.examples_per_second > 0
-    assert set(metrics) == {"train_loss", "train_accuracy"}
+    assert set(metrics) == {
+        "train_loss",
+        "train_accuracy",
+        "train_examples_per_second",
+        "fit_examples_per_second",
+        "fit_cpu_examples_per_second",
+    }
+    # The whole fit contains the training loops, so it cannot be faster than them.
+    assert (
+        0 < float(metrics["fit_examples_per_second"]) <= float(metrics["train_examples_per_second"])
+    )
+    assert float(metrics["fit_cpu_examples_per_second"]) > 0
     assert set(evaluated) == {"accuracy"}
     assert after < before
     evaluator = AdapterClient(adapter, model_id=MODEL, data=data, role=Role.EVALUATOR)

@@ -10,7 +10,13 @@ import dataclasses
 
 import pytest
 
-from orchard.client.adapter import DEVICE_CHOICES, DeviceError, TrainResult, select_gpu
+from orchard.client.adapter import (
+    DEVICE_CHOICES,
+    DeviceError,
+    TrainResult,
+    fit_metrics,
+    select_gpu,
+)
 from orchard.client.training import EpochStats
 
 NO_GPU = "this build has no CUDA support"
@@ -61,3 +67,32 @@ def test_train_results_are_frozen_values() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.loss = 0.1  # type: ignore[misc]
     assert result == TrainResult(num_examples=3, loss=0.5, accuracy=0.9, history=(epoch,))
+
+
+def _epoch(epoch: int, examples_per_second: float) -> EpochStats:
+    return EpochStats(
+        epoch=epoch, epochs=2, loss=0.5, accuracy=0.9, examples_per_second=examples_per_second
+    )
+
+
+def test_fit_metrics_rate_every_epoch_over_loop_time_and_over_the_whole_fit() -> None:
+    # 100 examples per epoch: 1 s at 100/s, then 0.25 s at 400/s -> 200 examples in 1.25 s.
+    result = TrainResult(
+        num_examples=100, loss=0.25, accuracy=0.75, history=(_epoch(1, 100.0), _epoch(2, 400.0))
+    )
+    metrics = fit_metrics(result, fit_seconds=2.0, fit_cpu_seconds=1.6)
+    assert metrics == {
+        "train_loss": 0.25,
+        "train_accuracy": 0.75,
+        "train_examples_per_second": 160.0,  # not the mean of the epochs' rates (250)
+        "fit_examples_per_second": 100.0,
+        "fit_cpu_examples_per_second": 125.0,
+    }
+
+
+def test_fit_metrics_leave_out_a_rate_whose_time_was_too_short_to_measure() -> None:
+    instant = TrainResult(
+        num_examples=10, loss=0.1, accuracy=1.0, history=(_epoch(1, float("inf")),)
+    )
+    metrics = fit_metrics(instant, fit_seconds=0.0, fit_cpu_seconds=0.0)
+    assert metrics == {"train_loss": 0.1, "train_accuracy": 1.0}

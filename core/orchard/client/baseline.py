@@ -65,12 +65,15 @@ def run_baseline(
     settings: BaselineSettings,
     *,
     report: Callable[[str], None] = print,
+    on_epoch: Callable[[BaselineEpoch], None] | None = None,
 ) -> BaselineResult[ModelT]:
     """Train ``settings.model_id`` centrally, then evaluate on the official test set.
 
     ``report`` gets one line before training, one per epoch (training
     cross-entropy and accuracy, and the validation ones when there is a
-    validation share) and one with the test evaluation.
+    validation share) and one with the test evaluation. ``on_epoch`` gets
+    each epoch as it ends (after its validation), e.g. for a benchmark that
+    reads the training loop's examples per second while training goes on.
     """
     check_compatible(settings.model_id, settings.data.dataset)  # before any download
     cfg = settings.training
@@ -94,6 +97,8 @@ def run_baseline(
         if val.num_examples:
             line += f"; validation cross-entropy {val.loss:.4f}, accuracy {val.accuracy:.4f}"
         report(line)
+        if on_epoch is not None:
+            on_epoch(epochs[-1])
 
     trained = adapter.train(model, data.train, cfg, on_epoch=after_epoch)
     tested = adapter.evaluate(model, data.test, batch_size=settings.eval_batch_size)
