@@ -82,3 +82,15 @@ def test_a_failed_write_is_raised_to_the_round_loop_once(tmp_path: Path) -> None
     writer.submit(Snapshot(2, _history(2), lambda: None))
     writer.flush(plot=False)
     assert writer.written_round == 2
+
+
+def test_the_first_plot_waits_for_the_interval_but_the_final_flush_draws(
+    tmp_path: Path,
+) -> None:
+    writer = StateWriter(tmp_path, plot_interval=3600.0)
+    writer.submit(Snapshot(1, _history(1), lambda: None))
+    writer.flush(plot=False)
+    assert (tmp_path / "history.json").is_file()
+    assert not (tmp_path / "history.png").exists()  # round 1 does not pay matplotlib
+    writer.flush()
+    assert (tmp_path / "history.png").is_file()
