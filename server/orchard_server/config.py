@@ -196,10 +196,12 @@ class ServerConfig:
     #: Largest result a client may upload, in bytes (guards memory).
     max_upload_bytes: int = 8 << 30
     #: Results assembled or awaiting their fold at once; bounds server memory to
-    #: this many model copies (orchard_server.uploads).
-    max_concurrent_uploads: int = 4
+    #: this many model copies (orchard_server.uploads). Two keep the event loop
+    #: reading one while the other is folded: 4 was no faster and used more
+    #: memory (docs/performance.md).
+    max_concurrent_uploads: int = 2
     #: Bytes of such results held at once (one is always admitted, however
-    #: large): a 1 GiB model's updates come one at a time, small ones four at once.
+    #: large): a 1 GiB model's updates come one at a time.
     upload_buffer_bytes: int = 1 << 30
     #: Port of the read-only web view and /metrics (0: off). Served with the
     #: gRPC API's TLS cert and key unless insecure (docs/observability.md).

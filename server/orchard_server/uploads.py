@@ -3,7 +3,7 @@
 A result's arrays exist from the moment its upload is assembled until the
 round loop has folded them into the aggregate and dropped them. Without a
 bound, a round of many clients would hold one model per client; a count
-alone (``max_concurrent_uploads``) still lets four 1 GiB updates in at once.
+alone (``max_concurrent_uploads``) still lets that many 1 GiB updates in at once.
 :class:`UploadBudget` admits an upload while fewer than ``slots`` are held
 *and* the bytes held stay within ``buffer_bytes`` (one upload is always
 admitted, however large, so no model is too big to train). Waiting uploads
