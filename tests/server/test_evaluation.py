@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 
 from orchard.client.numpy_client import ClientContext, NumPyClient
 from orchard.examples.logreg import LogRegClient, logreg_spec
@@ -87,6 +89,25 @@ def test_federated_evaluation_is_skipped_with_too_few_clients() -> None:
         )
     )
     assert record is None
+
+
+def test_federated_evaluation_switched_off_sends_nothing_and_warns_of_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool, configs = pool_of(3), list[Config]()
+    record = asyncio.run(
+        federated_evaluation(
+            1,
+            pool=pool,
+            select=UniformSampling(fraction_evaluate=0.0, min_evaluate_clients=1),
+            rng=np.random.default_rng(0),
+            config={},
+            send=sender(pool, configs),
+            label="1/1",
+        )
+    )
+    assert record is None and configs == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_centralized_evaluation_in_process_or_on_the_evaluator() -> None:

@@ -131,6 +131,11 @@ class SelectionPolicy(Protocol):
         """The clients that train this round."""
         ...
 
+    @property
+    def evaluates(self) -> bool:
+        """Whether federated evaluation is on at all (False: switched off on purpose)."""
+        ...
+
     def select_evaluate(self, available: Sequence[str], rng: np.random.Generator) -> list[str]:
         """The clients that evaluate the new model; empty to skip federated evaluation."""
         ...
@@ -170,6 +175,11 @@ class UniformSampling:
                 f"min_available_clients ({self.min_available_clients}) is below "
                 f"min_fit_clients ({self.min_fit_clients}); no round could ever start"
             )
+
+    @property
+    def evaluates(self) -> bool:
+        """False with ``fraction_evaluate = 0``."""
+        return self.fraction_evaluate > 0.0
 
     def select_fit(self, available: Sequence[str], rng: np.random.Generator) -> list[str]:
         """A uniform draw of ``fraction_fit`` of ``available``, at least ``min_fit_clients``."""
