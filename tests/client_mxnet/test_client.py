@@ -18,6 +18,7 @@ from orchard_mxnet.data import ClientData, DataError, DataSettings, ImageSet  # 
 from orchard_mxnet.models import SpecNet, set_parameters  # noqa: E402
 from orchard_mxnet.train import ConfigError  # noqa: E402
 from tests.client_mxnet.conftest import GeneratedMnist  # noqa: E402
+from tests.helpers.client_data import ADAPTER_FIT_METRICS  # noqa: E402
 
 pytestmark = pytest.mark.mxnet
 
@@ -44,13 +45,7 @@ def test_fit_trains_from_the_given_parameters_and_counts_training_examples(
     before_loss, _, before = client.evaluate(start, {"batch_size": 64})
     parameters, num_examples, metrics = client.fit(start, FIT_CONFIG)
     assert num_examples == 135  # 150 in the partition, 10% held out
-    assert set(metrics) == {
-        "train_loss",
-        "train_accuracy",
-        "train_examples_per_second",
-        "fit_examples_per_second",
-        "fit_cpu_examples_per_second",
-    }
+    assert set(metrics) == ADAPTER_FIT_METRICS
     assert 0.0 <= float(metrics["train_accuracy"]) <= 1.0
     get_model_spec("mnist-mlp").validate(parameters)
     assert not np.array_equal(parameters[0], start[0])

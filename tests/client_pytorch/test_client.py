@@ -18,7 +18,7 @@ from orchard_pytorch.client import PyTorchAdapter
 from orchard_pytorch.data import ClientData, ImageSet
 from orchard_pytorch.models import SpecNet, build_model, get_parameters
 from orchard_pytorch.train import ConfigError
-from tests.helpers.client_data import GeneratedCifar, GeneratedMnist
+from tests.helpers.client_data import ADAPTER_FIT_METRICS, GeneratedCifar, GeneratedMnist
 
 FIT: Config = {"epochs": 1, "batch_size": 16, "learning_rate": 0.1, "seed": 3}
 Client = AdapterClient[SpecNet, ImageSet]
@@ -47,13 +47,7 @@ def test_fit_returns_valid_parameters_and_the_number_of_training_examples(
     get_model_spec("mnist-mlp").validate(params)
     # 100 examples in the partition, 90 of them for training; epochs do not multiply it.
     assert num_examples == 90
-    assert set(metrics) == {
-        "train_loss",
-        "train_accuracy",
-        "train_examples_per_second",
-        "fit_examples_per_second",
-        "fit_cpu_examples_per_second",
-    }
+    assert set(metrics) == ADAPTER_FIT_METRICS
     assert isinstance(metrics["train_loss"], float)
     assert not all(np.array_equal(a, b) for a, b in zip(params, start, strict=True))
 

@@ -8,7 +8,6 @@ They also run in the MXNet environment (NumPy 1.23).
 from __future__ import annotations
 
 import gc
-import os
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from orchard.simulation import shm
 from orchard.simulation.job import JobResult
 from orchard.simulation.wire import decode_result, read_frame
 from orchard.typing import NDArrays
+from tests.helpers.memfd import open_segments
 
 pytestmark = pytest.mark.skipif(bool(shm.available()), reason=shm.available() or "")
 
@@ -29,19 +29,6 @@ def _model() -> NDArrays:
         np.zeros((0, 2), dtype=np.float32),
         np.arange(5, dtype=np.int64),
     ]
-
-
-def _memfds() -> set[str]:
-    """This process's open orchard segments (mmap holds a duplicate descriptor)."""
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("/memfd:orchard-sim-"):
-            out.add(link)
-    return out
 
 
 @pytest.fixture
@@ -112,7 +99,7 @@ def test_an_old_parameter_set_stays_while_a_job_uses_it_then_goes() -> None:
     broadcast.close()
     assert broadcast.segments == 0
     gc.collect()
-    assert _memfds() == set()
+    assert open_segments() == set()
 
 
 def test_a_result_comes_back_as_views_and_its_segment_is_reused_once_released(
@@ -213,7 +200,7 @@ def test_a_job_with_a_bad_layout_fails_alone_with_a_clear_error(
 
 
 def test_nothing_stays_open_once_everything_is_closed(worker: shm.WorkerSegments) -> None:
-    before = _memfds()
+    before = open_segments()
     broadcast = shm.Broadcast()
     key, ref = broadcast.acquire(_model())
     params = worker.params(ref)
@@ -222,11 +209,11 @@ def test_nothing_stays_open_once_everything_is_closed(worker: shm.WorkerSegments
     assert slot is not None
     assert worker.write_result(slot.ref(), params) is not None
     slots.give_back(slot)
-    assert len(_memfds() - before) == 2  # params and result, open on both sides
+    assert len(open_segments() - before) == 2  # params and result, open on both sides
     broadcast.release(key)
     broadcast.close()
     slots.close()
     worker.close()
     del params
     gc.collect()
-    assert _memfds() - before == set()
+    assert open_segments() - before == set()

@@ -130,3 +130,13 @@ def cifar_data_dir(tmp_path: Path, cifar: GeneratedCifar) -> Path:
 def mnist(tmp_path: Path) -> GeneratedMnist:
     """200 training and 50 test learnable MNIST images, in the cache."""
     return cached_mnist(tmp_path)
+
+
+#: The metrics every adapter client's fit reports (``orchard.client.adapter.fit_metrics``).
+ADAPTER_FIT_METRICS = {
+    "train_loss",
+    "train_accuracy",
+    "train_examples_per_second",
+    "fit_examples_per_second",
+    "fit_cpu_examples_per_second",
+}

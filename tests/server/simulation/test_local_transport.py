@@ -29,6 +29,7 @@ from orchard.spec import ModelSpec, TensorSpec
 from orchard_server.simulation import backend as backend_module
 from orchard_server.simulation.backend import LocalBackend, WorkerLostError, WorkerSetup
 from orchard_server.simulation.config import ClientGroup
+from tests.helpers.memfd import open_segments
 from tests.server.simulation.conftest import PROBE
 
 pytestmark = pytest.mark.skipif(bool(shm.available()), reason=shm.available() or "")
@@ -71,18 +72,6 @@ def _backend(
     return LocalBackend([setup], [1])
 
 
-def _memfds() -> set[str]:
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("/memfd:orchard-sim-"):
-            out.add(link)
-    return out
-
-
 def _expected(params: list[np.ndarray], partition: int) -> list[np.ndarray]:
     """What the probe client returns (its seeded step; see clients.py)."""
     rng = np.random.default_rng([11, partition])
@@ -119,7 +108,7 @@ def test_results_are_the_clients_whatever_the_transport(python: str, shared: boo
         if not MXNET_PYTHON.is_file():
             pytest.skip("no .venv-mxnet in this checkout")
         python = str(MXNET_PYTHON)  # NumPy 1.23 on the worker's side
-    before = _memfds()
+    before = open_segments()
     outs = asyncio.run(_run_jobs(_backend(python=python, shared=shared), [0, 1, 2]))
     for partition, (error, lent, arrays) in zip([0, 1, 2], outs, strict=True):
         assert error == ""
@@ -127,11 +116,11 @@ def test_results_are_the_clients_whatever_the_transport(python: str, shared: boo
         for got, want in zip(arrays, _expected(_params(), partition), strict=True):
             assert got.dtype == want.dtype and np.array_equal(got, want)
     gc.collect()
-    assert _memfds() - before == set()
+    assert open_segments() - before == set()
 
 
 def test_a_worker_that_dies_mid_job_leaves_no_segment_behind() -> None:
-    before = _memfds()
+    before = open_segments()
 
     async def main() -> None:
         backend = _backend(node_config={"partition_2": "exit"})
@@ -146,7 +135,7 @@ def test_a_worker_that_dies_mid_job_leaves_no_segment_behind() -> None:
 
     asyncio.run(main())
     gc.collect()
-    assert _memfds() - before == set()
+    assert open_segments() - before == set()
 
 
 def test_a_server_holding_every_result_gets_more_segments_not_a_stalled_worker(
