@@ -10,11 +10,11 @@ from orchard.client.numpy_client import ClientContext, NumPyClient
 from orchard.examples.logreg import LogRegClient, logreg_spec
 from orchard.messages import FederationState
 from orchard.typing import Config, Metrics, NDArrays
-from orchard_server.config import FederationConfig
 from orchard_server.events import DropKind, Events, Observer, Phase, drop_kind
 from orchard_server.federation import Federation
 from orchard_server.pool import InMemoryClientPool
 from orchard_server.records import RoundRecord
+from tests.helpers.federations import logreg_config
 
 SPEC = logreg_spec()
 
@@ -50,21 +50,7 @@ class Broken(LogRegClient):
 
 
 def federation(tmp_path: Path, *factories: Any, **overrides: Any) -> Federation:
-    settings: dict[str, Any] = {
-        "name": "blobs",
-        "model": "logreg",
-        "tensors": SPEC.tensors,
-        "num_rounds": 2,
-        "seed": 3,
-        "min_fit_clients": 2,
-        "min_evaluate_clients": 2,
-        "min_available_clients": 2,
-        "round_timeout": 30.0,
-        "wait_timeout": 1.0,
-        "round_retries": 0,
-        "fit_config": {"epochs": 1, "batch_size": 16, "learning_rate": 0.1},
-    }
-    config = FederationConfig(**(settings | overrides))
+    config = logreg_config(**({"num_rounds": 2} | overrides))
     pool = InMemoryClientPool(SPEC)
     for i, factory in enumerate(factories):
         pool.add(factory, partition_id=i, num_partitions=len(factories))

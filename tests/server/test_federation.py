@@ -23,27 +23,9 @@ from orchard_server.federation import Federation, task_seed
 from orchard_server.pool import InMemoryClientPool
 from orchard_server.records import RoundRecord
 from orchard_server.strategy import CoordinateMedian, Strategy, UniformSampling, sgd
+from tests.helpers.federations import logreg_config
 
 SPEC = logreg_spec()
-
-
-def fed_config(**overrides: Any) -> FederationConfig:
-    base: dict[str, Any] = {
-        "name": "blobs",
-        "model": "logreg",
-        "tensors": SPEC.tensors,
-        "num_rounds": 3,
-        "seed": 3,
-        "min_fit_clients": 2,
-        "min_evaluate_clients": 2,
-        "min_available_clients": 2,
-        "round_timeout": 30.0,
-        "wait_timeout": 1.0,
-        "round_retries": 0,
-        "fit_config": {"epochs": 1, "batch_size": 16, "learning_rate": 0.1},
-    }
-    base.update(overrides)
-    return FederationConfig(**base)
 
 
 def logreg(ctx: ClientContext) -> NumPyClient:
@@ -80,7 +62,7 @@ def run(federation: Federation) -> FederationState:
 def make(
     tmp_path: Path, n: int = 3, factory: Any = logreg, **overrides: Any
 ) -> tuple[Federation, InMemoryClientPool]:
-    config = fed_config(**overrides)
+    config = logreg_config(**overrides)
     pool = InMemoryClientPool(SPEC)
     for i in range(n):
         pool.add(factory, partition_id=i, num_partitions=n)
@@ -169,7 +151,7 @@ def test_seeded_runs_with_a_fraction_sample_the_same_clients_whatever_the_join_o
     """
     models, picked = [], []
     for name, order in (("forward", range(6)), ("backward", reversed(range(6)))):
-        config = fed_config(num_rounds=3, fraction_fit=0.5, fraction_evaluate=0.5)
+        config = logreg_config(num_rounds=3, fraction_fit=0.5, fraction_evaluate=0.5)
         pool = InMemoryClientPool(SPEC)
         for i in order:
             pool.add(logreg, partition_id=i, num_partitions=6, name=f"p{i}")
@@ -187,7 +169,7 @@ def test_seeded_runs_with_a_fraction_sample_the_same_clients_whatever_the_join_o
 
 
 def test_failing_and_nan_clients_are_dropped_and_the_round_goes_on(tmp_path: Path) -> None:
-    config = fed_config(
+    config = logreg_config(
         num_rounds=2, min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2
     )
     pool = InMemoryClientPool(SPEC)
@@ -212,7 +194,9 @@ def test_too_few_clients_fails_after_the_bounded_wait(tmp_path: Path) -> None:
 
 
 def test_too_few_results_retries_then_fails(tmp_path: Path) -> None:
-    config = fed_config(num_rounds=1, round_retries=1, min_fit_clients=2, min_available_clients=2)
+    config = logreg_config(
+        num_rounds=1, round_retries=1, min_fit_clients=2, min_available_clients=2
+    )
     pool = InMemoryClientPool(SPEC)
     pool.add(logreg, partition_id=0, num_partitions=2)
     pool.add(lambda ctx: Exploding(), partition_id=1, num_partitions=2)
@@ -266,7 +250,7 @@ def test_a_stalled_evaluator_costs_its_own_deadline_not_the_round(tmp_path: Path
 
 
 def test_the_checkpoint_keeps_the_partitions_admission_handed_out(tmp_path: Path) -> None:
-    config = fed_config(num_rounds=1, num_partitions=3, evaluate_every=0)
+    config = logreg_config(num_rounds=1, num_partitions=3, evaluate_every=0)
 
     def policy_pool() -> InMemoryClientPool:
         return InMemoryClientPool(SPEC, "blobs", policy=AdmissionPolicy.from_config(config))
@@ -296,7 +280,7 @@ class NoLoss(LogRegClient):
 
 
 def test_a_missing_train_loss_is_left_out_of_the_average(tmp_path: Path) -> None:
-    config = fed_config(num_rounds=1, evaluate_every=0)
+    config = logreg_config(num_rounds=1, evaluate_every=0)
     pool = InMemoryClientPool(SPEC)
     pool.add(logreg, partition_id=0, num_partitions=2, name="reports")
     pool.add(lambda ctx: NoLoss.for_partition(1), partition_id=1, num_partitions=2, name="silent")
@@ -318,7 +302,7 @@ class Slow(LogRegClient):
 
 
 def test_a_client_missing_the_deadline_is_dropped(tmp_path: Path) -> None:
-    config = fed_config(num_rounds=1, min_fit_clients=2, round_timeout=0.5, evaluate_every=0)
+    config = logreg_config(num_rounds=1, min_fit_clients=2, round_timeout=0.5, evaluate_every=0)
     pool = InMemoryClientPool(SPEC)
     for i in range(2):
         pool.add(logreg, partition_id=i, num_partitions=3)
@@ -345,7 +329,7 @@ class Recruiter(LogRegClient):
 
 
 def test_a_late_joiner_takes_part_from_the_next_round(tmp_path: Path) -> None:
-    config = fed_config(num_rounds=2, min_fit_clients=2, evaluate_every=0)
+    config = logreg_config(num_rounds=2, min_fit_clients=2, evaluate_every=0)
     pool = InMemoryClientPool(SPEC)
     recruiter = Recruiter(LogRegClient.for_partition(0).data)
     recruiter.pool = pool
@@ -455,7 +439,7 @@ def test_fedmedian_with_server_momentum_matches_the_hand_computation(
     # examples, which would drag a weighted mean to (1 + 2 + 1000) / 102 = 9.83 per round.
     # Median: +2 per round. Round 1: g1 = -2, v1 = -2, x1 = x0 + 2.
     # Round 2: g2 = -2, v2 = 0.9 * -2 - 2 = -3.8, x2 = x1 + 3.8 = x0 + 5.8.
-    config = fed_config(
+    config = logreg_config(
         num_rounds=2, min_fit_clients=3, min_available_clients=3, evaluate_every=0, **overrides
     )
     pool = InMemoryClientPool(SPEC)

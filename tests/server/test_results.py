@@ -20,6 +20,7 @@ from orchard_server.config import ConfigError, FederationConfig
 from orchard_server.federation import Federation
 from orchard_server.pool import InMemoryClientPool
 from orchard_server.results import InvalidResultError, ResultPolicy
+from tests.helpers.federations import logreg_config
 
 SPEC = logreg_spec()
 
@@ -146,25 +147,6 @@ def liar(lie: dict[str, Any], partition: int) -> NumPyClient:
     return client
 
 
-def fed_config(**overrides: Any) -> FederationConfig:
-    base: dict[str, Any] = {
-        "name": "blobs",
-        "model": "logreg",
-        "tensors": SPEC.tensors,
-        "num_rounds": 2,
-        "seed": 3,
-        "min_fit_clients": 2,
-        "min_evaluate_clients": 2,
-        "min_available_clients": 2,
-        "round_timeout": 30.0,
-        "wait_timeout": 1.0,
-        "round_retries": 0,
-        "fit_config": {"epochs": 1, "batch_size": 16, "learning_rate": 0.1},
-    }
-    base.update(overrides)
-    return FederationConfig(**base)
-
-
 LIES: dict[str, dict[str, Any]] = {
     "10^15 examples": {"num_examples": 10**15},
     "uint64 max examples": {"num_examples": 2**64 - 1},
@@ -176,7 +158,7 @@ LIES: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("case", list(LIES))
 def test_no_single_liar_moves_the_model_or_fails_the_federation(tmp_path: Path, case: str) -> None:
-    config = fed_config()
+    config = logreg_config(num_rounds=2)
     pool = InMemoryClientPool(SPEC)
     for i in range(2):
         pool.add(
@@ -206,7 +188,7 @@ def test_no_single_liar_moves_the_model_or_fails_the_federation(tmp_path: Path, 
 
 
 def test_uniform_weighting_bounds_a_liar_without_refusing_it(tmp_path: Path) -> None:
-    config = fed_config(
+    config = logreg_config(
         num_rounds=1, evaluate_every=0, max_examples_per_client=1000, example_weighting="uniform"
     )
     pool = InMemoryClientPool(SPEC, results=ResultPolicy.from_config(config))
