@@ -219,8 +219,8 @@ class FederationServicer:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
         except LookupError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        # Room for the result's arrays (the task's parameters: a result must match them).
-        expected = sum(int(a.nbytes) for a in task.parameters) if task.type is TaskType.FIT else 0
+        # Room for the result's arrays: a fit result must match the federation's spec.
+        expected = pool.spec.nbytes if task.type is TaskType.FIT else 0
         slot = await self._uploads.acquire(expected)
         try:
             specs = reader.announced(max_bytes=self._max_upload)
