@@ -190,7 +190,7 @@ class UniformSampling:
     def select_evaluate(self, available: Sequence[str], rng: np.random.Generator) -> list[str]:
         """Like :meth:`select_fit` with the evaluate numbers; empty below the minimum
         or with ``fraction_evaluate = 0``."""
-        if self.fraction_evaluate == 0.0 or len(available) < self.min_evaluate_clients:
+        if not self.evaluates or len(available) < self.min_evaluate_clients:
             return []
         return sample_clients(
             available,
