@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,24 @@ class Checkpoint:
     meta: dict[str, Any]
 
 
-def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` atomically."""
+def save_checkpoint(
+    path: Path, checkpoint: Checkpoint, *, encoded_meta: Mapping[str, str] | None = None
+) -> None:
+    """Write ``checkpoint`` atomically.
+
+    ``encoded_meta`` adds metadata entries whose values are already JSON text
+    (the history, encoded round by round once: see :mod:`orchard_server.history`);
+    they are spliced into the metadata document as they are, not parsed again.
+    """
     arrays: dict[str, np.ndarray] = {f"param_{i}": p for i, p in enumerate(checkpoint.parameters)}
     arrays.update({f"opt_{k}": v for k, v in checkpoint.optimizer_state.items()})
     meta = {"format": FORMAT_VERSION, "round": checkpoint.round, **checkpoint.meta}
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    text = json.dumps(meta)
+    for key, value in (encoded_meta or {}).items():
+        if key in meta:
+            raise ValueError(f"checkpoint metadata {key!r} given both encoded and as a value")
+        text = f"{text[:-1]}, {json.dumps(key)}: {value}}}"
+    arrays["meta"] = np.frombuffer(text.encode(), dtype=np.uint8)
     atomic_write_npz(path, arrays)
 
 
@@ -108,8 +121,9 @@ def save_federation(
             round=round,
             parameters=parameters,
             optimizer_state=state_to_arrays(opt_state),
-            meta={"history": history.to_json(), **meta},
+            meta=meta,
         ),
+        encoded_meta={"history": history.to_json_text()},
     )
 
 

@@ -178,10 +178,10 @@ class Federation:
 
         The parameter list and optimizer state are never changed in place (each
         server step builds new ones), so the writer may read them while the
-        next round runs; the history's record list and the generator state are copied.
+        next round runs; the history's record list is copied (its encoded rounds are shared).
         """
         assert self._opt_state is not None, "saved before restore_or_init"
-        history = History(federation=self.history.federation, rounds=list(self.history.rounds))
+        history = self.history.copy()
         meta = {
             "partitions": self.pool.partitions.to_json(),
             "model_id": self.spec.model_id,

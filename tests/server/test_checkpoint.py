@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from orchard_server.checkpoint import (
 )
 from orchard_server.history import History
 from orchard_server.initial import seeded_parameters
+from orchard_server.records import EvaluateRecord, FitRecord, RoundRecord
 from orchard_server.strategy import SgdState, sgd
 
 
@@ -72,11 +75,36 @@ def test_seeded_init_is_deterministic_and_pytorch_like() -> None:
     assert not np.array_equal(a[0], seeded_parameters(MNIST_MLP, 6)[0])
 
 
+def evaluation(loss: float | None) -> EvaluateRecord:
+    return EvaluateRecord(
+        loss=loss, metrics={"a": 1.0}, num_examples=3, participants=(), dropped={}, duration_s=0.1
+    )
+
+
 def test_federation_state_round_trip(tmp_path: Path) -> None:
     params = seeded_parameters(MNIST_MLP, seed=2)
     optimizer = sgd(lr=1.0, momentum=0.9)
     _, state = optimizer.update([p * 0.5 for p in params], optimizer.init(params), params)
     history = History(federation="digits")
+    for rnd in (1, 2):
+        history.add_round(
+            RoundRecord(
+                round=rnd,
+                fit=FitRecord(
+                    selected=2,
+                    participants=(),
+                    dropped={"c": "left"},
+                    num_examples=0,
+                    metrics={},
+                    attempts=1,
+                    duration_s=0.5,
+                ),
+                evaluate=evaluation(math.nan if rnd == 2 else 0.5),
+                centralized=None,
+                duration_s=0.5,
+            )
+        )
+    history.to_json_text()  # the writer has encoded these rounds before: the cache is used
     path = tmp_path / "checkpoint.npz"
     save_federation(
         path,
@@ -90,7 +118,13 @@ def test_federation_state_round_trip(tmp_path: Path) -> None:
     assert resumed is not None
     assert (resumed.round, resumed.history, resumed.meta["partitions"]) == (
         4,
-        history,
+        History(
+            federation="digits",
+            rounds=[
+                history.rounds[0],
+                dataclasses.replace(history.rounds[1], evaluate=evaluation(None)),
+            ],
+        ),
         {"inst-a": 1},
     )
     assert isinstance(resumed.opt_state, SgdState) and isinstance(state, SgdState)
@@ -107,3 +141,11 @@ def test_a_checkpoint_with_an_unreadable_history_is_refused(tmp_path: Path) -> N
     save_checkpoint(path, Checkpoint(round=1, parameters=params, optimizer_state={}, meta=meta))
     with pytest.raises(CheckpointError, match=f"{path} lacks a usable history.*schema_version 9"):
         load_federation(path, MNIST_MLP, sgd())
+
+
+def test_metadata_given_both_encoded_and_as_a_value_is_refused(tmp_path: Path) -> None:
+    params = seeded_parameters(MNIST_MLP, seed=1)
+    checkpoint = Checkpoint(round=1, parameters=params, optimizer_state={}, meta={"history": {}})
+    with pytest.raises(ValueError, match="'history' given both encoded and as a value"):
+        save_checkpoint(tmp_path / "c.npz", checkpoint, encoded_meta={"history": "{}"})
+    assert not (tmp_path / "c.npz").exists()

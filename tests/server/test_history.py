@@ -209,3 +209,47 @@ def test_load_names_the_file(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(HistoryError, match=str(path)):
         History.load(path)
+
+
+@pytest.mark.parametrize("rounds", [[], [1], [1, 2, 5]])
+def test_the_file_text_is_exactly_indented_json_of_the_document(rounds: list[int]) -> None:
+    history = History(federation='quo"ted', rounds=[record(r, loss=math.nan) for r in rounds])
+    assert history.to_json_text() == json.dumps(history.to_json(), indent=2, allow_nan=False)
+
+
+def test_each_round_is_encoded_once_and_a_replaced_round_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import orchard_server.history as module
+
+    encoded: list[int] = []
+    real = module._encode
+
+    def counting(rec: RoundRecord) -> Any:
+        encoded.append(rec.round)
+        return real(rec)
+
+    monkeypatch.setattr(module, "_encode", counting)
+    history = History(federation="digits")
+    history.add_round(record(1))
+    history.add_round(record(2))
+    history.to_json_text()
+    snapshot = history.copy()  # what the writer gets: shares the cache
+    history.add_round(record(3))
+    snapshot.to_json_text()
+    history.to_json_text()
+    assert encoded == [1, 2, 3]
+    history.add_round(record(2, loss=0.125))  # a resumed run redoes round 2
+    data = json.loads(history.to_json_text())
+    assert encoded == [1, 2, 3, 2]
+    assert data["rounds"][1]["evaluate"]["loss"] == 0.125
+    # The snapshot taken before still holds, and writes, the record it had.
+    assert json.loads(snapshot.to_json_text())["rounds"][1]["evaluate"]["loss"] == 0.25
+    assert snapshot.rounds == [record(1), record(2)]
+
+
+def test_rounds_added_in_order_or_out_of_order_end_sorted() -> None:
+    history = History(federation="digits")
+    for rnd in (1, 3, 2, 4):
+        history.add_round(record(rnd))
+    assert [r.round for r in history.rounds] == [1, 2, 3, 4]
