@@ -359,7 +359,7 @@ class Federation:
                 fit = await self._send(TaskType.FIT, rnd, selected, config, fold)
             dropped.update(fit.dropped)
             if len(fit.results) >= select.min_fit_clients:
-                # Model-sized work: off the event loop, like the fold and the step.
+                # Model-sized work: off the event loop, like the step (and large folds).
                 aggregate = await asyncio.to_thread(aggregator.result)
                 del aggregator  # its float64 sums (two models) go before the server step
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 import numpy as np
@@ -139,3 +140,22 @@ def test_every_dropped_client_is_one_log_line_with_its_reason(
         "missed the round deadline "
         "of 0.3 s",
     ]
+
+
+@pytest.mark.parametrize("inline_bytes", [1 << 20, 0])
+def test_small_updates_fold_on_the_event_loop_and_large_ones_in_a_thread(
+    inline_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("orchard_server.fanout.INLINE_FOLD_BYTES", inline_bytes)
+    pool = Scripted({"a": 1.0, "b": 3.0})
+    aggregator = WeightedMean()
+    threads: set[int] = set()
+
+    def fold(arrays: NDArrays, num_examples: int) -> None:
+        threads.add(threading.get_ident())
+        aggregator.add(arrays, num_examples)
+
+    asyncio.run(fan_out(pool, task(), ["a", "b"], task_prefix="t", fold=fold))
+    assert aggregator.result()[0].tolist() == [2.0, 2.0]
+    on_loop = threads == {threading.get_ident()}  # asyncio.run's loop runs in this thread
+    assert on_loop is (inline_bytes > 0)
