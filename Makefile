@@ -79,8 +79,9 @@ test-main: $(BIN)/.ok
 test-mxnet: $(MXBIN)/.ok $(BIN)/.ok
 	ORCHARD_SERVER_PYTHON=$(abspath $(BIN)/python) $(MXBIN)/pytest tests/core tests/client_mxnet tests/contract $(PYTEST_ARGS)
 
-## bench: round cadence, server memory, serde and aggregation costs, and what a PyTorch
-## client adds to local training: one JSON line per case on stdout and in runs/bench.jsonl
+## bench: round cadence, server memory, the gRPC transport floor under them, serde and
+## aggregation costs, and what a PyTorch client adds to local training: one JSON line per
+## case on stdout and in runs/bench.jsonl
 ## (several minutes; docs/performance.md explains them)
 bench: $(BIN)/.ok
 	mkdir -p runs

@@ -44,6 +44,22 @@ SERVICE_NAME = serde.SERVICE_NAME
 MAX_MESSAGE_BYTES = 2 * serde.MAX_CHUNK_BYTES
 
 
+#: The gRPC server's channel arguments (also the transport benchmark's, ``benchmarks.transport``).
+GRPC_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+    # Room above the largest chunk (serde.MAX_CHUNK_BYTES), so an
+    # oversize chunk reaches serde and is refused with
+    # INVALID_ARGUMENT naming it, not cut by the transport.
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # No flow-control windows grown by bandwidth probing: with them every
+    # upload stream buffered megabytes in gRPC, about a model per client
+    # (docs/performance.md); fixed windows keep memory flat in clients.
+    ("grpc.http2.bdp_probe", 0),
+)
+
+
 class OrchardServer:
     """One server process hosting several federations."""
 
@@ -93,21 +109,7 @@ class OrchardServer:
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with port 0)."""
-        server = grpc.aio.server(
-            options=[
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                ("grpc.so_reuseport", 0),
-                # Room above the largest chunk (serde.MAX_CHUNK_BYTES), so an
-                # oversize chunk reaches serde and is refused with
-                # INVALID_ARGUMENT naming it, not cut by the transport.
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                # No flow-control windows grown by bandwidth probing: with them every
-                # upload stream buffered megabytes in gRPC, about a model per client
-                # (docs/performance.md); fixed windows keep memory flat in clients.
-                ("grpc.http2.bdp_probe", 0),
-            ]
-        )
+        server = grpc.aio.server(options=list(GRPC_SERVER_OPTIONS))
         add_to_server(
             FederationServicer(
                 self.hosted,

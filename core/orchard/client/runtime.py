@@ -115,13 +115,17 @@ class ClientSettings:
     max_chunk_bytes: int = serde.DEFAULT_CHUNK_BYTES
 
 
+#: A client channel's arguments (also the transport benchmark's, ``benchmarks.transport``).
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
 def make_channel(settings: ClientSettings) -> grpc.Channel:
     """A channel to the server, TLS unless ``insecure`` was asked for."""
-    options: list[tuple[str, Any]] = [
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-    ]
+    options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
     if settings.tls.insecure:
         log.warning("insecure channel to %s: traffic is NOT encrypted (asked for)", settings.server)
         return grpc.insecure_channel(settings.server, options=options)
