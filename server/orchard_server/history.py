@@ -157,19 +157,22 @@ def _round_from_json(data: object, index: int) -> RoundRecord:
 _INDENT = 2
 
 
+def _round_to_json(record: RoundRecord) -> dict[str, Any]:
+    value: dict[str, Any] = _strict(dataclasses.asdict(record))
+    return value
+
+
 class _Encoded(NamedTuple):
-    """One round record as strict JSON: the value and its indented text."""
+    """One round record's indented JSON text (only the text is kept: it is what is written)."""
 
     record: RoundRecord
-    value: dict[str, Any]
     #: ``json.dumps(value, indent=2)`` with every line indented to its place in the file.
     text: str
 
 
 def _encode(record: RoundRecord) -> _Encoded:
-    value = _strict(dataclasses.asdict(record))
-    text = json.dumps(value, indent=_INDENT, allow_nan=False)
-    return _Encoded(record, value, text.replace("\n", "\n" + " " * (2 * _INDENT)))
+    text = json.dumps(_round_to_json(record), indent=_INDENT, allow_nan=False)
+    return _Encoded(record, text.replace("\n", "\n" + " " * (2 * _INDENT)))
 
 
 #: round number -> that round's encoding (checked against the record's identity).
@@ -180,11 +183,13 @@ RoundCache = dict[int, _Encoded]
 class History:
     """The rounds of one federation, in round order.
 
-    ``cache`` holds each round's JSON once it was encoded. Records are frozen,
-    so an entry stays right for as long as its record is the one in
+    ``cache`` holds each round's JSON text once it was encoded. Records are
+    frozen, so an entry stays right for as long as its record is the one in
     ``rounds``; a replaced round (after a resume) is encoded again. Copies
-    made for the writer share the cache, which only the writer's thread
-    fills: a dict's single-key reads and writes are atomic under the GIL.
+    made for the writer share the cache. Whichever thread writes fills it
+    (the writer's, in a server): entries are checked against the record on
+    use, and a dict's single-key reads and writes are atomic under the GIL,
+    so two threads filling it at once only repeat work.
     """
 
     federation: str
@@ -214,14 +219,11 @@ class History:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        """The document written to ``history.json`` (strict JSON; see docs/history.md).
-
-        The round objects are the cached ones: read them, do not change them.
-        """
+        """The document written to ``history.json`` (strict JSON; see docs/history.md)."""
         return {
             "schema_version": SCHEMA_VERSION,
             "federation": self.federation,
-            "rounds": [e.value for e in self._encoded()],
+            "rounds": [_round_to_json(r) for r in self.rounds],
         }
 
     def to_json_text(self) -> str:
