@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.containers.conftest import federation, logreg_federation, server_config
-from tests.containers.stack import REPO, Stack, rounds_of
+from tests.containers.stack import REPO, Stack, docker, rounds_of
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -85,6 +85,20 @@ def test_offline_data_path_synth_import_then_a_run_labelled_synthetic(
     assert "client_mxnet-1 (SYNTHETIC data) joined" in server_logs
     assert "SYNTHETIC" in (carry / "SYNTHETIC-mnist.txt").read_text()
     assert "font" not in server_logs.lower()  # matplotlib's font cache stays quiet
+
+
+def test_down_removes_the_network_a_data_run_created(orchard_images: None) -> None:
+    """``run --rm data`` then ``down`` leaves nothing: the data tool uses the stack's network.
+
+    On the project's own default network it outlived every ``down`` (which
+    skips the ``tools`` profile), one per run, until Docker ran out of
+    address pools and every stack failed to start.
+    """
+    stack = Stack(project=f"orchardnetleak{os.getpid()}", env={})
+    with stack.running(setup=[]):
+        assert "orchard-data" in stack.compose("run", "--rm", "data", "--help")
+    label = f"label=com.docker.compose.project={stack.project}"
+    assert docker("network", "ls", "--filter", label, "--format", "{{.Name}}").strip() == ""
 
 
 def test_missing_data_fails_fast_with_the_reason_and_a_nonzero_status(
