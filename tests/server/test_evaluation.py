@@ -17,6 +17,7 @@ from orchard_server.evaluation import Send, centralized_evaluation, federated_ev
 from orchard_server.fanout import Fanout, fan_out
 from orchard_server.initial import seeded_parameters
 from orchard_server.pool import InMemoryClientPool
+from orchard_server.records import EvaluateRecord
 from orchard_server.strategy import UniformSampling
 
 SPEC = logreg_spec()
@@ -53,18 +54,33 @@ def sender(pool: InMemoryClientPool, configs: list[Config]) -> Send:
     return send
 
 
-def test_federated_evaluation_weights_the_clients() -> None:
-    pool, configs = pool_of(3), list[Config]()
-    record = asyncio.run(
+def evaluate_federated(
+    pool: InMemoryClientPool,
+    select: UniformSampling,
+    configs: list[Config],
+    config: Config | None = None,
+) -> EvaluateRecord | None:
+    """Round 1's federated evaluation of ``pool``; each task's config goes to ``configs``."""
+    return asyncio.run(
         federated_evaluation(
             1,
             pool=pool,
-            select=UniformSampling(min_evaluate_clients=3, min_available_clients=3),
+            select=select,
             rng=np.random.default_rng(0),
-            config={"batch_size": 8},
+            config=config or {},
             send=sender(pool, configs),
             label="1/1",
         )
+    )
+
+
+def test_federated_evaluation_weights_the_clients() -> None:
+    pool, configs = pool_of(3), list[Config]()
+    record = evaluate_federated(
+        pool,
+        UniformSampling(min_evaluate_clients=3, min_available_clients=3),
+        configs,
+        {"batch_size": 8},
     )
     assert record is not None and len(record.participants) == 3
     total = sum(p.num_examples for p in record.participants)
@@ -75,36 +91,16 @@ def test_federated_evaluation_weights_the_clients() -> None:
 
 
 def test_federated_evaluation_is_skipped_with_too_few_clients() -> None:
-    pool = pool_of(2)
-    rng = np.random.default_rng(0)
-    record = asyncio.run(
-        federated_evaluation(
-            1,
-            pool=pool,
-            select=UniformSampling(min_evaluate_clients=3),
-            rng=rng,
-            config={},
-            send=sender(pool, []),
-            label="1/1",
-        )
-    )
+    record = evaluate_federated(pool_of(2), UniformSampling(min_evaluate_clients=3), [])
     assert record is None
 
 
 def test_federated_evaluation_switched_off_sends_nothing_and_warns_of_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    pool, configs = pool_of(3), list[Config]()
-    record = asyncio.run(
-        federated_evaluation(
-            1,
-            pool=pool,
-            select=UniformSampling(fraction_evaluate=0.0, min_evaluate_clients=1),
-            rng=np.random.default_rng(0),
-            config={},
-            send=sender(pool, configs),
-            label="1/1",
-        )
+    configs = list[Config]()
+    record = evaluate_federated(
+        pool_of(3), UniformSampling(fraction_evaluate=0.0, min_evaluate_clients=1), configs
     )
     assert record is None and configs == []
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
