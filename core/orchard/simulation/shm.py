@@ -41,7 +41,7 @@ import mmap
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,7 @@ __all__ = [
     "layout_to_json",
     "plan",
     "probe",
+    "set_key",
 ]
 
 #: Every array starts at a multiple of this many bytes (cache lines, SIMD loads).
@@ -102,23 +103,25 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def plan(arrays: Sequence[NDArray]) -> tuple[list[Placement], int]:
-    """The placement of each array, packed in order at aligned offsets, and the bytes needed."""
+def _pack(tensors: Iterable[tuple[Sequence[int], Any]]) -> tuple[list[Placement], int]:
+    """(shape, dtype) pairs packed in order at aligned offsets, and the bytes needed."""
     placements = []
     offset = 0
-    for array in arrays:
-        place = Placement(np.dtype(array.dtype), tuple(int(s) for s in array.shape), offset)
+    for shape, dtype in tensors:
+        place = Placement(np.dtype(dtype), tuple(int(s) for s in shape), offset)
         placements.append(place)
         offset = _aligned(offset + place.nbytes)
     return placements, offset
 
 
+def plan(arrays: Sequence[NDArray]) -> tuple[list[Placement], int]:
+    """The placement of each array, packed in order at aligned offsets, and the bytes needed."""
+    return _pack((a.shape, a.dtype) for a in arrays)
+
+
 def capacity(tensors: Sequence[tuple[Sequence[int], str]]) -> int:
     """Bytes a segment needs for arrays of these (shape, dtype) packed by :func:`plan`."""
-    total = 0
-    for shape, dtype in tensors:
-        total = _aligned(total + math.prod(shape) * np.dtype(dtype).itemsize)
-    return total
+    return _pack(tensors)[1]
 
 
 def layout_to_json(placements: Sequence[Placement]) -> list[list[Any]]:
@@ -165,6 +168,15 @@ def _views(raw: NDArray, placements: Sequence[Placement]) -> NDArrays:
     return [raw[p.offset : p.offset + p.nbytes].view(p.dtype).reshape(p.shape) for p in placements]
 
 
+def _copy_in(
+    mapping: mmap.mmap, placements: Sequence[Placement], arrays: Sequence[NDArray]
+) -> None:
+    """Copy ``arrays`` into ``mapping`` where ``placements`` (from :func:`plan`) put them."""
+    raw = np.frombuffer(mapping, dtype=np.uint8)
+    for view, array in zip(_views(raw, placements), arrays, strict=True):
+        np.copyto(view, array, casting="no")
+
+
 _ids = itertools.count(1)
 
 
@@ -202,9 +214,7 @@ class Segment:
         placements, need = plan(arrays)
         if need > self.size:
             raise SegmentError(f"{need} bytes do not fit a {self.size}-byte segment")
-        raw = np.frombuffer(self.map, dtype=np.uint8)
-        for view, array in zip(_views(raw, placements), arrays, strict=True):
-            np.copyto(view, array, casting="no")
+        _copy_in(self.map, placements, arrays)
         return placements
 
     def close(self) -> bool:
@@ -230,6 +240,17 @@ def probe() -> tuple[Segment, dict[str, Any]] | None:
     segment = Segment(len(_PROBE), "probe")
     segment.map[: len(_PROBE)] = _PROBE
     return segment, {**segment.ref(), "pid": os.getpid()}
+
+
+def set_key(arrays: Sequence[NDArray]) -> tuple[int, ...]:
+    """The identity of a parameter set: its list and each of its arrays.
+
+    A round's tasks share one list of the same arrays, and the server never
+    changes them in place, so identity tells a new set from a seen one; the
+    caller keeps the set alive while it caches by this key, so no identity
+    is reused meanwhile.
+    """
+    return (id(arrays), *map(id, arrays))
 
 
 @dataclass(slots=True)
@@ -258,7 +279,7 @@ class Broadcast:
 
     def acquire(self, arrays: Sequence[NDArray]) -> tuple[tuple[int, ...], dict[str, Any]]:
         """The frame reference of ``arrays`` (written on first use); pair with :meth:`release`."""
-        key = (id(arrays), *map(id, arrays))
+        key = set_key(arrays)
         shared = self._sets.get(key)
         if shared is None:
             placements, need = plan(arrays)
@@ -479,9 +500,7 @@ class WorkerSegments:
             finally:
                 os.close(fd)
             self._results[sid] = mapping
-        raw = np.frombuffer(mapping, dtype=np.uint8)
-        for view, array in zip(_views(raw, placements), arrays, strict=True):
-            np.copyto(view, array, casting="no")
+        _copy_in(mapping, placements, arrays)
         return layout_to_json(placements)
 
     def close(self) -> None:

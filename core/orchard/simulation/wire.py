@@ -206,17 +206,23 @@ def job_frame(
     return encode(header, [*inline, *state])
 
 
+def _with_shared(arrays: NDArrays, parameters: NDArrays | None, n: int, what: str) -> NDArrays:
+    """A frame's arrays with its ``n`` parameters first, when those came in shared memory."""
+    if parameters is None:
+        return arrays
+    if len(parameters) != n:
+        raise ProtocolError(
+            f"the {what} has {n} parameter arrays, shared memory held {len(parameters)}"
+        )
+    return [*parameters, *arrays]
+
+
 def decode_job(frame: Frame, parameters: NDArrays | None = None) -> Job:
     """Inverse of :func:`job_frame`; ``parameters``: the task's, when in shared memory."""
     header, arrays = frame
     t = header["task"]
     n = int(header["params"])
-    if parameters is not None:
-        if len(parameters) != n:
-            raise ProtocolError(
-                f"the job has {n} parameter arrays, shared memory held {len(parameters)}"
-            )
-        arrays = [*parameters, *arrays]
+    arrays = _with_shared(arrays, parameters, n, "job")
     keys = header.get("state_keys")
     return Job(
         client_id=header["client_id"],
@@ -270,12 +276,7 @@ def decode_result(frame: Frame, parameters: NDArrays | None = None) -> JobResult
         raise ProtocolError(f"expected a result frame, got {header.get('op')!r}")
     r = header["result"]
     n = int(header["params"])
-    if parameters is not None:
-        if len(parameters) != n:
-            raise ProtocolError(
-                f"the result has {n} parameter arrays, shared memory held {len(parameters)}"
-            )
-        arrays = [*parameters, *arrays]
+    arrays = _with_shared(arrays, parameters, n, "result")
     keys = header.get("state_keys")
     return JobResult(
         result=Result(

@@ -148,7 +148,6 @@ class _Process:
         self.broadcast = broadcast
         loop = asyncio.get_running_loop()
         self._freed = asyncio.Event()
-
         self._waiting = False
 
         def freed() -> None:  # any thread: the server drops a result's arrays where it folds

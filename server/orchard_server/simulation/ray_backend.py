@@ -20,6 +20,7 @@ import dataclasses
 import logging
 from typing import Any
 
+from orchard.simulation import shm
 from orchard.simulation.job import Job, JobResult, WorkerRuntime
 from orchard.typing import NDArrays
 from orchard_server.simulation.backend import (
@@ -158,7 +159,7 @@ class RayBackend(Backend):
         as :class:`~orchard.simulation.shm.Broadcast` does; jobs in flight keep
         an older set's object alive through their own references.
         """
-        key = (id(parameters), *map(id, parameters))
+        key = shm.set_key(parameters)
         if self._shared is None or self._shared[0] != key:
             self._shared = (key, parameters, _ray().put(list(parameters)))
         return self._shared[2]
