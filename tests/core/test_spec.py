@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from orchard.models import CIFAR10_CNN, MNIST_CNN, MNIST_MLP, get_model_spec
-from orchard.spec import ModelSpec, SpecError, TensorSpec
+from orchard.spec import ModelSpec, SpecError, TensorSpec, all_finite
 
 SPEC = ModelSpec("m", (TensorSpec("w", (2, 3)), TensorSpec("b", (3,))))
 
@@ -68,3 +68,22 @@ def test_spec_construction_errors() -> None:
         ModelSpec("m", (TensorSpec("w", (1,)), TensorSpec("w", (2,))))
     with pytest.raises(SpecError, match="dtype 'complex64' is not supported"):
         TensorSpec("w", (1,), "complex64")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_all_finite_finds_a_bad_value_in_any_block(bad: float, dtype: str) -> None:
+    # Three blocks and a bit: the bad value goes first, mid-block, and last.
+    size = 3 * (1 << 18) + 5
+    for where in (0, (1 << 18) + 7, size - 1):
+        array = np.zeros(size, dtype=dtype)
+        assert all_finite(array)
+        array[where] = bad
+        assert not all_finite(array), (dtype, where)
+        assert not all_finite(array.reshape(-1, 1)[::-1]), "a non-contiguous view is checked too"
+
+
+def test_all_finite_passes_integers_and_empty_arrays() -> None:
+    assert all_finite(np.arange(10, dtype=np.int64))
+    assert all_finite(np.zeros(0, dtype=np.float32))
+    assert all_finite(np.ones((3, 4), dtype=bool))

@@ -35,6 +35,7 @@ from typing import Protocol, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from orchard.spec import all_finite
 from orchard.typing import Metrics, NDArray, NDArrays
 from orchard_server.strategy._checks import integer, real_in
 
@@ -129,7 +130,7 @@ class _Layout:
                         f"had {dtype}"
                     )
         for i, array in enumerate(arrays):
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
+            if not all_finite(array):
                 raise AggregationError(f"{label}: tensor {i} contains NaN or infinite values")
         # Only now, with the whole update accepted, does the layout change.
         self.shapes, self.dtypes = list(expected_shapes), list(expected_dtypes)

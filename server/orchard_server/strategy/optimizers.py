@@ -31,6 +31,7 @@ from typing import NamedTuple, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from orchard.spec import all_finite
 from orchard.typing import NDArray, NDArrays
 from orchard_server.strategy._checks import real_in
 
@@ -408,7 +409,7 @@ def state_from_arrays(
                     f"saved optimizer state '{field}.{i}' is {saved.dtype}{list(saved.shape)}, "
                     f"expected {slot.dtype}{list(slot.shape)}"
                 )
-            if not np.isfinite(saved).all():
+            if not all_finite(saved):
                 raise OptimizerError(f"saved optimizer state '{field}.{i}' is not finite")
             slots.append(_frozen(np.array(saved, copy=True)))
         fields[field] = tuple(slots)
