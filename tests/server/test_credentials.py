@@ -37,11 +37,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_secrets_are_hashed_with_salt_and_verified() -> None:
-    one, two = hash_secret("pw"), hash_secret("pw")
-    assert one != two and one.startswith("scrypt$") and "pw" not in one
-    assert verify_secret("pw", one) and verify_secret("pw", two)
-    assert not verify_secret("pW", one)
-    assert not verify_secret("pw", "scrypt$garbage") and not verify_secret("pw", "md5$x")
+    # A secret long enough that no base64 salt or hash contains it by chance
+    # ("pw" did: about 2% of hashes hold those two letters somewhere).
+    secret = "plain-text-secret"
+    one, two = hash_secret(secret), hash_secret(secret)
+    assert one != two and one.startswith("scrypt$") and secret not in one
+    assert verify_secret(secret, one) and verify_secret(secret, two)
+    assert not verify_secret("plain-text-secreT", one)
+    assert not verify_secret(secret, "scrypt$garbage") and not verify_secret(secret, "md5$x")
 
 
 def test_enroll_keeps_only_hashes_at_rest(
