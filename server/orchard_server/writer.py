@@ -12,10 +12,14 @@ the very last one before returning, so the last state is never lost.
 
 ``history.png`` is drawn at most every ``plot_interval`` seconds, the first
 time ``plot_interval`` after the writer is made, and always on the final
-flush: drawing costs matplotlib about 0.1 s of CPU (holding the GIL), more
-than a whole round of a small model, and its first import 1.7 s, which after
-round 1 slowed the next rounds several times over (measured with 2 clients
-of the MNIST CNN: rounds 2 to 5 took 0.19 to 0.34 s instead of 0.07 s).
+flush, by the process's plot helper (:class:`orchard_server.plot.Plotter`),
+from the ``history.json`` just written. Drawing costs matplotlib about 0.1 s
+of CPU, more than a whole round of a small model, and its first import
+1.7 s, which after round 1 slowed the next rounds several times over
+(measured with 2 clients of the MNIST CNN: rounds 2 to 5 took 0.19 to 0.34 s
+instead of 0.07 s); in the helper it holds neither the server's GIL nor its
+memory. A drawing that fails is logged and does not stop the federation:
+``history.json`` and the checkpoint are the record, the PNG a view of it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchard_server.history import History
-from orchard_server.plot import plot_history
+from orchard_server.plot import PlotError, shared_plotter
 
 log = logging.getLogger("orchard.server")
 
@@ -119,6 +123,11 @@ class StateWriter:
             self._plot(snapshot)
 
     def _plot(self, snapshot: Snapshot) -> None:
-        plot_history(snapshot.history, self.directory / "history.png", title=self.title)
+        """Draw ``history.png`` from the ``history.json`` of ``snapshot``, already on disk."""
+        png = self.directory / "history.png"
+        try:
+            shared_plotter().draw(self.directory / "history.json", png, title=self.title)
+        except PlotError as exc:
+            log.error("round %d: %s not drawn: %s", snapshot.round, png, exc)
         self._last_plot = time.monotonic()
         self._plotted_round = snapshot.round

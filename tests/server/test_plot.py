@@ -1,0 +1,141 @@
+"""history.png in the plot helper process: drawn, errors named, a dead or stuck helper replaced."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchard_server.history import History
+from orchard_server.plot import PlotError, Plotter
+from orchard_server.records import FitRecord, RoundRecord
+from orchard_server.writer import Snapshot, StateWriter
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _history(rounds: int) -> History:
+    fit = FitRecord(
+        selected=1,
+        participants=(),
+        dropped={},
+        num_examples=1,
+        metrics={"train_loss": 1.0 / rounds, "train_accuracy": 0.5},
+        attempts=1,
+        duration_s=0.1,
+    )
+    return History(
+        federation="f",
+        rounds=[
+            RoundRecord(round=r, fit=fit, evaluate=None, centralized=None, duration_s=0.1)
+            for r in range(1, rounds + 1)
+        ],
+    )
+
+
+@pytest.fixture
+def plotter() -> Iterator[Plotter]:
+    p = Plotter()
+    yield p
+    p.close()
+
+
+def test_the_helper_draws_history_json_into_a_png(tmp_path: Path, plotter: Plotter) -> None:
+    _history(3).save(tmp_path, plot=False)
+    plotter.draw(tmp_path / "history.json", tmp_path / "history.png", title="t")
+    assert (tmp_path / "history.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert plotter.pid is not None and plotter.pid != os.getpid()
+
+
+def test_a_missing_history_is_named_and_the_helper_goes_on(
+    tmp_path: Path, plotter: Plotter
+) -> None:
+    with pytest.raises(PlotError, match=r"nowhere\.json"):
+        plotter.draw(tmp_path / "nowhere.json", tmp_path / "a.png")
+    helper = plotter.pid
+    assert helper is not None
+    _history(2).save(tmp_path, plot=False)
+    plotter.draw(tmp_path / "history.json", tmp_path / "b.png")
+    assert (tmp_path / "b.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert plotter.pid == helper, "one bad request does not cost the helper"
+
+
+def test_a_killed_helper_is_replaced_at_the_next_drawing(tmp_path: Path, plotter: Plotter) -> None:
+    _history(2).save(tmp_path, plot=False)
+    plotter.draw(tmp_path / "history.json", tmp_path / "a.png")
+    first = plotter.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    plotter.draw(tmp_path / "history.json", tmp_path / "b.png")
+    assert (tmp_path / "b.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert plotter.pid not in (None, first)
+
+
+def test_a_helper_past_its_timeout_is_stopped_and_the_error_says_so(
+    tmp_path: Path, plotter: Plotter
+) -> None:
+    _history(2).save(tmp_path, plot=False)
+    plotter.timeout = 0.001  # less than importing matplotlib takes
+    with pytest.raises(PlotError, match="timed out"):
+        plotter.draw(tmp_path / "history.json", tmp_path / "a.png")
+    assert plotter.pid is None
+    plotter.timeout = 120.0
+    plotter.draw(tmp_path / "history.json", tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_a_closed_plotter_refuses_to_draw(tmp_path: Path) -> None:
+    plotter = Plotter()
+    plotter.close()
+    with pytest.raises(PlotError, match="closed"):
+        plotter.draw(tmp_path / "history.json", tmp_path / "a.png")
+
+
+def test_a_failed_drawing_is_logged_and_the_writer_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "history.png").mkdir()  # the PNG cannot be written over a directory
+    writer = StateWriter(tmp_path, plot_interval=3600.0)
+    writer.submit(Snapshot(1, _history(1), lambda: None))
+    with caplog.at_level(logging.ERROR, logger="orchard.server"):
+        writer.flush()  # draws, fails, and does not raise
+    assert "history.png not drawn" in caplog.text
+    writer.submit(Snapshot(2, _history(2), lambda: None))
+    writer.flush(plot=False)
+    assert writer.written_round == 2
+
+
+def test_the_server_process_never_imports_matplotlib(tmp_path: Path) -> None:
+    # A fresh interpreter: this test process may have imported matplotlib already.
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_plot import _history
+        from orchard_server.writer import Snapshot, StateWriter
+
+        writer = StateWriter(Path({str(tmp_path)!r}), plot_interval=0.0)
+        for rnd in (1, 2, 3):
+            writer.submit(Snapshot(rnd, _history(rnd), lambda: None))
+        writer.flush()
+        assert Path({str(tmp_path)!r}, "history.png").is_file()
+        assert "matplotlib" not in sys.modules, "drawn in the server process"
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+def test_a_helper_that_cannot_start_fails_the_drawing_with_its_exit_code(
+    tmp_path: Path, plotter: Plotter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("orchard_server.plot.HELPER_CODE", "import sys; sys.exit(3)")
+    with pytest.raises(PlotError, match="exited with code 3"):
+        plotter.draw(tmp_path / "history.json", tmp_path / "a.png")
