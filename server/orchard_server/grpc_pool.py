@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from orchard import serde
+from orchard.allocator import release_free_memory
 from orchard.messages import JoinInfo, LeaveNotice, Result, Role, Task
 from orchard.spec import SpecError
 from orchard.typing import NDArrays
@@ -53,22 +54,37 @@ class _Session:
     closed: deque[str] = field(default_factory=lambda: deque(maxlen=64))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class _Encoded:
-    """A parameter list and its chunk messages."""
+    """A parameter list's chunk messages, shared by every stream that sends them.
+
+    Each chunk is dropped as soon as no stream needs it any more: every stream
+    sending these chunks has written it (``progress``), and no open task that
+    still waits for its stream to start would need it (such a task needs them
+    all). A large model's encoding thus shrinks behind the slowest download
+    instead of living, whole, until it ends.
+    """
 
     parameters: NDArrays
     chunk_bytes: int
-    chunks: tuple[bytes, ...]
+    chunks: list[bytes | None]
+    #: task id -> how many chunks its stream has written.
+    progress: dict[str, int] = field(default_factory=dict)
+    #: Chunks before this index are dropped.
+    released: int = 0
 
     def matches(self, parameters: NDArrays, chunk_bytes: int) -> bool:
-        """Whether these are the chunks of that very list at that chunk size.
+        """Whether a new stream of that very list at that chunk size can use these chunks.
 
         Identity, not equality: the round loop never changes a parameter list
         in place (each server step builds a new one), and this object keeps
-        the list alive, so its identity cannot be reused meanwhile.
+        the list alive, so its identity cannot be reused meanwhile. Once a
+        chunk is dropped, a new stream (a task opened later) needs a new
+        encoding.
         """
-        return self.parameters is parameters and self.chunk_bytes == chunk_bytes
+        return (
+            self.parameters is parameters and self.chunk_bytes == chunk_bytes and not self.released
+        )
 
 
 class GrpcClientPool(ClientPool):
@@ -219,25 +235,63 @@ class GrpcClientPool(ClientPool):
                 self.events.transferred(self.federation, sent=_nbytes(task.parameters))
                 return task
 
-    async def encoded_chunks(self, parameters: NDArrays, chunk_bytes: int) -> tuple[bytes, ...]:
-        """The chunk messages of a task's parameters, encoded once and shared by every client.
+    async def start_sending(self, task: Task, chunk_bytes: int) -> _Encoded:
+        """The chunk messages of ``task``'s parameters, for the stream about to send them.
 
         Every task of a fan-out carries the same parameter list object, so the
-        first poll encodes it (in a worker thread: the event loop keeps
+        first stream encodes it (in a worker thread: the event loop keeps
         serving) and the others send the same bytes: one copy of the model
-        per round instead of two per client. The bytes are dropped as soon as
-        every open task has been sent in full (:meth:`task_sent`), or else
-        when no task is open any more (:meth:`run_task`): they never outlive
-        their round, and a large model's chunks are gone before its updates
-        arrive. A task sent again later (its client re-joined) is encoded again.
+        per round instead of two per client. The stream reports each chunk it
+        wrote (:meth:`chunk_sent`) and its end (:meth:`stop_sending`), and a
+        chunk is dropped once no stream needs it (:class:`_Encoded`). The
+        pool's own reference goes as soon as every open task has been sent in
+        full (:meth:`task_sent`), or else when no task is open any more
+        (:meth:`run_task`): the bytes never outlive their round, and a large
+        model's chunks are gone before its updates arrive. A task sent again
+        later (its client re-joined) is encoded again.
         """
         async with self._encoding:
             cached = self._encoded
-            if cached is None or not cached.matches(parameters, chunk_bytes):
+            if cached is None or not cached.matches(task.parameters, chunk_bytes):
                 self._encoded = None  # free the old bytes before encoding anew
-                chunks = await asyncio.to_thread(serde.encode_chunks, parameters, chunk_bytes)
-                cached = self._encoded = _Encoded(parameters, chunk_bytes, chunks)
-            return cached.chunks
+                chunks = await asyncio.to_thread(serde.encode_chunks, task.parameters, chunk_bytes)
+                cached = self._encoded = _Encoded(task.parameters, chunk_bytes, list(chunks))
+            cached.progress[task.task_id] = 0
+            return cached
+
+    def chunk_sent(self, encoded: _Encoded, task_id: str, sent: int) -> None:
+        """The stream of ``task_id`` has written ``sent`` of ``encoded``'s chunks."""
+        was = encoded.progress.get(task_id)
+        encoded.progress[task_id] = sent
+        if was == encoded.released:  # it may have been the last stream needing that chunk
+            self._release(encoded)
+
+    def stop_sending(self, encoded: _Encoded, task_id: str) -> None:
+        """The stream of ``task_id`` ended (sent in full, failed or aborted)."""
+        encoded.progress.pop(task_id, None)
+        self._release(encoded)
+        if not encoded.progress and encoded.released == len(encoded.chunks):
+            # The last stream of this encoding ended and its chunks are gone: give
+            # their pages back rather than keep them through the uploads
+            # (orchard.allocator; in a thread, as it takes milliseconds).
+            asyncio.get_running_loop().run_in_executor(None, release_free_memory)
+
+    def _release(self, encoded: _Encoded) -> None:
+        """Drop the chunks that every stream has written, unless a task still waits for all."""
+        for session in self._sessions.values():
+            for task_id, (task, _) in session.open.items():
+                if (
+                    task.parameters is encoded.parameters
+                    and task_id not in session.sent
+                    and task_id not in encoded.progress
+                ):
+                    return  # its stream has not started: it needs every chunk
+        floor = min(encoded.progress.values(), default=len(encoded.chunks))
+        if floor <= encoded.released:
+            return
+        for index in range(encoded.released, floor):
+            encoded.chunks[index] = None
+        encoded.released = floor
 
     def task_sent(self, client_id: str, task: Task, seconds: float) -> None:
         """The servicer wrote all of ``task`` to its client in ``seconds`` (the sending stage)."""

@@ -27,6 +27,7 @@ from orchard.messages import (
     Finished,
     Idle,
     Session,
+    Task,
     TaskType,
 )
 from orchard.spec import ModelSpec, SpecError, TensorSpec
@@ -179,22 +180,44 @@ class FederationServicer:
             else:
                 await context.write(serde.idle_to_proto(Idle(state=fed.state)))
             return
-        chunks = await hosted.pool.encoded_chunks(task.parameters, poll.max_chunk_bytes)
         # The chunks were encoded once for every client of the round (bytes pass
-        # the serializer untouched, see add_to_server).
+        # the serializer untouched, see add_to_server); each is dropped once
+        # every stream that needs it has written it.
+        encoded = await hosted.pool.start_sending(task, poll.max_chunk_bytes)
         sending = time.monotonic()
-        for message in (serde.task_header_to_proto(task), *chunks):
-            try:
-                async with asyncio.timeout(self._idle):
-                    await context.write(message)
-            except TimeoutError:
-                reason = (
-                    f"download stalled: the client read no message of task {task.task_id} "
-                    f"for {self._idle:g} s (stream_idle_timeout)"
-                )
-                hosted.pool.reject(poll.client_id, task.task_id, reason)
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
-        hosted.pool.task_sent(poll.client_id, task, time.monotonic() - sending)
+        try:
+            header = serde.task_header_to_proto(task)
+            await self._send(context, header, hosted.pool, poll.client_id, task)
+            for index in range(len(encoded.chunks)):
+                chunk = encoded.chunks[index]
+                if chunk is None:  # cannot happen: a chunk goes once every stream wrote it
+                    raise RuntimeError(f"chunk {index} of task {task.task_id} dropped unsent")
+                await self._send(context, chunk, hosted.pool, poll.client_id, task)
+                del chunk
+                hosted.pool.chunk_sent(encoded, task.task_id, index + 1)
+            hosted.pool.task_sent(poll.client_id, task, time.monotonic() - sending)
+        finally:
+            hosted.pool.stop_sending(encoded, task.task_id)
+
+    async def _send(
+        self,
+        context: Context,
+        message: object,
+        pool: GrpcClientPool,
+        client_id: str,
+        task: Task,
+    ) -> None:
+        """Write one message of ``task``'s stream, or fail the task if the client stops reading."""
+        try:
+            async with asyncio.timeout(self._idle):
+                await context.write(message)
+        except TimeoutError:
+            reason = (
+                f"download stalled: the client read no message of task {task.task_id} "
+                f"for {self._idle:g} s (stream_idle_timeout)"
+            )
+            pool.reject(client_id, task.task_id, reason)
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
 
     async def PushResult(
         self,

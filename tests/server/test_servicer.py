@@ -36,6 +36,7 @@ from orchard.messages import (
     LeaveNotice,
     Result,
     Role,
+    Session,
     Task,
     TaskPoll,
     TaskType,
@@ -455,9 +456,8 @@ def test_pull_task_codes(served: ServerThread) -> None:
     assert isinstance(got, Task) and got.task_id == task.task_id
 
 
-def test_the_shared_chunks_are_freed_once_every_open_task_is_sent(served: ServerThread) -> None:
-    # A large model's encoded chunks must not live on while its updates arrive:
-    # once both clients have their task in full, the pool lets the bytes go.
+def _two_open_tasks(served: ServerThread) -> tuple[list[Session], list[Task], NDArrays]:
+    """Two sessions with a fit task each, both carrying the same parameter list."""
     sessions = [
         serde.session_from_proto(
             served.stub.Join(serde.join_to_proto(join_info(instance_id=i)), timeout=10)
@@ -465,20 +465,67 @@ def test_the_shared_chunks_are_freed_once_every_open_task_is_sent(served: Server
         for i in ("inst-a", "inst-b")
     ]
     parameters = [np.zeros(t.shape, np.float32) for t in SPEC.tensors]
-    for s in sessions:
-        open_task(served, s.client_id, parameters)
-    chunk = serde.DEFAULT_CHUNK_BYTES
+    tasks = [open_task(served, s.client_id, parameters)[0] for s in sessions]
+    return sessions, tasks, parameters
 
-    def encoded() -> tuple[bytes, ...]:
-        return served.call(served.pool.encoded_chunks(parameters, chunk))
 
-    first = encoded()
-    assert encoded() is first  # shared while a task still waits to be sent
+def test_the_shared_chunks_are_freed_once_every_open_task_is_sent(
+    served: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A large model's encoded chunks must not live on while its updates arrive:
+    # once both clients have their task in full, the pool lets the bytes go,
+    # and hands the freed pages back to the kernel (once).
+    released = threading.Event()
+    calls: list[str] = []
+
+    def release() -> bool:
+        calls.append(threading.current_thread().name)
+        released.set()
+        return True
+
+    monkeypatch.setattr("orchard_server.grpc_pool.release_free_memory", release)
+    sessions, _, _ = _two_open_tasks(served)
+    pool = served.pool
     pull(served, sessions[0].client_id)
-    assert encoded() is first  # the second client has not had its task yet
+    cached = served.on_loop(lambda: pool._encoded)
+    assert cached is not None  # kept: the second client has not had its task yet
+    assert all(c is not None for c in cached.chunks), "its stream needs every chunk"
+    assert not calls
     pull(served, sessions[1].client_id)
-    again = encoded()  # every task sent: the cache was emptied, so this encodes anew
-    assert again is not first and again == first
+    assert served.on_loop(lambda: pool._encoded) is None
+    assert all(c is None for c in cached.chunks) and not cached.progress
+    assert released.wait(10)
+    assert len(calls) == 1 and calls[0] != served.thread.name, "in a thread, off the loop"
+
+
+def test_each_chunk_is_dropped_once_every_stream_that_needs_it_wrote_it(
+    served: ServerThread,
+) -> None:
+    _, (first, second), _ = _two_open_tasks(served)
+    pool = served.pool
+    chunk = 16  # bytes: several chunks per tensor
+    encoded = served.call(pool.start_sending(first, chunk))
+    count = len(encoded.chunks)
+    assert count >= 4
+    for sent in range(1, count + 1):  # the second task's stream has not started: all kept
+        served.on_loop(lambda sent=sent: pool.chunk_sent(encoded, first.task_id, sent))  # type: ignore[misc]
+    assert all(c is not None for c in encoded.chunks)
+    assert served.call(pool.start_sending(second, chunk)) is encoded, "shared, encoded once"
+    for sent in (1, 2):
+        served.on_loop(lambda sent=sent: pool.chunk_sent(encoded, second.task_id, sent))  # type: ignore[misc]
+    assert encoded.released == 2 and encoded.chunks[:2] == [None, None]
+    assert all(c is not None for c in encoded.chunks[2:]), "the second stream needs the rest"
+    # A task opened now needs every chunk: it gets an encoding of its own.
+    late = dataclasses.replace(first, task_id="t-late")
+    fresh = served.call(pool.start_sending(late, chunk))
+    assert fresh is not encoded and all(c is not None for c in fresh.chunks)
+    assert fresh.chunks[2:] == encoded.chunks[2:], "the same bytes"
+    served.on_loop(lambda: pool.stop_sending(fresh, late.task_id))
+    served.on_loop(lambda: pool.stop_sending(encoded, first.task_id))
+    assert encoded.released == 2, "the second stream still has chunks to write"
+    served.on_loop(lambda: pool.stop_sending(encoded, second.task_id))
+    # No stream left, but the second task was never sent in full: it still waits for all.
+    assert encoded.released == 2
 
 
 def test_leave_ends_the_session_and_an_unknown_one_gets_not_found(served: ServerThread) -> None:
