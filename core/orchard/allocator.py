@@ -17,10 +17,11 @@ The other side of keeping freed memory: what a round freed stays resident
 until the heap reuses it. :func:`release_free_memory` hands free heap pages
 back to the kernel (glibc's ``malloc_trim``, which also returns free pages in
 the middle of the heap, not only at its top). The server calls it once a
-round's encoded model is gone (:mod:`orchard_server.grpc_pool`): the next
-encoding then pays its page faults again (about 16 ms for 44.8 MB), and the
-server's memory while the updates arrive no longer holds a model's worth of
-freed chunks (measured in ``docs/performance.md``).
+round's encoded model is gone, for models of 32 MiB and more
+(:mod:`orchard_server.grpc_pool`): the next encoding then pays its page faults
+again (about 16 ms for 44.8 MB), and the server's memory while the updates
+arrive no longer holds a model's worth of freed chunks (measured in
+``docs/performance.md``). Smaller models keep their pages for the next round.
 
 Only glibc has ``mallopt`` and ``malloc_trim``; elsewhere (musl, macOS) both
 functions do nothing.

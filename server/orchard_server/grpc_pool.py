@@ -54,6 +54,13 @@ class _Session:
     closed: deque[str] = field(default_factory=lambda: deque(maxlen=64))
 
 
+#: A round's freed encoding of at least this many bytes is handed back to the
+#: kernel (:func:`orchard.allocator.release_free_memory`). Smaller ones stay for
+#: the next round's encoding: trimming and faulting the pages in again made
+#: rounds of 2 MNIST CNN clients (6.65 MB) slower (docs/performance.md).
+RELEASE_AFTER_BYTES = 32 << 20
+
+
 @dataclass(slots=True, eq=False)
 class _Encoded:
     """A parameter list's chunk messages, shared by every stream that sends them.
@@ -72,6 +79,11 @@ class _Encoded:
     progress: dict[str, int] = field(default_factory=dict)
     #: Chunks before this index are dropped.
     released: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the parameters these chunks carry."""
+        return sum(int(a.nbytes) for a in self.parameters)
 
     def matches(self, parameters: NDArrays, chunk_bytes: int) -> bool:
         """Whether a new stream of that very list at that chunk size can use these chunks.
@@ -270,7 +282,11 @@ class GrpcClientPool(ClientPool):
         """The stream of ``task_id`` ended (sent in full, failed or aborted)."""
         encoded.progress.pop(task_id, None)
         self._release(encoded)
-        if not encoded.progress and encoded.released == len(encoded.chunks):
+        if (
+            not encoded.progress
+            and encoded.released == len(encoded.chunks)
+            and encoded.nbytes >= RELEASE_AFTER_BYTES
+        ):
             # The last stream of this encoding ended and its chunks are gone: give
             # their pages back rather than keep them through the uploads
             # (orchard.allocator; in a thread, as it takes milliseconds).
