@@ -13,31 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from orchard_server.history import History
 from orchard_server.plot import PlotError, Plotter
-from orchard_server.records import FitRecord, RoundRecord
 from orchard_server.writer import Snapshot, StateWriter
+from tests.helpers.histories import short_history
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _history(rounds: int) -> History:
-    fit = FitRecord(
-        selected=1,
-        participants=(),
-        dropped={},
-        num_examples=1,
-        metrics={"train_loss": 1.0 / rounds, "train_accuracy": 0.5},
-        attempts=1,
-        duration_s=0.1,
-    )
-    return History(
-        federation="f",
-        rounds=[
-            RoundRecord(round=r, fit=fit, evaluate=None, centralized=None, duration_s=0.1)
-            for r in range(1, rounds + 1)
-        ],
-    )
 
 
 @pytest.fixture
@@ -48,7 +28,7 @@ def plotter() -> Iterator[Plotter]:
 
 
 def test_the_helper_draws_history_json_into_a_png(tmp_path: Path, plotter: Plotter) -> None:
-    _history(3).save(tmp_path, plot=False)
+    short_history(3).save(tmp_path, plot=False)
     plotter.draw(tmp_path / "history.json", tmp_path / "history.png", title="t")
     assert (tmp_path / "history.png").read_bytes().startswith(PNG_SIGNATURE)
     assert plotter.pid is not None and plotter.pid != os.getpid()
@@ -61,14 +41,14 @@ def test_a_missing_history_is_named_and_the_helper_goes_on(
         plotter.draw(tmp_path / "nowhere.json", tmp_path / "a.png")
     helper = plotter.pid
     assert helper is not None
-    _history(2).save(tmp_path, plot=False)
+    short_history(2).save(tmp_path, plot=False)
     plotter.draw(tmp_path / "history.json", tmp_path / "b.png")
     assert (tmp_path / "b.png").read_bytes().startswith(PNG_SIGNATURE)
     assert plotter.pid == helper, "one bad request does not cost the helper"
 
 
 def test_a_killed_helper_is_replaced_at_the_next_drawing(tmp_path: Path, plotter: Plotter) -> None:
-    _history(2).save(tmp_path, plot=False)
+    short_history(2).save(tmp_path, plot=False)
     plotter.draw(tmp_path / "history.json", tmp_path / "a.png")
     first = plotter.pid
     assert first is not None
@@ -81,7 +61,7 @@ def test_a_killed_helper_is_replaced_at_the_next_drawing(tmp_path: Path, plotter
 def test_a_helper_past_its_timeout_is_stopped_and_the_error_says_so(
     tmp_path: Path, plotter: Plotter
 ) -> None:
-    _history(2).save(tmp_path, plot=False)
+    short_history(2).save(tmp_path, plot=False)
     plotter.timeout = 0.001  # less than importing matplotlib takes
     with pytest.raises(PlotError, match="timed out"):
         plotter.draw(tmp_path / "history.json", tmp_path / "a.png")
@@ -103,11 +83,11 @@ def test_a_failed_drawing_is_logged_and_the_writer_goes_on(
 ) -> None:
     (tmp_path / "history.png").mkdir()  # the PNG cannot be written over a directory
     writer = StateWriter(tmp_path, plot_interval=3600.0)
-    writer.submit(Snapshot(1, _history(1), lambda: None))
+    writer.submit(Snapshot(1, short_history(1), lambda: None))
     with caplog.at_level(logging.ERROR, logger="orchard.server"):
         writer.flush()  # draws, fails, and does not raise
     assert "history.png not drawn" in caplog.text
-    writer.submit(Snapshot(2, _history(2), lambda: None))
+    writer.submit(Snapshot(2, short_history(2), lambda: None))
     writer.flush(plot=False)
     assert writer.written_round == 2
 
@@ -118,13 +98,13 @@ def test_the_server_process_never_imports_matplotlib(tmp_path: Path) -> None:
         f"""
         import sys
         from pathlib import Path
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_plot import _history
+        sys.path.insert(0, {str(Path(__file__).parents[2])!r})
+        from tests.helpers.histories import short_history
         from orchard_server.writer import Snapshot, StateWriter
 
         writer = StateWriter(Path({str(tmp_path)!r}), plot_interval=0.0)
         for rnd in (1, 2, 3):
-            writer.submit(Snapshot(rnd, _history(rnd), lambda: None))
+            writer.submit(Snapshot(rnd, short_history(rnd), lambda: None))
         writer.flush()
         assert Path({str(tmp_path)!r}, "history.png").is_file()
         assert "matplotlib" not in sys.modules, "drawn in the server process"

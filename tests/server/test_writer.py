@@ -8,28 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchard_server.history import History
-from orchard_server.records import FitRecord, RoundRecord
 from orchard_server.writer import Snapshot, StateWriter
-
-
-def _history(rounds: int) -> History:
-    fit = FitRecord(
-        selected=1,
-        participants=(),
-        dropped={},
-        num_examples=1,
-        metrics={"train_loss": 1.0 / rounds},
-        attempts=1,
-        duration_s=0.1,
-    )
-    return History(
-        federation="f",
-        rounds=[
-            RoundRecord(round=r, fit=fit, evaluate=None, centralized=None, duration_s=0.1)
-            for r in range(1, rounds + 1)
-        ],
-    )
+from tests.helpers.histories import short_history
 
 
 def test_flush_writes_the_last_snapshot_history_before_checkpoint(tmp_path: Path) -> None:
@@ -43,7 +23,7 @@ def test_flush_writes_the_last_snapshot_history_before_checkpoint(tmp_path: Path
         assert len(written["rounds"]) >= rnd
 
     for rnd in (1, 2, 3):
-        writer.submit(Snapshot(rnd, _history(rnd), lambda rnd=rnd: checkpoint(rnd)))  # type: ignore[misc]
+        writer.submit(Snapshot(rnd, short_history(rnd), lambda rnd=rnd: checkpoint(rnd)))  # type: ignore[misc]
     writer.flush()
     assert order[-1] == ("checkpoint", 3)
     assert writer.written_round == 3
@@ -61,10 +41,10 @@ def test_a_pending_snapshot_is_replaced_by_a_newer_one(tmp_path: Path) -> None:
         written.append(rnd)
 
     writer = StateWriter(tmp_path, plot_interval=3600.0)
-    writer.submit(Snapshot(1, _history(1), lambda: slow(1)))
+    writer.submit(Snapshot(1, short_history(1), lambda: slow(1)))
     assert started.wait(10)
-    writer.submit(Snapshot(2, _history(2), lambda: written.append(2)))
-    writer.submit(Snapshot(3, _history(3), lambda: written.append(3)))  # replaces round 2
+    writer.submit(Snapshot(2, short_history(2), lambda: written.append(2)))
+    writer.submit(Snapshot(3, short_history(3), lambda: written.append(3)))  # replaces round 2
     release.set()
     writer.flush(plot=False)
     assert written == [1, 3]
@@ -76,10 +56,10 @@ def test_a_failed_write_is_raised_to_the_round_loop_once(tmp_path: Path) -> None
     def broken() -> None:
         raise OSError("disk full")
 
-    writer.submit(Snapshot(1, _history(1), broken))
+    writer.submit(Snapshot(1, short_history(1), broken))
     with pytest.raises(RuntimeError, match="disk full"):
         writer.flush(plot=False)
-    writer.submit(Snapshot(2, _history(2), lambda: None))
+    writer.submit(Snapshot(2, short_history(2), lambda: None))
     writer.flush(plot=False)
     assert writer.written_round == 2
 
@@ -88,7 +68,7 @@ def test_the_first_plot_waits_for_the_interval_but_the_final_flush_draws(
     tmp_path: Path,
 ) -> None:
     writer = StateWriter(tmp_path, plot_interval=3600.0)
-    writer.submit(Snapshot(1, _history(1), lambda: None))
+    writer.submit(Snapshot(1, short_history(1), lambda: None))
     writer.flush(plot=False)
     assert (tmp_path / "history.json").is_file()
     assert not (tmp_path / "history.png").exists()  # round 1 does not pay matplotlib
