@@ -11,12 +11,14 @@ collector can filter one federation's or one client's events.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Mapping
-from typing import Final
+from typing import BinaryIO, Final
 
 from pythonjsonlogger.json import JsonFormatter
 
-__all__ = ["LOG_FORMATS", "configure_logging"]
+__all__ = ["LOG_FORMATS", "configure_logging", "take_stdout"]
 
 #: The values of ``--log-format``.
 LOG_FORMATS: Final = ("text", "json")
@@ -63,3 +65,16 @@ def configure_logging(
         )
     # Like basicConfig always did here: a process (or test) that set up logging keeps it.
     logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+def take_stdout() -> BinaryIO:
+    """This process's original stdout, for a line protocol; stdout itself now goes to stderr.
+
+    A helper process that answers its parent on stdout (a simulation worker,
+    the plot helper) must not let a ``print`` or a library's output corrupt a
+    reply: after this call, anything written to file descriptor 1 lands on
+    stderr, and only the returned stream reaches the parent's pipe.
+    """
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    return replies

@@ -19,6 +19,7 @@ import os
 import sys
 from typing import BinaryIO
 
+from orchard.logs import take_stdout
 from orchard.messages import Result
 from orchard.simulation.context import ClientFnError
 from orchard.simulation.job import JobResult, WorkerRuntime
@@ -117,9 +118,7 @@ def main() -> int:
         format="%(asctime)s %(levelname)s worker %(process)d %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    proto_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    return serve(sys.stdin.buffer, proto_out)
+    return serve(sys.stdin.buffer, take_stdout())
 
 
 if __name__ == "__main__":
