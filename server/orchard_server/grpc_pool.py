@@ -80,11 +80,6 @@ class _Encoded:
     #: Chunks before this index are dropped.
     released: int = 0
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the parameters these chunks carry."""
-        return sum(int(a.nbytes) for a in self.parameters)
-
     def matches(self, parameters: NDArrays, chunk_bytes: int) -> bool:
         """Whether a new stream of that very list at that chunk size can use these chunks.
 
@@ -285,7 +280,7 @@ class GrpcClientPool(ClientPool):
         if (
             not encoded.progress
             and encoded.released == len(encoded.chunks)
-            and encoded.nbytes >= RELEASE_AFTER_BYTES
+            and _nbytes(encoded.parameters) >= RELEASE_AFTER_BYTES
         ):
             # The last stream of this encoding ended and its chunks are gone: give
             # their pages back rather than keep them through the uploads

@@ -16,16 +16,14 @@ import atexit
 import contextlib
 import io
 import json
-import logging
-import os
 import select
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from orchard.logs import take_stdout
 from orchard_server.storage import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -88,9 +86,6 @@ def plot_history(history: History, path: Path, *, title: str = "") -> None:
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-log = logging.getLogger("orchard.server")
 
 
 class PlotError(RuntimeError):
@@ -190,15 +185,14 @@ class Plotter:
 
 
 def _read_line(stream: IO[bytes], timeout: float) -> bytes:
-    """One reply line (b"" when the helper closed its end), waiting at most ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        readable, _, _ = select.select([stream], [], [], remaining)
-        if readable:
-            return stream.readline()
+    """One reply line (b"" when the helper closed its end), waiting at most ``timeout`` s.
+
+    ``select`` itself resumes after a signal with the time left (PEP 475).
+    """
+    readable, _, _ = select.select([stream], [], [], timeout)
+    if not readable:
+        raise TimeoutError
+    return stream.readline()
 
 
 #: What the helper runs (``-c``: under ``-m`` this module would be imported twice,
@@ -237,6 +231,4 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> int:
 
 def main() -> int:
     """Entry point: the replies get stdout to themselves; anything printed goes to stderr."""
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    return serve(sys.stdin.buffer, replies)
+    return serve(sys.stdin.buffer, take_stdout())
