@@ -456,7 +456,7 @@ def test_pull_task_codes(served: ServerThread) -> None:
     assert isinstance(got, Task) and got.task_id == task.task_id
 
 
-def _two_open_tasks(served: ServerThread) -> tuple[list[Session], list[Task], NDArrays]:
+def _two_open_tasks(served: ServerThread) -> tuple[list[Session], list[Task]]:
     """Two sessions with a fit task each, both carrying the same parameter list."""
     sessions = [
         serde.session_from_proto(
@@ -466,7 +466,7 @@ def _two_open_tasks(served: ServerThread) -> tuple[list[Session], list[Task], ND
     ]
     parameters = [np.zeros(t.shape, np.float32) for t in SPEC.tensors]
     tasks = [open_task(served, s.client_id, parameters)[0] for s in sessions]
-    return sessions, tasks, parameters
+    return sessions, tasks
 
 
 @pytest.mark.parametrize("large", [True, False])
@@ -487,7 +487,7 @@ def test_the_shared_chunks_are_freed_once_every_open_task_is_sent(
         return True
 
     monkeypatch.setattr("orchard_server.grpc_pool.release_free_memory", release)
-    sessions, _, _ = _two_open_tasks(served)
+    sessions, _ = _two_open_tasks(served)
     pool = served.pool
     pull(served, sessions[0].client_id)
     cached = served.on_loop(lambda: pool._encoded)
@@ -508,7 +508,7 @@ def test_the_shared_chunks_are_freed_once_every_open_task_is_sent(
 def test_each_chunk_is_dropped_once_every_stream_that_needs_it_wrote_it(
     served: ServerThread,
 ) -> None:
-    _, (first, second), _ = _two_open_tasks(served)
+    _, (first, second) = _two_open_tasks(served)
     pool = served.pool
     chunk = 16  # bytes: several chunks per tensor
     encoded = served.call(pool.start_sending(first, chunk))
