@@ -48,6 +48,7 @@ from orchard_server.pool import ClientPool
 from orchard_server.records import FitRecord, RoundRecord, format_metrics
 from orchard_server.runs import archive_finished_run
 from orchard_server.strategy import (
+    Aggregator,
     State,
     Strategy,
     round_rng,
@@ -354,7 +355,7 @@ class Federation:
                 "seed": task_seed(self.config.seed, rnd),
             }
             aggregator = self.strategy.new_aggregator(self.parameters)
-            fold = functools.partial(_weighted_add, aggregator.add, self.pool.results.weight)
+            fold = functools.partial(_weighted_add, aggregator, self.pool.results.weight)
             with events.phase(name, rnd, Phase.TRAINING):
                 fit = await self._send(TaskType.FIT, rnd, selected, config, fold)
             dropped.update(fit.dropped)
@@ -474,7 +475,12 @@ class Federation:
 
 
 def _weighted_add(
-    add: Callable[[NDArrays, int], None], weight: Callable[[int], int], arrays: NDArrays, n: int
+    aggregator: Aggregator, weight: Callable[[int], int], arrays: NDArrays, n: int
 ) -> None:
-    """Fold an update into the aggregate with the federation's weight of its example count."""
-    add(arrays, weight(n))
+    """Fold an update into the aggregate with the federation's weight of its example count.
+
+    The values are not scanned again: the pool checked them where the result
+    entered (:meth:`.ClientPool.run_task` returns only results its
+    :class:`~orchard_server.results.ResultPolicy` accepted).
+    """
+    aggregator.add(arrays, weight(n), assume_finite=True)

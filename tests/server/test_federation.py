@@ -22,7 +22,7 @@ from orchard_server.config import FederationConfig
 from orchard_server.federation import Federation, task_seed
 from orchard_server.pool import InMemoryClientPool
 from orchard_server.records import RoundRecord
-from orchard_server.strategy import CoordinateMedian, Strategy, UniformSampling, sgd
+from orchard_server.strategy import CoordinateMedian, Strategy, UniformSampling, aggregate, sgd
 from tests.helpers.federations import logreg_config
 
 SPEC = logreg_spec()
@@ -96,6 +96,19 @@ def test_fedavg_learns_and_writes_history_and_checkpoint(tmp_path: Path) -> None
     assert train_losses[-1] < train_losses[0]
     assert (tmp_path / "blobs" / "history.png").exists()
     assert (tmp_path / "blobs" / "checkpoint.npz").exists()
+
+
+def test_each_update_is_scanned_for_nan_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pool checks every value where a result enters; the aggregator is told so.
+    def second_scan(array: np.ndarray) -> bool:
+        raise AssertionError("the aggregator scanned an update the pool had checked")
+
+    monkeypatch.setattr(aggregate, "all_finite", second_scan)
+    federation, _ = make(tmp_path, num_rounds=2, evaluate_every=0)
+    assert run(federation) is FederationState.FINISHED, federation.reason
+    assert len(federation.history.rounds) == 2
 
 
 def test_fedavg_round_is_the_weighted_mean_of_client_updates(tmp_path: Path) -> None:

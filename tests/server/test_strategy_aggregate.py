@@ -153,6 +153,22 @@ def test_bad_updates_are_refused_and_leave_the_aggregator_unchanged(
     assert [a.tolist() for a in aggregator.result()] == [[2.0], [3.0]]
 
 
+@pytest.mark.parametrize("factory", [WeightedMean, CoordinateMedian, lambda: TrimmedMean(0.1)])
+def test_assume_finite_skips_only_the_value_scan(factory: object) -> None:
+    aggregator = factory()  # type: ignore[operator]
+    aggregator.add([f32(2.0), f32(3.0)], 4, assume_finite=True)
+    # The caller vouched for the values: an infinity is not looked for...
+    aggregator.add([f32(2.0), f32(math.inf)], 4, assume_finite=True)
+    assert aggregator.count == 2
+    assert aggregator.result()[1].tolist() == [math.inf]
+    # ...but the layout still is, and nothing changes on a refusal.
+    with pytest.raises(AggregationError, match="tensor 1 has dtype float64"):
+        aggregator.add([f32(1.0), np.array([1.0])], 1, assume_finite=True)
+    with pytest.raises(AggregationError, match="update 3 has 1 tensors"):
+        aggregator.add([f32(1.0)], 1, assume_finite=True)
+    assert aggregator.count == 2
+
+
 def test_parameters_must_be_a_list() -> None:
     with pytest.raises(AggregationError, match="must be a list of numpy arrays"):
         WeightedMean().add(f32(1.0), 1)  # type: ignore[arg-type]

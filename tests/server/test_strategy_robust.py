@@ -106,6 +106,16 @@ def test_clipping_leaves_refusals_to_the_inner_aggregator() -> None:
         NormClipping(WeightedMean(), [np.zeros(2)], max_norm=0.0)
 
 
+def test_clipping_passes_assume_finite_to_the_inner_aggregator() -> None:
+    clipped = NormClipping(WeightedMean(), [np.zeros(2)], max_norm=1.0)
+    # Unclipped (the norm is not finite): the inner aggregator does not scan either.
+    clipped.add([np.array([np.inf, 0.0])], 1, assume_finite=True)
+    clipped.add([np.array([5.0, 0.0])], 1, assume_finite=True)  # clipped
+    assert clipped.count == 2 and clipped.clipped == 1
+    with pytest.raises(AggregationError, match="NaN"):
+        clipped.add([np.array([np.inf, 0.0])], 1)
+
+
 def test_named_and_composed_strategies_take_krum_and_clip_norm() -> None:
     assert make_strategy("krum").hyperparameters == {"num_malicious": 1, "num_selected": 1}
     multi = make_strategy("multikrum", {"num_malicious": 2})

@@ -17,7 +17,12 @@ Every aggregator checks each update before it touches any state: the same
 number of tensors, shapes and dtypes as the first update, numeric dtypes only,
 and finite values. A rejected update raises :class:`AggregationError` and leaves
 the aggregator as it was, so the round loop can count that client as failed
-and carry on.
+and carry on. A caller that has already refused non-finite values passes
+``assume_finite=True`` and the aggregator skips that scan (the layout is still
+checked): the round loop does, because every pool checks each result where it
+enters the server (:class:`~orchard_server.results.ResultPolicy`), and a
+second pass over a whole model per update was a quarter of a simulated
+round's time.
 
 Arithmetic is float64 whatever the tensors' dtype; results are cast back to
 each tensor's dtype, integer (and bool) tensors rounded half to even. The pure
@@ -57,8 +62,12 @@ class Aggregator(Protocol):
         """How many updates have been added."""
         ...
 
-    def add(self, arrays: NDArrays, num_examples: int) -> None:
-        """Fold in one client's parameters, trained on ``num_examples`` examples."""
+    def add(self, arrays: NDArrays, num_examples: int, *, assume_finite: bool = False) -> None:
+        """Fold in one client's parameters, trained on ``num_examples`` examples.
+
+        ``assume_finite``: the caller has already refused NaN and infinite
+        values, so they are not scanned for again.
+        """
         ...
 
     def result(self) -> NDArrays:
@@ -88,8 +97,11 @@ class _Layout:
         self.dtypes: list[np.dtype[np.generic]] = []
         self.count = 0
 
-    def check(self, arrays: NDArrays, num_examples: int) -> int:
-        """Validate one update (the ``count``-th); returns ``num_examples`` as an int."""
+    def check(self, arrays: NDArrays, num_examples: int, *, assume_finite: bool = False) -> int:
+        """Validate one update (the ``count``-th); returns ``num_examples`` as an int.
+
+        With ``assume_finite`` the values are not scanned (the caller did).
+        """
         label = f"update {self.count + 1}"
         weight = integer(num_examples, what=f"{label}: num_examples", error=AggregationError, low=0)
         if not isinstance(arrays, list | tuple):
@@ -130,7 +142,7 @@ class _Layout:
                         f"had {dtype}"
                     )
         for i, array in enumerate(arrays):
-            if not all_finite(array):
+            if not assume_finite and not all_finite(array):
                 raise AggregationError(f"{label}: tensor {i} contains NaN or infinite values")
         # Only now, with the whole update accepted, does the layout change.
         self.shapes, self.dtypes = list(expected_shapes), list(expected_dtypes)
@@ -204,10 +216,10 @@ class WeightedMean:
         """The sum of the ``num_examples`` of the updates added so far."""
         return self._total
 
-    def add(self, arrays: NDArrays, num_examples: int) -> None:
+    def add(self, arrays: NDArrays, num_examples: int, *, assume_finite: bool = False) -> None:
         """Fold one update into the running sums; ``arrays`` is not kept."""
         first = self._layout.count == 0
-        weight = self._layout.check(arrays, num_examples)
+        weight = self._layout.check(arrays, num_examples, assume_finite=assume_finite)
         if first:
             self._sums = [np.zeros(a.shape, dtype=np.float64) for a in arrays]
         w = float(weight)
@@ -243,9 +255,9 @@ class _StoredUpdates:
         """How many updates have been added."""
         return self._layout.count
 
-    def add(self, arrays: NDArrays, num_examples: int) -> None:
+    def add(self, arrays: NDArrays, num_examples: int, *, assume_finite: bool = False) -> None:
         """Store a copy of one update (the weight is checked but, by design, unused)."""
-        self._layout.check(arrays, num_examples)
+        self._layout.check(arrays, num_examples, assume_finite=assume_finite)
         # Copies: the caller may reuse its receive buffers once add() returns.
         self._updates.append([np.array(a, copy=True) for a in arrays])
 

@@ -172,10 +172,14 @@ class NormClipping:
             )
         )
 
-    def add(self, arrays: NDArrays, num_examples: int) -> None:
-        """Clip ``arrays``' update to ``max_norm`` and fold it into the inner aggregator."""
+    def add(self, arrays: NDArrays, num_examples: int, *, assume_finite: bool = False) -> None:
+        """Clip ``arrays``' update to ``max_norm`` and fold it into the inner aggregator.
+
+        ``assume_finite`` goes to the inner aggregator: clipping finite values
+        towards a finite reference keeps them finite.
+        """
         if not self._matches(arrays):
-            self.inner.add(arrays, num_examples)
+            self.inner.add(arrays, num_examples, assume_finite=assume_finite)
             return
         squared = 0.0
         for a, r in zip(arrays, self.reference, strict=True):
@@ -183,14 +187,14 @@ class NormClipping:
             squared += float(np.dot(diff.reshape(-1), diff.reshape(-1)))
         norm = math.sqrt(squared)
         if not math.isfinite(norm) or norm <= self.max_norm:
-            self.inner.add(arrays, num_examples)
+            self.inner.add(arrays, num_examples, assume_finite=assume_finite)
             return
         scale = self.max_norm / norm
         clipped = [
             _cast_back(r + (np.asarray(a, dtype=np.float64) - r) * scale, a.dtype)
             for a, r in zip(arrays, self.reference, strict=True)
         ]
-        self.inner.add(clipped, num_examples)
+        self.inner.add(clipped, num_examples, assume_finite=assume_finite)
         self.clipped += 1
 
     def result(self) -> NDArrays:
