@@ -3,11 +3,14 @@
 A result is the one thing a client puts into the federation's state: its
 parameters go into the aggregate, its example count into the weights, its
 loss and metrics into the history and the checkpoint. So every value is
-checked here, once, by both pools (gRPC and in-process) before the round loop
-sees it, and a bad one is refused with a message naming it (the servicer
-answers ``INVALID_ARGUMENT``) instead of failing the federation later:
+checked here, once, by every pool (gRPC, in-process, simulation) before the
+round loop sees it, and a bad one is refused with a message naming it (the
+servicer answers ``INVALID_ARGUMENT``) instead of failing the federation
+later; the aggregators are then told not to scan the values again:
 
-* parameters: the federation's model spec (names, shapes, dtypes), finite;
+* parameters: the federation's model spec (names, shapes, dtypes), finite
+  (a simulation's workers scan the values of their own results, in parallel,
+  and the simulation pool checks the rest here);
 * ``num_examples``: positive for a fit, and at most the federation's
   ``max_examples_per_client`` when results are weighted by their examples
   (one client reporting 10^15 examples would otherwise decide the average
@@ -87,14 +90,21 @@ class ResultPolicy:
             return min(num_examples, self.max_examples_per_client)
         return num_examples
 
-    def check(self, spec: ModelSpec, task: Task, result: Result) -> None:
+    def check(
+        self, spec: ModelSpec, task: Task, result: Result, *, values_checked: bool = False
+    ) -> None:
         """Raise :class:`InvalidResultError` (or :class:`SpecError` for the
-        parameters) unless ``result`` may enter the federation."""
+        parameters) unless ``result`` may enter the federation.
+
+        ``values_checked``: a simulation worker already found every parameter
+        value finite (:class:`~orchard.simulation.job.JobResult`), so only the
+        names, shapes and dtypes are checked here.
+        """
         if result.error:
             return
         fit = task.type is TaskType.FIT
         if fit:
-            _check_parameters(spec, result)
+            _check_parameters(spec, result, finite=not values_checked)
         low = 1 if fit else 0
         if result.num_examples < low:
             raise InvalidResultError(
@@ -113,13 +123,13 @@ class ResultPolicy:
         check_metrics(result.metrics)
 
 
-def _check_parameters(spec: ModelSpec, result: Result) -> None:
+def _check_parameters(spec: ModelSpec, result: Result, *, finite: bool) -> None:
     if result.names and tuple(result.names) != tuple(spec.names):
         for i, (want, got) in enumerate(zip(spec.names, result.names, strict=False)):
             if want != got:
                 raise SpecError(f"tensor #{i}: expected {want!r}, got {got!r}")
         raise SpecError(f"expected {len(spec.names)} tensors, got {len(result.names)}")
-    spec.validate(result.parameters)
+    spec.validate(result.parameters, require_finite=finite)
 
 
 def check_metrics(metrics: object) -> None:

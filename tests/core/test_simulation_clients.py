@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,36 @@ def test_the_worker_runtime_reports_a_failing_client_fn_as_a_failed_result() -> 
         Job(client_id="c", partition_id=0, num_partitions=1, role=Role.TRAINER, task=task)
     )
     assert "client_fn failed" in out.result.error and "tensorflow" in out.result.error
+
+
+def _fit_job(parameters: NDArrays) -> Job:
+    task = Task(
+        task_id="t",
+        type=TaskType.FIT,
+        round=1,
+        config={},
+        timeout=1.0,
+        names=tuple(MNIST_MLP.names),
+        parameters=parameters,
+    )
+    return Job(client_id="c", partition_id=0, num_partitions=1, role=Role.TRAINER, task=task)
+
+
+@pytest.mark.parametrize(
+    ("delta", "checked"), [(0.5, True), (float("nan"), False), (float("inf"), False)]
+)
+def test_the_worker_runtime_says_whether_a_result_passed_the_spec(
+    delta: float, checked: bool
+) -> None:
+    runtime = WorkerRuntime(
+        null_client, federation="f", model_spec=MNIST_MLP, node_config={"delta": delta}
+    )
+    zeros = [np.zeros(t.shape, dtype=t.dtype) for t in MNIST_MLP.tensors]
+    out = runtime.run(_fit_job(zeros))
+    assert out.result.error == "" and len(out.result.parameters) == len(zeros)
+    assert out.checked is checked
+    # A result of the wrong layout is not vouched for either (the driver names the problem).
+    assert runtime.run(_fit_job(zeros[:-1])).checked is False
+    evaluation = dataclasses.replace(_fit_job(zeros).task, type=TaskType.EVALUATE)
+    job = dataclasses.replace(_fit_job(zeros), task=evaluation)
+    assert runtime.run(job).checked is False  # no parameters to vouch for

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -66,9 +67,12 @@ def test_a_result_round_trips_and_keeps_none_state_none() -> None:
             parameters=[np.ones(3, dtype=np.float32)],
         ),
         seconds=1.25,
+        checked=True,
     )
     back = decode_result(read_frame(_bytes(result_frame(out))))
-    assert back.state is None and back.seconds == 1.25
+    assert back.state is None and back.seconds == 1.25 and back.checked is True
+    unchecked = dataclasses.replace(out, checked=False)
+    assert decode_result(read_frame(_bytes(result_frame(unchecked)))).checked is False
     assert back.result.loss is None and back.result.metrics == {"acc": 0.5}
     assert np.array_equal(back.result.parameters[0], np.ones(3, dtype=np.float32))
 

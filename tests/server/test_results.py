@@ -91,6 +91,21 @@ def test_good_results_pass_and_parameters_are_checked_against_the_spec() -> None
     policy.check(SPEC, task(), result(error="oom", num_examples=10**15))
 
 
+def test_values_checked_by_a_simulation_worker_are_not_scanned_again() -> None:
+    policy = ResultPolicy()
+    poisoned = [np.full(t.shape, np.nan, np.float32) for t in SPEC.tensors]
+    with pytest.raises(SpecError, match="NaN or infinite"):
+        policy.check(SPEC, task(), result(parameters=poisoned))
+    policy.check(SPEC, task(), result(parameters=poisoned), values_checked=True)
+    # The layout and every other value are still checked.
+    with pytest.raises(SpecError, match="expected shape"):
+        policy.check(
+            SPEC, task(), result(parameters=[np.zeros(1, np.float32)] * 2), values_checked=True
+        )
+    with pytest.raises(InvalidResultError, match="loss must be a finite number"):
+        policy.check(SPEC, task(), result(loss=math.nan), values_checked=True)
+
+
 def test_weighting_policies() -> None:
     examples = ResultPolicy(max_examples_per_client=100)
     capped = ResultPolicy(max_examples_per_client=100, example_weighting="capped")

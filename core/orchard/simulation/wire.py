@@ -261,6 +261,7 @@ def result_frame(
         "params": len(r.parameters),
         "state_keys": None if out.state is None else list(out.state),
         "seconds": out.seconds,
+        "checked": out.checked,
     }
     if result_layout is not None:
         header["result_layout"] = result_layout
@@ -291,4 +292,5 @@ def decode_result(frame: Frame, parameters: NDArrays | None = None) -> JobResult
         ),
         state=None if keys is None else dict(zip(keys, arrays[n:], strict=True)),
         seconds=float(header.get("seconds", 0.0)),
+        checked=header.get("checked") is True,
     )

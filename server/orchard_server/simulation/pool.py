@@ -153,7 +153,7 @@ class SimulationPool(ClientPool):
         if result.error:
             raise ClientDroppedError(client_id, f"task failed on the client: {result.error}")
         try:
-            self.results.check(self.spec, task, result)
+            self.results.check(self.spec, task, result, values_checked=out.checked)
         except (SpecError, InvalidResultError) as exc:
             raise ClientDroppedError(client_id, f"update rejected: {exc}") from None
         if self.keep_state and out.state is not None:

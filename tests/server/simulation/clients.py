@@ -47,6 +47,8 @@ class ProbeClient(NumPyClient):
         new = [
             p + np.asarray(rng.standard_normal(p.shape), dtype=p.dtype) * 0.01 for p in parameters
         ]
+        if behaviour == "nan":
+            new[-1].reshape(-1)[-1] = np.nan
         return new, 10 + ctx.partition_id, metrics
 
     def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:

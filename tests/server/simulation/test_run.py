@@ -88,6 +88,20 @@ def test_failing_and_crashing_clients_are_dropped_like_deployed_ones() -> None:
     assert len(second.fit.participants) == 3
 
 
+def test_a_virtual_clients_nan_update_is_refused_as_a_deployed_ones() -> None:
+    # The worker's scan finds it and leaves the verdict to the driver's full check.
+    fed = small_federation(min_fit_clients=3, num_rounds=1)
+    result = run_simulation(PROBE, 4, fed, workers=2, node_config={"partition_3": "nan"})
+    assert result.state is FederationState.FINISHED, result.reason
+    (record,) = result.history.rounds
+    assert len(record.fit.participants) == 3
+    ((name, reason),) = record.fit.dropped.items()
+    assert "virtual-3" in name
+    assert reason.startswith("update rejected: tensor ") and "1 of" in reason
+    assert reason.endswith("values are NaN or infinite")
+    assert all(np.isfinite(p).all() for p in result.parameters)
+
+
 def test_a_client_fn_that_is_not_importable_is_refused_early() -> None:
     from orchard.simulation.context import ClientFnError
 
