@@ -67,6 +67,31 @@ def test_weighted_mean_counts_and_totals() -> None:
     assert aggregator.result()[0].tolist() == [1.0]
 
 
+def test_equal_weights_fold_plain_sums_until_a_weight_differs() -> None:
+    aggregator = WeightedMean()
+    aggregator.add([f32(1.0, 8.0)], 600)
+    aggregator.add([f32(3.0, 0.0)], 600)
+    assert aggregator.result()[0].tolist() == [2.0, 4.0]  # (1 + 3) / 2, (8 + 0) / 2
+    # A different weight: the sums become weighted, and the result is the weighted mean.
+    aggregator.add([f32(5.0, 2.0)], 1200)
+    # (600 * 1 + 600 * 3 + 1200 * 5) / 2400 = 3.5 ; (600 * 8 + 1200 * 2) / 2400 = 3.0
+    assert aggregator.result()[0].tolist() == [3.5, 3.0]
+    aggregator.add([f32(9.0, 9.0)], 600)
+    expected = f32((600 + 1800 + 6000 + 5400) / 3000, (4800 + 2400 + 5400) / 3000)
+    np.testing.assert_array_equal(aggregator.result()[0], expected)
+    assert aggregator.total_examples == 3000
+
+
+def test_a_first_update_of_weight_zero_weighs_nothing_once_others_come() -> None:
+    aggregator = WeightedMean()
+    aggregator.add([f32(100.0)], 0)
+    aggregator.add([f32(100.0)], 0)
+    with pytest.raises(AggregationError, match="num_examples=0"):
+        aggregator.result()
+    aggregator.add([f32(2.0)], 4)
+    assert aggregator.result()[0].tolist() == [2.0]
+
+
 def test_weighted_mean_does_not_keep_the_update_arrays() -> None:
     update = [f32(2.0, 4.0)]
     aggregator = WeightedMean()
@@ -94,7 +119,12 @@ def test_incremental_weighted_mean_equals_the_batch_formula(
         label="updates",
     )
     weights = data.draw(
-        st.lists(st.integers(1, 10_000), min_size=num_clients, max_size=num_clients),
+        st.one_of(
+            st.lists(st.integers(1, 10_000), min_size=num_clients, max_size=num_clients),
+            # One weight for all (plain sums), or runs of one that later change.
+            st.integers(1, 10_000).map(lambda w: [w] * num_clients),
+            st.lists(st.sampled_from([3, 600]), min_size=num_clients, max_size=num_clients),
+        ),
         label="weights",
     )
     results = [([a], w) for a, w in zip(arrays, weights, strict=True)]
