@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import io
 import json
+import os
 import select
 import subprocess
 import sys
@@ -230,5 +231,14 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> int:
 
 
 def main() -> int:
-    """Entry point: the replies get stdout to themselves; anything printed goes to stderr."""
-    return serve(sys.stdin.buffer, take_stdout())
+    """Entry point: the replies get stdout to themselves; anything printed goes to stderr.
+
+    A server killed while its drawing runs leaves nobody to read the reply:
+    the helper then ends quietly (status 0), instead of printing a broken
+    pipe's traceback into the server's log, where it would read as the
+    server's own failure.
+    """
+    try:
+        return serve(sys.stdin.buffer, take_stdout())
+    except BrokenPipeError:
+        os._exit(0)  # not sys.exit: closing the reply stream would flush it into the pipe again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchard_server.plot import PlotError, Plotter
+from orchard_server.plot import HELPER_CODE, PlotError, Plotter
 from orchard_server.writer import Snapshot, StateWriter
 from tests.helpers.histories import short_history
 
@@ -119,3 +120,24 @@ def test_a_helper_that_cannot_start_fails_the_drawing_with_its_exit_code(
     monkeypatch.setattr("orchard_server.plot.HELPER_CODE", "import sys; sys.exit(3)")
     with pytest.raises(PlotError, match="exited with code 3"):
         plotter.draw(tmp_path / "history.json", tmp_path / "a.png")
+
+
+def test_a_helper_whose_server_is_gone_ends_quietly(tmp_path: Path) -> None:
+    # The server SIGKILLed mid-drawing: the reply has nobody to go to. The helper
+    # must end at once and cleanly, not print a traceback into the server's log.
+    short_history(2).save(tmp_path, plot=False)
+    helper = subprocess.Popen(
+        [sys.executable, "-c", HELPER_CODE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert helper.stdin is not None and helper.stdout is not None
+    helper.stdout.close()  # the reading end is gone, as when the server dies
+    request = {"history": str(tmp_path / "history.json"), "png": str(tmp_path / "a.png")}
+    helper.stdin.write(json.dumps(request).encode() + b"\n")
+    helper.stdin.flush()
+    _, stderr = helper.communicate(timeout=120)
+    assert (tmp_path / "a.png").read_bytes().startswith(PNG_SIGNATURE)  # it drew, then found no one
+    assert b"BrokenPipeError" not in stderr and b"Traceback" not in stderr, stderr.decode()
+    assert helper.returncode == 0
