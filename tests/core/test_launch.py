@@ -173,6 +173,40 @@ def test_a_server_that_never_becomes_healthy_is_reported_within_the_bound(
     assert _gone(hung.pid)
 
 
+def test_start_server_returns_as_soon_as_a_slow_server_serves(tmp_path: Path) -> None:
+    # A "server" that starts serving gRPC health 1.3 s after it was launched, and
+    # writes down when. With gRPC's default reconnect backoff the launcher's checks
+    # came at about 0, 1 and 2.6 s, so it returned 0.8 s or more after the server
+    # served (0.4 to 2.2 s measured with real servers); now it must see it at once.
+    port = free_port()
+    served_at = tmp_path / "served_at"
+    serve_at = time.monotonic() + 1.3
+    fake = tmp_path / "slow-python"
+    fake.write_text(
+        f"""#!{sys.executable}
+import time
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+time.sleep(max(0.0, {serve_at!r} - time.monotonic()))
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+server.add_insecure_port("127.0.0.1:{port}")
+server.start()
+open({str(served_at)!r}, "w").write(repr(time.monotonic()))
+time.sleep(300)
+"""
+    )
+    fake.chmod(0o755)
+    with Launcher(tmp_path, stop_timeout=5.0) as launcher:
+        launcher.start_server(
+            _config(clients=1, address=f"127.0.0.1:{port}", insecure=True), python=str(fake)
+        )
+        returned = time.monotonic()
+    late = returned - float(served_at.read_text())
+    assert late < 0.5, f"start_server returned {late:.2f} s after the server was serving"
+
+
 def test_a_server_that_exits_at_start_is_reported_with_its_exit_status_and_log(
     tmp_path: Path,
 ) -> None:
