@@ -347,17 +347,19 @@ class Launcher:
                         logs=proc.tail(),
                     )
                 try:
-                    # Waits up to a poll for a connection, so it answers as soon as one is made.
+                    # Waits (up to 1 s, then the loop looks at the process again) for a
+                    # connection, and answers as soon as there is one; the 1 s also bounds
+                    # the answer of a server too busy to reply at once, as before.
                     reply = stub.Check(
                         health_pb2.HealthCheckRequest(service=""),
-                        timeout=_POLL_S,
+                        timeout=1.0,
                         wait_for_ready=True,
                     )
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 except grpc.RpcError as exc:
                     if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
-                        continue  # the call waited its poll already
+                        continue  # the call has waited already
                 time.sleep(_POLL_S)
         raise LaunchError(
             f"{proc.name} not healthy after {timeout:g} s (gRPC health on {server.address})",
