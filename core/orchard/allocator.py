@@ -23,6 +23,19 @@ again (about 16 ms for 44.8 MB), and the server's memory while the updates
 arrive no longer holds a model's worth of freed chunks (measured in
 ``docs/performance.md``). Smaller models keep their pages for the next round.
 
+The server also keeps to one malloc arena (``tune_allocator(arenas=1)``).
+glibc gives every thread that allocates an arena of its own, up to eight per
+core, and each arena keeps the memory freed in it for its own next
+allocations: gRPC's threads receiving megabyte messages, the thread that
+encodes the round's model and those that fold large updates each held a
+model's worth of freed blocks that no other thread could reuse. Measured
+with ``python -m benchmarks --suite rounds --round-cases 11.2m:8,11.2m:32``
+(``docs/performance.md``, item 13): the server's peak fell from baseline
++ 8.0 to + 8.5 models to + 5.1 to + 5.7, at the same round times. A
+``MALLOC_ARENA_MAX`` set in the environment is the operator's choice and is
+left as it is. Clients keep glibc's arenas: a training framework's threads
+allocate concurrently, and their speed was not measured with one arena.
+
 Only glibc has ``mallopt`` and ``malloc_trim``; elsewhere (musl, macOS) both
 functions do nothing.
 """
@@ -33,9 +46,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import os
 
-#: ``M_TRIM_THRESHOLD`` and ``M_MMAP_THRESHOLD`` from glibc's ``malloc.h``.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: ``M_TRIM_THRESHOLD``, ``M_MMAP_THRESHOLD`` and ``M_ARENA_MAX`` from glibc's ``malloc.h``.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 #: glibc's largest mmap threshold on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``).
 MMAP_THRESHOLD = 32 << 20
 #: Free heap memory above this is returned to the kernel (a large model's chunks stay below).
@@ -54,8 +68,16 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def tune_allocator() -> bool:
-    """Apply the thresholds above; True when glibc accepted both."""
+def tune_allocator(*, arenas: int | None = None) -> bool:
+    """Apply the thresholds above; True when glibc accepted every setting.
+
+    ``arenas``: at most this many malloc arenas (the server passes 1, see the
+    module docstring), unless ``MALLOC_ARENA_MAX`` is set in the environment.
+    Call it before the process starts threads: a thread that has allocated
+    keeps the arena it has.
+    """
+    if arenas is not None and arenas < 1:
+        raise ValueError(f"arenas must be >= 1, got {arenas}")
     libc = _libc()
     if libc is None:
         return False
@@ -63,10 +85,13 @@ def tune_allocator() -> bool:
         mallopt = libc.mallopt
         mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
         mallopt.restype = ctypes.c_int
-        return bool(
+        accepted = bool(
             mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
             and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
         )
+        if arenas is not None and "MALLOC_ARENA_MAX" not in os.environ:
+            accepted = bool(mallopt(_M_ARENA_MAX, arenas)) and accepted
+        return accepted
     return False
 
 

@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["enroll"]:
         return enroll_main(argv[1:])
     args = build_parser().parse_args(argv)
-    tune_allocator()  # megabyte chunks without a page fault per byte (orchard.allocator)
+    # Megabyte chunks without a page fault per byte, and one malloc arena, so a
+    # thread's freed chunks serve the others (orchard.allocator). Before any thread.
+    tune_allocator(arenas=1)
     configure_logging(args.log_level, args.log_format)
     # Third-party chatter (matplotlib's font cache, PIL's plugins) is not the
     # server's news: warnings only, whatever the server's own level.
