@@ -198,7 +198,7 @@ class ServerConfig:
     #: Results assembled or awaiting their fold at once; bounds server memory to
     #: this many model copies (orchard_server.uploads). Two keep the event loop
     #: reading one while the other is folded: 4 was no faster and used more
-    #: memory (docs/performance.md).
+    #: memory; 1 holds one model less at 3 to 11% slower rounds (docs/performance.md).
     max_concurrent_uploads: int = 2
     #: Bytes of such results held at once (one is always admitted, however
     #: large): a 1 GiB model's updates come one at a time.
