@@ -22,6 +22,7 @@ from orchard_server.strategy import (
     weighted_average_metrics,
     weighted_mean,
 )
+from orchard_server.strategy.aggregate import FLOAT64_BLOCK
 
 
 def f32(*values: float) -> np.ndarray:
@@ -99,6 +100,31 @@ def test_weighted_mean_does_not_keep_the_update_arrays() -> None:
     update[0][:] = 1000.0  # the caller reuses its receive buffer
     aggregator.add([f32(4.0, 6.0)], 1)
     assert aggregator.result()[0].tolist() == [3.0, 5.0]
+
+
+def test_fold_and_mean_are_exact_across_blocks() -> None:
+    # Tensors of two whole blocks and a partial one: every element is folded once,
+    # in place, with the same float64 arithmetic as the whole-tensor expression.
+    size = 2 * FLOAT64_BLOCK + 7
+    rng = np.random.default_rng(5)
+    updates: list[NDArrays] = [
+        [rng.standard_normal(size, dtype=np.float32), rng.integers(-50, 50, size)] for _ in range(3)
+    ]
+    weights = [3, 600, 41]
+    aggregator = WeightedMean()
+    for update, weight in zip(updates, weights, strict=True):
+        aggregator.add(update, weight)
+    got = aggregator.result()
+
+    total = sum(weights)
+    for index, dtype in enumerate((np.float32, np.int64)):
+        sums = np.zeros(size)
+        for update, weight in zip(updates, weights, strict=True):
+            sums = sums + np.float64(weight) * update[index].astype(np.float64)
+        mean = sums / total
+        expected = (mean if dtype == np.float32 else np.rint(mean)).astype(dtype)
+        assert got[index].dtype == dtype
+        np.testing.assert_array_equal(got[index], expected)
 
 
 @settings(max_examples=60, deadline=None)

@@ -30,6 +30,7 @@ from orchard_server.strategy import (
     state_to_arrays,
     yogi,
 )
+from orchard_server.strategy.aggregate import FLOAT64_BLOCK
 
 
 def one(value: float) -> NDArrays:
@@ -80,6 +81,23 @@ def test_fedavgm_with_a_server_learning_rate() -> None:
     assert run(sgd(lr=0.5, momentum=0.9), 1.0, [2.5, 2.0 - 2.25]) == pytest.approx(
         [2.25, 3.25], rel=1e-15
     )
+
+
+def test_sgd_step_is_exact_across_blocks() -> None:
+    # A float32 tensor of two whole blocks and a partial one: the block-by-block
+    # step equals the whole-tensor expression in every element.
+    size = 2 * FLOAT64_BLOCK + 7
+    rng = np.random.default_rng(6)
+    params: NDArrays = [rng.standard_normal(size, dtype=np.float32)]
+    aggregate: NDArrays = [rng.standard_normal(size, dtype=np.float32)]
+    optimizer = sgd(lr=0.3)
+    grad = pseudo_gradient(params, aggregate)
+    new, _ = optimizer.update(grad, optimizer.init(params), params)
+    expected = (params[0].astype(np.float64) - 0.3 * np.asarray(grad[0], np.float64)).astype(
+        np.float32
+    )
+    assert new[0].dtype == np.float32
+    np.testing.assert_array_equal(new[0], expected)
 
 
 # --------------------------------------------------------------------------- adaptive

@@ -34,6 +34,7 @@ import numpy.typing as npt
 from orchard.spec import all_finite
 from orchard.typing import NDArray, NDArrays
 from orchard_server.strategy._checks import real_in
+from orchard_server.strategy.aggregate import FLOAT64_BLOCK
 
 
 class OptimizerError(ValueError):
@@ -161,10 +162,6 @@ def _check_slots(params: NDArrays, slots: Slots, what: str) -> None:
             )
 
 
-#: Elements per block of the blockwise SGD step (8 MiB of float64).
-_BLOCK = 1 << 20
-
-
 def _sgd_step(param: NDArray, direction: F64, lr: float) -> NDArray:
     """``_cast(param.astype(float64) - lr * direction, param.dtype)``, block by block.
 
@@ -173,8 +170,8 @@ def _sgd_step(param: NDArray, direction: F64, lr: float) -> NDArray:
     """
     out = np.empty(param.shape, dtype=param.dtype)
     flat_out, flat_p, flat_d = out.reshape(-1), param.reshape(-1), direction.reshape(-1)
-    for start in range(0, flat_p.size, _BLOCK):
-        stop = min(start + _BLOCK, flat_p.size)
+    for start in range(0, flat_p.size, FLOAT64_BLOCK):
+        stop = min(start + FLOAT64_BLOCK, flat_p.size)
         flat_out[start:stop] = flat_p[start:stop].astype(np.float64) - lr * flat_d[start:stop]
     return out
 
