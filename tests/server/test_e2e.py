@@ -216,16 +216,18 @@ def test_server_sigkill_mid_run_resumes_to_the_same_model(cluster_factory: Any) 
     run = cluster_factory({"blobs": fed}, "crash")
     run.start_server("server-1")
     clients = [run.client("blobs", f"client-{i}", "--fit-seconds", "1.0") for i in range(2)]
-    # The history is written before the checkpoint (by a background writer that
-    # does not hold rounds back): kill once a round is recorded, well before the end.
-    history = run.state_dir / "blobs" / "history.json"
+    # The background writer (which does not hold rounds back) writes the history
+    # before the checkpoint, and only the checkpoint is resumed from: kill once a
+    # round's checkpoint is on disk, well before the end. (Waiting for the history
+    # alone killed the server between the two writes once: it then started anew.)
+    checkpoint = run.state_dir / "blobs" / "checkpoint.npz"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if history.exists() and len(read_history(run.state_dir, "blobs")["rounds"]) >= 1:
+        if checkpoint.exists():
             break
         time.sleep(0.05)
     else:
-        raise AssertionError(f"no history after round 1\n{run.logs()}")
+        raise AssertionError(f"no checkpoint after round 1\n{run.logs()}")
     assert run.server is not None
     run.server.send_signal(signal.SIGKILL)
     run.server.wait(10)
