@@ -64,9 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"federation {federation.name!r}: {result.state.value}: {result.reason}")
         if result.directory is not None:
-            print(f"history: {result.directory / 'history.json'}")
-            if args.plot:
-                plot_history(result.history, result.directory / "plot.png")
+            history = result.directory / "history.json"
+            if history.is_file():
+                print(f"history: {history}")
+                if args.plot:
+                    plot_history(result.history, result.directory / "plot.png")
+            else:  # the writer records rounds: a run that completed none has no history
+                print("history: none written (no round completed)")
         if result.state is not FederationState.FINISHED:
             code = 1
     return code

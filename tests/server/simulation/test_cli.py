@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from orchard_server.simulation.cli import main
+from tests.server.simulation.conftest import PROBE
 
 SIM = """
 [federations.null]
@@ -45,3 +46,20 @@ def test_a_worker_that_cannot_start_exits_2(tmp_path: Path, capsys) -> None:  # 
     path.write_text(SIM.replace("null_client", "no_such_client"))
     assert main(["--config", str(path), "--state-dir", str(tmp_path)]) == 2
     assert "no attribute 'no_such_client'" in capsys.readouterr().err
+
+
+def test_a_run_that_completes_no_round_says_it_wrote_no_history(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "sim.toml"
+    failing = "".join(f'partition_{i} = "raise"\n' for i in range(5))
+    path.write_text(
+        SIM.replace("orchard.simulation.clients:null_client", PROBE)
+        + "\n[simulation.node_config]\n"
+        + failing
+    )
+    code = main(["--config", str(path), "--state-dir", str(tmp_path / "state"), "--plot"])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "failed" in out
+    assert "history: none written (no round completed)" in out
+    assert not (tmp_path / "state" / "null" / "history.json").exists()
+    assert not (tmp_path / "state" / "null" / "plot.png").exists()
