@@ -46,7 +46,7 @@ from orchard_server.history import History
 from orchard_server.initial import initial_parameters
 from orchard_server.pool import ClientPool
 from orchard_server.records import FitRecord, RoundRecord, format_metrics
-from orchard_server.runs import archive_finished_run
+from orchard_server.runs import archive_run
 from orchard_server.strategy import (
     Aggregator,
     State,
@@ -129,11 +129,16 @@ class Federation:
         """Where the checkpoint of this federation lives."""
         return self.directory / "checkpoint.npz"
 
+    @property
+    def history_path(self) -> Path:
+        """Where the history of this federation's run lives (docs/history.md)."""
+        return self.directory / "history.json"
+
     def restore_or_init(self) -> None:
         """Resume from the checkpoint if there is one, else build initial parameters."""
         resumed = load_federation(self.checkpoint_path, self.spec, self.strategy.optimizer)
         if resumed is not None and resumed.round >= self.config.num_rounds:
-            archived = archive_finished_run(self.directory, self.checkpoint_path)
+            archived = archive_run(self.directory, self.checkpoint_path)
             log.info(
                 "federation %r: the previous run finished all %d rounds; its results are in "
                 "%s; starting a new run",
@@ -142,6 +147,15 @@ class Federation:
                 archived,
             )
             resumed = None
+        elif resumed is None and self.history_path.exists():
+            archived = archive_run(self.directory, self.history_path)
+            log.warning(
+                "federation %r: a history but no checkpoint to resume from (the run failed "
+                "or was stopped before its first checkpoint, or the checkpoint was removed); "
+                "those files are in %s; starting a new run",
+                self.config.name,
+                archived,
+            )
         if resumed is None:
             self.parameters, source = initial_parameters(
                 self.spec, self.config.init_file, self.config.seed
@@ -268,7 +282,7 @@ class Federation:
             "federation %r finished: %s; history in %s",
             self.config.name,
             self.reason,
-            self.directory / "history.json",
+            self.history_path,
             extra=self._extra(),
         )
         self.events.federation_ended(self.config.name, self.state, self.reason)

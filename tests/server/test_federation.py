@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -376,6 +377,29 @@ def test_a_finished_run_is_archived_and_the_next_start_trains_anew(tmp_path: Pat
     third, _ = make(tmp_path, num_rounds=2)
     third.restore_or_init()
     assert len(list((tmp_path / "blobs" / "runs").iterdir())) == 2
+
+
+def test_a_history_without_a_checkpoint_is_archived_not_overwritten(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, _ = make(tmp_path, num_rounds=2)
+    assert run(first) is FederationState.FINISHED
+    assert not (tmp_path / "blobs" / "runs").exists()  # nothing to archive on a first start
+    # As if killed between a round's history (written first) and its checkpoint.
+    (tmp_path / "blobs" / "checkpoint.npz").unlink()
+    recorded = json.loads((tmp_path / "blobs" / "history.json").read_text())
+    again, _ = make(tmp_path, num_rounds=2)
+    with caplog.at_level(logging.WARNING, logger="orchard.server"):
+        again.restore_or_init()
+    assert again.rounds_completed == 0
+    (archived,) = (tmp_path / "blobs" / "runs").iterdir()
+    assert {p.name for p in archived.iterdir()} == {"history.json", "history.png"}
+    assert json.loads((archived / "history.json").read_text()) == recorded
+    assert "no checkpoint to resume from" in caplog.text
+    assert str(archived) in caplog.text
+    assert run(again) is FederationState.FINISHED
+    assert [r.round for r in again.history.rounds] == [1, 2]
+    assert json.loads((archived / "history.json").read_text()) == recorded  # still there
 
 
 def test_fail_ends_a_waiting_federation_at_once_with_the_reason(tmp_path: Path) -> None:
