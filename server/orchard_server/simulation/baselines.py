@@ -36,6 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from orchard.data.client_data import DataError, load_split
+from orchard.data.errors import DatasetError
+from orchard.simulation.clients import data_settings
 from orchard.typing import Config
 from orchard_server.config import FederationConfig
 from orchard_server.history import History
@@ -345,6 +348,18 @@ def fedprox_table(runs: Sequence[tuple[Setting, History]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_data(node_config: Config) -> None:
+    """Read both official splits once, here, before any virtual client starts.
+
+    Missing or damaged files are then one error naming them, not a failure of
+    every sampled client in every round; and with ``--download`` the files are
+    fetched once, by this process, rather than by each worker.
+    """
+    settings = data_settings(node_config)
+    for split in ("train", "test"):
+        load_split(settings, split)
+
+
 async def run_settings(settings: Sequence[Setting], out: Path) -> list[tuple[Setting, History]]:
     """Run each setting in turn (its state in ``out/NAME``, resumed if already there)."""
     runs = []
@@ -428,6 +443,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     out: Path = args.out or Path("runs/baselines") / args.command
+    try:
+        check_data(_node_config(args))
+    except DatasetError as exc:
+        print(
+            f"baselines {args.command}: {exc}\n(this command's --download fetches the official "
+            "files; --no-verify accepts generated ones)",
+            file=sys.stderr,
+        )
+        return 2
+    except DataError as exc:
+        print(f"baselines {args.command}: {exc}", file=sys.stderr)
+        return 2
     if args.command == "tutorial":
         settings = tutorial_settings(args)
     elif args.command == "fedavg":

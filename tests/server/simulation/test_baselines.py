@@ -49,6 +49,25 @@ def _history(out: Path, name: str) -> Any:
 
 
 @pytest.mark.timeout(600)
+def test_missing_or_damaged_data_is_one_error_before_any_client_starts(
+    mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "fedavg"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["fedavg", "--data-dir", str(empty), "--rounds", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no usable train-images-idx3-ubyte" in err and str(empty) in err
+    assert "--download" in err
+    # Generated files are not the official ones: refused unless --no-verify.
+    assert main(["fedavg", "--data-dir", str(mnist_dir), "--rounds", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "not the official md5" in err and "--no-verify" in err
+    assert main(["fedavg", "--dataset", "imagenet", "--out", str(out)]) == 2
+    assert "unknown dataset 'imagenet'" in capsys.readouterr().err
+    assert not out.exists()  # nothing ran, nothing written
+
+
 def test_fedavg_iid_and_non_iid_with_the_paper_column(mnist_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "fedavg"
     args = ["fedavg", "--data-dir", str(mnist_dir), "--no-verify", "--clients", "10"]
