@@ -48,7 +48,6 @@ def _history(out: Path, name: str) -> Any:
     return data
 
 
-@pytest.mark.timeout(600)
 def test_missing_or_damaged_data_is_one_error_before_any_client_starts(
     mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -68,6 +67,7 @@ def test_missing_or_damaged_data_is_one_error_before_any_client_starts(
     assert not out.exists()  # nothing ran, nothing written
 
 
+@pytest.mark.timeout(600)
 def test_fedavg_iid_and_non_iid_with_the_paper_column(mnist_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "fedavg"
     args = ["fedavg", "--data-dir", str(mnist_dir), "--no-verify", "--clients", "10"]
