@@ -443,6 +443,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     out: Path = args.out or Path("runs/baselines") / args.command
+    if args.command == "tutorial":
+        settings = tutorial_settings(args)
+    elif args.command == "fedavg":
+        settings = fedavg_settings(args)
+    else:
+        if any(not 0 <= s <= 1 for s in args.stragglers):
+            print("--stragglers are fractions in [0, 1]", file=sys.stderr)
+            return 2
+        settings = fedprox_settings(args)
     try:
         check_data(_node_config(args))
     except DatasetError as exc:
@@ -455,15 +464,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as exc:
         print(f"baselines {args.command}: {exc}", file=sys.stderr)
         return 2
-    if args.command == "tutorial":
-        settings = tutorial_settings(args)
-    elif args.command == "fedavg":
-        settings = fedavg_settings(args)
-    else:
-        if any(not 0 <= s <= 1 for s in args.stragglers):
-            print("--stragglers are fractions in [0, 1]", file=sys.stderr)
-            return 2
-        settings = fedprox_settings(args)
     runs = asyncio.run(run_settings(settings, out))
     plot_curves(runs, out / "accuracy.png", metric="accuracy")
     if args.command == "fedavg":
