@@ -22,7 +22,7 @@ from orchard_server.strategy import (
     weighted_average_metrics,
     weighted_mean,
 )
-from orchard_server.strategy.aggregate import FLOAT64_BLOCK
+from orchard_server.strategy.aggregate import CAST_BUFFER, FLOAT64_BLOCK, _add_cast
 
 
 def f32(*values: float) -> np.ndarray:
@@ -125,6 +125,35 @@ def test_fold_and_mean_are_exact_across_blocks() -> None:
         expected = (mean if dtype == np.float32 else np.rint(mean)).astype(dtype)
         assert got[index].dtype == dtype
         np.testing.assert_array_equal(got[index], expected)
+
+
+def test_equal_weight_fold_is_exact_across_cast_buffers() -> None:
+    # Equal weights take the plain-sum path, cast through CAST_BUFFER-sized
+    # buffers: two whole buffers and a partial one, every element added once.
+    size = 2 * CAST_BUFFER + 7
+    rng = np.random.default_rng(9)
+    updates = [rng.standard_normal(size, dtype=np.float32) for _ in range(3)]
+    aggregator = WeightedMean()
+    for update in updates:
+        aggregator.add([update], 10)
+    sums = np.zeros(size)
+    for update in updates:
+        sums = sums + update.astype(np.float64)
+    np.testing.assert_array_equal(aggregator.result()[0], (sums / 3).astype(np.float32))
+
+
+def test_equal_weight_fold_puts_numpy_buffer_size_back() -> None:
+    previous = np.setbufsize(12_288)
+    try:
+        aggregator = WeightedMean()
+        aggregator.add([f32(1.0, 2.0)], 5)
+        aggregator.add([f32(3.0, 4.0)], 5)
+        assert np.getbufsize() == 12_288
+        with pytest.raises(ValueError, match="broadcast"):  # NumPy refuses the add
+            _add_cast([np.zeros(3)], [np.ones(2, dtype=np.float32)])
+        assert np.getbufsize() == 12_288
+    finally:
+        np.setbufsize(previous)
 
 
 @settings(max_examples=60, deadline=None)

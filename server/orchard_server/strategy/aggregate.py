@@ -179,6 +179,31 @@ def _fold_blockwise(running: F64, array: NDArray, weight: float) -> None:
         flat_sum[start:stop] += block
 
 
+#: Elements in NumPy's casting buffer while the equal-weight fold adds a float32
+#: update to the float64 sums (NumPy's default is 8,192; this is 2 MiB of buffer
+#: during the call). Timed alone on a 2-core AMD EPYC VM: 0.59 against 1.0 ms per
+#: MNIST CNN update and 4.6 against 7.9 ms per 11.2M values; 2**17 and 2**19 were
+#: slower, and tensors of 200K values or fewer take the same time with either
+#: (docs/performance.md, item 15).
+CAST_BUFFER = 1 << 18
+
+
+def _add_cast(sums: Sequence[F64], arrays: NDArrays) -> None:
+    """``sums[i] += arrays[i]`` in float64, NumPy casting through ``CAST_BUFFER``.
+
+    One ufunc call per tensor and no float64 copy of the update: NumPy casts it
+    a buffer at a time. The values are the same whatever the buffer's size;
+    only the time differs. The size is NumPy's per-thread setting (per context
+    in NumPy 2), put back however the call ends.
+    """
+    previous = np.setbufsize(CAST_BUFFER)
+    try:
+        for running, array in zip(sums, arrays, strict=True):
+            np.add(running, array, out=running, dtype=np.float64)
+    finally:
+        np.setbufsize(previous)
+
+
 def _mean_blockwise(total: F64, count: int, dtype: np.dtype[np.generic]) -> NDArray:
     """``_cast_back(total / count, dtype)``, one block at a time (same values).
 
@@ -241,11 +266,11 @@ class WeightedMean:
             for running in self._sums:  # in place: no second model in memory
                 np.multiply(running, float(self._shared_weight), out=running)
             self._weighted = True
-        for running, array in zip(self._sums, arrays, strict=True):
-            if self._weighted:
+        if self._weighted:
+            for running, array in zip(self._sums, arrays, strict=True):
                 _fold_blockwise(running, array, float(weight))
-            else:  # NumPy casts through a small buffer: no float64 copy of the update
-                np.add(running, array, out=running, dtype=np.float64)
+        else:
+            _add_cast(self._sums, arrays)
         self._total += weight
 
     def result(self) -> NDArrays:
