@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -22,7 +23,12 @@ from orchard_server.strategy import (
     weighted_average_metrics,
     weighted_mean,
 )
-from orchard_server.strategy.aggregate import CAST_BUFFER, FLOAT64_BLOCK, _add_cast
+from orchard_server.strategy.aggregate import (
+    CAST_BUFFER,
+    CAST_BUFFER_FROM,
+    FLOAT64_BLOCK,
+    _add_cast,
+)
 
 
 def f32(*values: float) -> np.ndarray:
@@ -128,9 +134,10 @@ def test_fold_and_mean_are_exact_across_blocks() -> None:
 
 
 def test_equal_weight_fold_is_exact_across_cast_buffers() -> None:
-    # Equal weights take the plain-sum path, cast through CAST_BUFFER-sized
-    # buffers: two whole buffers and a partial one, every element added once.
-    size = 2 * CAST_BUFFER + 7
+    # Equal weights take the plain-sum path; a tensor this large is cast through
+    # CAST_BUFFER-sized buffers: whole buffers and a partial one, every element
+    # added once.
+    size = CAST_BUFFER_FROM + CAST_BUFFER + 7
     rng = np.random.default_rng(9)
     updates = [rng.standard_normal(size, dtype=np.float32) for _ in range(3)]
     aggregator = WeightedMean()
@@ -140,6 +147,23 @@ def test_equal_weight_fold_is_exact_across_cast_buffers() -> None:
     for update in updates:
         sums = sums + update.astype(np.float64)
     np.testing.assert_array_equal(aggregator.result()[0], (sums / 3).astype(np.float32))
+
+
+@pytest.mark.parametrize("size", [100_000, CAST_BUFFER_FROM])
+def test_equal_weight_fold_casts_through_a_buffer_below_half_a_tensor(size: int) -> None:
+    # The sums exist already; folding the next update may add NumPy's casting
+    # buffer and nothing model-sized. A small tensor keeps NumPy's default
+    # buffer (64 KiB): the large one would be a float64 copy of it.
+    update = np.ones(size, dtype=np.float32)
+    aggregator = WeightedMean()
+    aggregator.add([update], 5)
+    tracemalloc.start()
+    try:
+        aggregator.add([update], 5)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= max(update.nbytes // 2, 64 * 1024) + 4096
 
 
 def test_equal_weight_fold_puts_numpy_buffer_size_back() -> None:

@@ -186,22 +186,29 @@ def _fold_blockwise(running: F64, array: NDArray, weight: float) -> None:
 #: 11.2M values; tensors of 200K values or fewer take the same time with any
 #: size (docs/performance.md, item 15).
 CAST_BUFFER = 1 << 18
+#: Tensors of fewer values keep NumPy's default buffer: no faster with the large
+#: one, which would be a float64 copy of a small tensor (twice its float32 bytes).
+#: From this size on the buffer is at most half a tensor's bytes.
+CAST_BUFFER_FROM = 4 * CAST_BUFFER
 
 
 def _add_cast(sums: Sequence[F64], arrays: NDArrays) -> None:
-    """``sums[i] += arrays[i]`` in float64, NumPy casting through ``CAST_BUFFER``.
+    """``sums[i] += arrays[i]`` in float64, casting large tensors through ``CAST_BUFFER``.
 
     One ufunc call per tensor and no float64 copy of the update: NumPy casts it
     a buffer at a time. The values are the same whatever the buffer's size;
     only the time differs. The size is NumPy's per-thread setting (per context
     in NumPy 2), put back however the call ends.
     """
-    previous = np.setbufsize(CAST_BUFFER)
-    try:
-        for running, array in zip(sums, arrays, strict=True):
+    for running, array in zip(sums, arrays, strict=True):
+        if array.size < CAST_BUFFER_FROM:
             np.add(running, array, out=running, dtype=np.float64)
-    finally:
-        np.setbufsize(previous)
+            continue
+        previous = np.setbufsize(CAST_BUFFER)
+        try:
+            np.add(running, array, out=running, dtype=np.float64)
+        finally:
+            np.setbufsize(previous)
 
 
 def _mean_blockwise(total: F64, count: int, dtype: np.dtype[np.generic]) -> NDArray:
