@@ -181,13 +181,13 @@ def _fold_blockwise(running: F64, array: NDArray, weight: float) -> None:
 
 #: Elements in NumPy's casting buffer while the equal-weight fold adds a float32
 #: update to the float64 sums (NumPy's default is 8,192; this is 2 MiB of buffer
-#: during the call). Timed alone on a 2-core AMD EPYC VM: 0.59 against 1.0 ms per
-#: MNIST CNN update (2**17: 0.85 ms, 2**19: 0.64 ms) and 4.6 against 7.9 ms per
-#: 11.2M values; tensors of 200K values or fewer take the same time with any
-#: size (docs/performance.md, item 15).
+#: during the call). Timed alone on a 2-core AMD EPYC VM: 0.59 against 1.0 ms for
+#: 1,663,370 values in one tensor (2**17: 0.85 ms, 2**19: 0.64 ms) and 4.6 against
+#: 7.9 ms for 11.2M; 200K values take 0.06 ms with any size (docs/performance.md,
+#: item 15).
 CAST_BUFFER = 1 << 18
-#: Tensors of fewer values keep NumPy's default buffer: no faster with the large
-#: one, which would be a float64 copy of a small tensor (twice its float32 bytes).
+#: Tensors of fewer values keep NumPy's default buffer: the large one would be a
+#: float64 copy of a small tensor (twice its float32 bytes), for no gain at 200K.
 #: From this size on the buffer is at most half a tensor's bytes.
 CAST_BUFFER_FROM = 4 * CAST_BUFFER
 
