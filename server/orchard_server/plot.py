@@ -28,6 +28,8 @@ from orchard.logs import take_stdout
 from orchard_server.storage import atomic_write_bytes
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
     from orchard_server.history import History
     from orchard_server.records import RoundRecord
 
@@ -51,6 +53,18 @@ def _curves(record: RoundRecord) -> dict[str, tuple[float | None, float | None]]
     train_accuracy = _number(fit.get("accuracy", fit.get("train_accuracy")))
     out["train"] = (_number(fit.get("train_loss")), train_accuracy)
     return out
+
+
+def round_axis(ax: Axes, label: str = "round") -> None:
+    """Label ``ax``'s x axis as rounds, ticked at whole rounds only.
+
+    Matplotlib's default ticks put "2.5" under a 20-round curve; a round has
+    no halves. (matplotlib is imported here: the server process never loads it.)
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel(label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_history(history: History, path: Path, *, title: str = "") -> None:
@@ -77,7 +91,7 @@ def plot_history(history: History, path: Path, *, title: str = "") -> None:
         for label, series in points.items():
             axis.plot(*zip(*series, strict=True), marker="o", label=label)
     for ax, quantity in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-        ax.set_xlabel("round")
+        round_axis(ax)
         ax.set_title(f"{title or history.federation}: {quantity}")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

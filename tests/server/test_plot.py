@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchard_server.plot import HELPER_CODE, PlotError, Plotter
+from orchard_server.plot import HELPER_CODE, PlotError, Plotter, round_axis
 from orchard_server.writer import Snapshot, StateWriter
 from tests.helpers.histories import short_history
 
@@ -33,6 +33,25 @@ def test_the_helper_draws_history_json_into_a_png(tmp_path: Path, plotter: Plott
     plotter.draw(tmp_path / "history.json", tmp_path / "history.png", title="t")
     assert (tmp_path / "history.png").read_bytes().startswith(PNG_SIGNATURE)
     assert plotter.pid is not None and plotter.pid != os.getpid()
+
+
+def test_round_axes_are_ticked_at_whole_rounds() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    try:
+        ax.plot(range(1, 21), range(20))  # matplotlib's own ticks: 2.5, 5.0, 7.5, ...
+        round_axis(ax, "communication round")
+        fig.canvas.draw()
+        ticks = ax.get_xticks()
+        assert ax.get_xlabel() == "communication round"
+        assert len(ticks) >= 3
+        assert all(float(t).is_integer() for t in ticks), ticks
+    finally:
+        plt.close(fig)
 
 
 def test_a_missing_history_is_named_and_the_helper_goes_on(

@@ -42,6 +42,7 @@ from orchard.simulation.clients import data_settings
 from orchard.typing import Config
 from orchard_server.config import FederationConfig
 from orchard_server.history import History
+from orchard_server.plot import round_axis
 from orchard_server.records import RoundRecord
 from orchard_server.simulation.config import SimulationConfig
 from orchard_server.simulation.run import simulate
@@ -295,7 +296,7 @@ def plot_curves(runs: Sequence[tuple[Setting, History]], path: Path, *, metric: 
         ys = [y for _, y in points if y is not None]
         if xs:
             ax.plot(xs, ys, marker=".", label=setting.label)
-    ax.set_xlabel("communication round")
+    round_axis(ax, "communication round")
     ax.set_ylabel("test accuracy" if metric == "accuracy" else "training loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
