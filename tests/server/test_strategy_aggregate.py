@@ -167,14 +167,16 @@ def test_equal_weight_fold_casts_through_a_buffer_below_half_a_tensor(size: int)
 
 
 def test_equal_weight_fold_puts_numpy_buffer_size_back() -> None:
+    # Tensors large enough to take CAST_BUFFER: smaller ones never change the setting.
+    size = CAST_BUFFER_FROM
     previous = np.setbufsize(12_288)
     try:
         aggregator = WeightedMean()
-        aggregator.add([f32(1.0, 2.0)], 5)
-        aggregator.add([f32(3.0, 4.0)], 5)
+        aggregator.add([np.ones(size, dtype=np.float32)], 5)
+        aggregator.add([np.ones(size, dtype=np.float32)], 5)
         assert np.getbufsize() == 12_288
         with pytest.raises(ValueError, match="broadcast"):  # NumPy refuses the add
-            _add_cast([np.zeros(3)], [np.ones(2, dtype=np.float32)])
+            _add_cast(np.zeros(size + 1), np.ones(size, dtype=np.float32))
         assert np.getbufsize() == 12_288
     finally:
         np.setbufsize(previous)

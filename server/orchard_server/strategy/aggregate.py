@@ -192,22 +192,19 @@ CAST_BUFFER = 1 << 18
 CAST_BUFFER_FROM = 4 * CAST_BUFFER
 
 
-def _add_cast(sums: Sequence[F64], arrays: NDArrays) -> None:
-    """``sums[i] += arrays[i]`` in float64, casting large tensors through ``CAST_BUFFER``.
+def _add_cast(running: F64, array: NDArray) -> None:
+    """``running += array`` in float64, a large tensor cast through ``CAST_BUFFER``.
 
-    One ufunc call per tensor and no float64 copy of the update: NumPy casts it
-    a buffer at a time. The values are the same whatever the buffer's size;
-    only the time differs. The size is NumPy's per-thread setting (per context
-    in NumPy 2), put back however the call ends.
+    One ufunc call and no float64 copy of the update: NumPy casts it a buffer
+    at a time. The values are the same whatever the buffer's size; only the
+    time differs. The size is NumPy's per-thread setting (per context in NumPy
+    2), put back however the call ends.
     """
-    for running, array in zip(sums, arrays, strict=True):
-        if array.size < CAST_BUFFER_FROM:
-            np.add(running, array, out=running, dtype=np.float64)
-            continue
-        previous = np.setbufsize(CAST_BUFFER)
-        try:
-            np.add(running, array, out=running, dtype=np.float64)
-        finally:
+    previous = np.setbufsize(CAST_BUFFER) if array.size >= CAST_BUFFER_FROM else None
+    try:
+        np.add(running, array, out=running, dtype=np.float64)
+    finally:
+        if previous is not None:
             np.setbufsize(previous)
 
 
@@ -273,11 +270,11 @@ class WeightedMean:
             for running in self._sums:  # in place: no second model in memory
                 np.multiply(running, float(self._shared_weight), out=running)
             self._weighted = True
-        if self._weighted:
-            for running, array in zip(self._sums, arrays, strict=True):
+        for running, array in zip(self._sums, arrays, strict=True):
+            if self._weighted:
                 _fold_blockwise(running, array, float(weight))
-        else:
-            _add_cast(self._sums, arrays)
+            else:
+                _add_cast(running, array)
         self._total += weight
 
     def result(self) -> NDArrays:
