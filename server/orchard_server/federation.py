@@ -42,7 +42,7 @@ from orchard_server.config import FederationConfig, strategy_from_config
 from orchard_server.evaluation import EvaluateFn, centralized_evaluation, federated_evaluation
 from orchard_server.events import Events, FederationView, Phase
 from orchard_server.fanout import Fanout, Fold, fan_out, wait_for_clients
-from orchard_server.history import History
+from orchard_server.history import HISTORY_FILE, History
 from orchard_server.initial import initial_parameters
 from orchard_server.pool import ClientPool
 from orchard_server.records import FitRecord, RoundRecord, format_metrics
@@ -132,7 +132,7 @@ class Federation:
     @property
     def history_path(self) -> Path:
         """Where the history of this federation's run lives (docs/history.md)."""
-        return self.directory / "history.json"
+        return self.directory / HISTORY_FILE
 
     def restore_or_init(self) -> None:
         """Resume from the checkpoint if there is one, else build initial parameters."""

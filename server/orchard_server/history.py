@@ -41,6 +41,8 @@ from orchard_server.storage import atomic_write_bytes
 
 #: The layout version written at the top of ``history.json``.
 SCHEMA_VERSION = 1
+#: The history's file name in a federation's directory (its plot: ``history.png``).
+HISTORY_FILE = "history.json"
 
 
 class HistoryError(ValueError):
@@ -269,6 +271,6 @@ class History:
     def save(self, directory: Path, *, title: str = "", plot: bool = True) -> None:
         """Write ``history.json`` and (with ``plot``) ``history.png``, titled ``title``, in
         ``directory``."""
-        atomic_write_bytes(directory / "history.json", (self.to_json_text() + "\n").encode())
+        atomic_write_bytes(directory / HISTORY_FILE, (self.to_json_text() + "\n").encode())
         if plot:
             plot_history(self, directory / "history.png", title=title)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchard_server.history import History
+from orchard_server.history import HISTORY_FILE, History
 from orchard_server.plot import PlotError, shared_plotter
 
 log = logging.getLogger("orchard.server")
@@ -126,7 +126,7 @@ class StateWriter:
         """Draw ``history.png`` from the ``history.json`` of ``snapshot``, already on disk."""
         png = self.directory / "history.png"
         try:
-            shared_plotter().draw(self.directory / "history.json", png, title=self.title)
+            shared_plotter().draw(self.directory / HISTORY_FILE, png, title=self.title)
         except PlotError as exc:
             log.error("round %d: %s not drawn: %s", snapshot.round, png, exc)
         self._last_plot = time.monotonic()

@@ -17,6 +17,7 @@ from pathlib import Path
 from orchard.messages import FederationState
 from orchard_server.admission import AdmissionError
 from orchard_server.config import ConfigError
+from orchard_server.history import HISTORY_FILE
 from orchard_server.plot import plot_history
 from orchard_server.simulation.backend import WorkerStartError
 from orchard_server.simulation.config import load_simulation_config
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"federation {federation.name!r}: {result.state.value}: {result.reason}")
         if result.directory is not None:
-            history = result.directory / "history.json"
+            history = result.directory / HISTORY_FILE
             if history.is_file():
                 print(f"history: {history}")
                 if args.plot:
