@@ -10,6 +10,7 @@ because a typo silently ignored would run the wrong experiment.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -84,6 +85,12 @@ class FederationConfig:
     round_retries: int = 2
     #: Evaluate the global model every N rounds (0: never).
     evaluate_every: int = 1
+    #: Seconds between checkpoints while rounds come faster than that (0: after
+    #: every round). A round's checkpoint is written once this long has passed
+    #: since the previous one, without waiting for a later round, so a crash
+    #: costs at most the rounds of the last ``checkpoint_interval`` seconds,
+    #: which the resumed run redoes to the same result.
+    checkpoint_interval: float = 1.0
     auth_token: str = ""
     #: Enrolled clients (JSON of name -> scrypt hash, written by ``orchard-server
     #: enroll``): only they may join, proving their name by client certificate
@@ -123,8 +130,16 @@ class FederationConfig:
                 f"min_fit_clients ({self.min_fit_clients}); no round could ever start"
             )
         for key in ("round_timeout", "wait_timeout", "evaluator_timeout"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{where}: {key} must be > 0 seconds")
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(
+                    f"{where}: {key} must be a finite number of seconds > 0, got {value}"
+                )
+        if not (math.isfinite(self.checkpoint_interval) and self.checkpoint_interval >= 0):
+            raise ConfigError(
+                f"{where}: checkpoint_interval must be a finite number of seconds >= 0 "
+                f"(0: a checkpoint after every round), got {self.checkpoint_interval}"
+            )
         if self.max_clients < self.min_available_clients:
             raise ConfigError(
                 f"{where}: max_clients ({self.max_clients}) is below min_available_clients "

@@ -6,10 +6,11 @@ same code runs deployments and in-process simulations. Each round: wait
 strategy's aggregator as they arrive (memory O(model) for mean-type
 strategies), apply the server optimizer, evaluate, then write the history and
 a checkpoint atomically (in a background thread, :mod:`.writer`, so the next
-round starts at once). Restarting with the same config resumes from the last
-completed round; a run that had finished is archived and a new one starts
-(:mod:`.runs`). A client that can never take part (a fatal leave) fails the
-federation at once (:meth:`Federation.fail`).
+round starts at once; the checkpoint at most every ``checkpoint_interval``
+seconds). Restarting with the same config resumes from the last checkpoint's
+round and redoes any after it to the same result; a run that had finished is
+archived and a new one starts (:mod:`.runs`). A client that can never take
+part (a fatal leave) fails the federation at once (:meth:`Federation.fail`).
 
 The loop and its retries live here; the other jobs have their own units: the
 strategy (:mod:`.strategy`) selects clients, aggregates and steps, task
@@ -114,7 +115,9 @@ class Federation:
         self.events.subscribe(self.view)
         #: Set by :meth:`fail`: a client reported that it can never take part.
         self._fatal = asyncio.Event()
-        self._writer = StateWriter(self.directory, title=self.title)
+        self._writer = StateWriter(
+            self.directory, title=self.title, checkpoint_interval=config.checkpoint_interval
+        )
 
     # -- set-up -----------------------------------------------------------------
 

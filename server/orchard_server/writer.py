@@ -10,6 +10,16 @@ one (coalescing): the files always hold a complete, recent round, and
 :meth:`StateWriter.flush` (called when a federation ends or is stopped) writes
 the very last one before returning, so the last state is never lost.
 
+``history.json`` is written for every round the writer gets to; the checkpoint
+at most every ``checkpoint_interval`` seconds (0: for every round). A round whose
+checkpoint is not due yet is kept, and written when the interval has passed
+even if no later round comes (a federation waiting for clients keeps it no
+longer), unless a newer round replaces it first. So a kill costs at most the
+rounds of the last interval, which a resumed run redoes to the same result.
+The checkpoint is most of what a round writes (the whole model, fsynced): in
+three runs each of 8 clients of the MNIST CNN (6.65 MB), rounds took 0.117 to
+0.123 s with one per round and 0.109 to 0.113 s without any.
+
 ``history.png`` is drawn at most every ``plot_interval`` seconds, the first
 time ``plot_interval`` after the writer is made, and always on the final
 flush, by the process's plot helper (:class:`orchard_server.plot.Plotter`),
@@ -25,6 +35,7 @@ memory. A drawing that fails is logged and does not stop the federation:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -49,15 +60,28 @@ class Snapshot:
 class StateWriter:
     """One background thread per federation writing its latest :class:`Snapshot`."""
 
-    def __init__(self, directory: Path, *, title: str = "", plot_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        title: str = "",
+        plot_interval: float = 5.0,
+        checkpoint_interval: float = 0.0,
+    ) -> None:
         self.directory = directory
         self.title = title
         self.plot_interval = plot_interval
+        self.checkpoint_interval = checkpoint_interval
         self._lock = threading.Condition()
+        #: Submitted, its history not written yet.
         self._pending: Snapshot | None = None
+        #: Its history written, its checkpoint not yet due.
+        self._unsaved: Snapshot | None = None
+        self._flushing = 0
         self._busy = False
         self._error: BaseException | None = None
         self._last_plot = time.monotonic()
+        self._last_checkpoint = -math.inf
         self._plotted_round = -1
         self._latest: Snapshot | None = None
         self._thread: threading.Thread | None = None
@@ -77,10 +101,16 @@ class StateWriter:
             self._lock.notify_all()
 
     def flush(self, *, plot: bool = True) -> None:
-        """Block until every submitted snapshot is on disk (and, with ``plot``, drawn)."""
+        """Block until every submitted snapshot is on disk, its checkpoint included, due or
+        not (and, with ``plot``, drawn)."""
         with self._lock:
-            while self._pending is not None or self._busy:
-                self._lock.wait()
+            self._flushing += 1
+            self._lock.notify_all()
+            try:
+                while self._pending is not None or self._unsaved is not None or self._busy:
+                    self._lock.wait()
+            finally:
+                self._flushing -= 1
             self._raise_error()
             latest = self._latest
         if plot and latest is not None and self._plotted_round != latest.round:
@@ -91,17 +121,43 @@ class StateWriter:
             error, self._error = self._error, None
             raise RuntimeError(f"writing the state in {self.directory} failed: {error}") from error
 
+    def _next(self) -> tuple[Snapshot, bool, bool] | None:
+        """The next write, waiting for it: (snapshot, write its history, write its
+        checkpoint); None after 30 s with nothing to write. Called with the lock held."""
+        while True:
+            due_at = self._last_checkpoint + self.checkpoint_interval
+            due = self._flushing > 0 or time.monotonic() >= due_at
+            if self._pending is not None:
+                snapshot, self._pending = self._pending, None
+                self._unsaved = None  # a newer round's checkpoint replaces it
+                return snapshot, True, due
+            if self._unsaved is not None:
+                if due:
+                    snapshot, self._unsaved = self._unsaved, None
+                    return snapshot, False, True
+                self._lock.wait(due_at - time.monotonic())
+            elif not self._lock.wait(timeout=30.0) and self._pending is None:
+                return None
+
     def _run(self) -> None:
         while True:
             with self._lock:
-                while self._pending is None:
-                    if not self._lock.wait(timeout=30.0) and self._pending is None:
-                        self._thread = None  # idle: a later submit starts a new thread
-                        return
-                snapshot, self._pending = self._pending, None
+                job = self._next()
+                if job is None:
+                    self._thread = None  # idle: a later submit starts a new thread
+                    return
                 self._busy = True
+            snapshot, history, checkpoint = job
             try:
-                self._write(snapshot)
+                if history:
+                    self._write_history(snapshot)
+                if checkpoint:
+                    self._last_checkpoint = time.monotonic()
+                    snapshot.save_checkpoint()
+                    self.written_round = snapshot.round
+                else:
+                    with self._lock:
+                        self._unsaved = snapshot
             except BaseException as exc:  # reported to the round loop on its next submit/flush
                 log.exception("writing the state of round %d failed", snapshot.round)
                 with self._lock:
@@ -111,13 +167,11 @@ class StateWriter:
                     self._busy = False
                     self._lock.notify_all()
 
-    def _write(self, snapshot: Snapshot) -> None:
+    def _write_history(self, snapshot: Snapshot) -> None:
         # history.json first: whoever sees the checkpoint of round N also finds
         # round N in the history. A kill in between only means the resumed run
-        # redoes round N and rewrites its record.
+        # redoes round N (and any after it) and rewrites their records.
         snapshot.history.save(self.directory, plot=False)
-        snapshot.save_checkpoint()
-        self.written_round = snapshot.round
         self._latest = snapshot
         if time.monotonic() - self._last_plot >= self.plot_interval:
             self._plot(snapshot)

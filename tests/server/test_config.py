@@ -49,6 +49,14 @@ def test_file_env_and_flags_in_order(tmp_path: Path) -> None:
     )
     assert cifar.strategy_options == {"eta": 0.01}
     assert mnist.model_spec().model_id == "mnist-mlp"
+    assert (mnist.checkpoint_interval, cifar.checkpoint_interval) == (1.0, 1.0)  # the default
+
+
+def test_checkpoint_interval_zero_means_every_round(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, BASE), environ={}, overrides=["federations.mnist.checkpoint_interval=0"]
+    )
+    assert config.federations[0].checkpoint_interval == 0.0
 
 
 @pytest.mark.parametrize(
@@ -75,6 +83,22 @@ def test_file_env_and_flags_in_order(tmp_path: Path) -> None:
         (
             BASE.replace("insecure = true", "insecure = true\nupload_buffer_bytes = -1"),
             "upload_buffer_bytes must be >= 1, got -1",
+        ),
+        (
+            BASE.replace("num_rounds = 4", "checkpoint_interval = -1"),
+            "checkpoint_interval must be a finite number of seconds >= 0 .*got -1.0",
+        ),
+        (
+            BASE.replace("num_rounds = 4", "checkpoint_interval = nan"),
+            "checkpoint_interval must be a finite number of seconds >= 0 .*got nan",
+        ),
+        (
+            BASE.replace("num_rounds = 4", "round_timeout = nan"),
+            "round_timeout must be a finite number of seconds > 0, got nan",
+        ),
+        (
+            BASE.replace("num_rounds = 4", "wait_timeout = inf"),
+            "wait_timeout must be a finite number of seconds > 0, got inf",
         ),
         ("[servr]\n", "unknown top-level"),
     ],

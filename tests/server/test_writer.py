@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,65 @@ def test_the_first_plot_waits_for_the_interval_but_the_final_flush_draws(
     assert not (tmp_path / "history.png").exists()  # round 1 does not pay matplotlib
     writer.flush()
     assert (tmp_path / "history.png").is_file()
+
+
+def _rounds_on_disk(directory: Path) -> int:
+    return len(json.loads((directory / "history.json").read_text())["rounds"])
+
+
+def test_checkpoints_wait_for_the_interval_and_flush_writes_the_last(tmp_path: Path) -> None:
+    saved: list[int] = []
+    writer = StateWriter(tmp_path, plot_interval=3600.0, checkpoint_interval=3600.0)
+    for rnd in (1, 2, 3):
+        writer.submit(Snapshot(rnd, short_history(rnd), lambda rnd=rnd: saved.append(rnd)))  # type: ignore[misc]
+        deadline = time.monotonic() + 10
+        while _rounds_on_disk_or_zero(tmp_path) < rnd:
+            assert time.monotonic() < deadline, f"round {rnd}'s history was never written"
+            time.sleep(0.01)
+    # The first round's checkpoint is due at once; later ones wait for the interval,
+    # while every round's history is written.
+    assert saved == [1]
+    assert writer.written_round == 1
+    writer.flush(plot=False)
+    assert saved == [1, 3]  # round 2's checkpoint was replaced by round 3's, not written
+    assert writer.written_round == 3
+
+
+def _rounds_on_disk_or_zero(directory: Path) -> int:
+    try:
+        return _rounds_on_disk(directory)
+    except (OSError, ValueError):
+        return 0
+
+
+def test_a_checkpoint_not_yet_due_is_written_when_the_interval_ends_without_a_later_round(
+    tmp_path: Path,
+) -> None:
+    interval = 0.3
+    saved: list[tuple[int, float, int]] = []
+    writer = StateWriter(tmp_path, plot_interval=3600.0, checkpoint_interval=interval)
+
+    def save(rnd: int) -> None:
+        # its round's history is on disk before the checkpoint
+        saved.append((rnd, time.monotonic(), _rounds_on_disk(tmp_path)))
+
+    writer.submit(Snapshot(1, short_history(1), lambda: save(1)))
+    writer.submit(Snapshot(2, short_history(2), lambda: save(2)))  # may replace round 1
+    deadline = time.monotonic() + 10
+    while writer.written_round < 2:  # no flush, no later round: the writer's own timer
+        assert time.monotonic() < deadline, f"round 2's checkpoint never written: {saved}"
+        time.sleep(0.01)
+    assert saved[-1][0] == 2 and saved[-1][2] >= 2
+    times = [at for _, at, _ in saved]
+    assert all(b - a >= interval for a, b in itertools.pairwise(times)), saved
+    writer.flush(plot=False)
+    assert [rnd for rnd, _, _ in saved][-1] == 2 and len(saved) <= 2  # nothing left to write
+
+
+def test_interval_zero_writes_every_round_it_gets_to(tmp_path: Path) -> None:
+    saved: list[int] = []
+    writer = StateWriter(tmp_path, plot_interval=3600.0, checkpoint_interval=0.0)
+    for rnd in (1, 2, 3):
+        writer.submit(Snapshot(rnd, short_history(rnd), lambda rnd=rnd: saved.append(rnd)))  # type: ignore[misc]
+        writer.flush(plot=False)
+    assert saved == [1, 2, 3]
