@@ -13,7 +13,7 @@ from orchard_server.storage import atomic_write_npz
 
 def test_the_archive_loads_back_every_dtype_and_shape(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "weights": rng.standard_normal((300, 70)).astype(np.float32),
         "transposed": rng.standard_normal((40, 30)).T,  # not C-contiguous
         "half": rng.standard_normal(17).astype(np.float16),
