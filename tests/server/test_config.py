@@ -84,22 +84,15 @@ def test_checkpoint_interval_zero_means_every_round(tmp_path: Path) -> None:
             BASE.replace("insecure = true", "insecure = true\nupload_buffer_bytes = -1"),
             "upload_buffer_bytes must be >= 1, got -1",
         ),
-        (
-            BASE.replace("num_rounds = 4", "checkpoint_interval = -1"),
-            "checkpoint_interval must be a finite number of seconds >= 0 .*got -1.0",
-        ),
-        (
-            BASE.replace("num_rounds = 4", "checkpoint_interval = nan"),
-            "checkpoint_interval must be a finite number of seconds >= 0 .*got nan",
-        ),
-        (
-            BASE.replace("num_rounds = 4", "round_timeout = nan"),
-            "round_timeout must be a finite number of seconds > 0, got nan",
-        ),
-        (
-            BASE.replace("num_rounds = 4", "wait_timeout = inf"),
-            "wait_timeout must be a finite number of seconds > 0, got inf",
-        ),
+        *[
+            (BASE.replace("num_rounds = 4", f"{key} = {value}"), f"{key} must be {rule}, got {got}")
+            for key, value, rule, got in (
+                ("checkpoint_interval", "-1", "a finite number of seconds >= 0 .*", "-1.0"),
+                ("checkpoint_interval", "nan", "a finite number of seconds >= 0 .*", "nan"),
+                ("round_timeout", "nan", "a finite number of seconds > 0", "nan"),
+                ("wait_timeout", "inf", "a finite number of seconds > 0", "inf"),
+            )
+        ],
         ("[servr]\n", "unknown top-level"),
     ],
 )
