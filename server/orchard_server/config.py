@@ -87,9 +87,9 @@ class FederationConfig:
     evaluate_every: int = 1
     #: Seconds between checkpoints while rounds come faster than that (0: after
     #: every round). A round's checkpoint is written once this long has passed
-    #: since the previous one, without waiting for a later round, so a crash
-    #: costs at most the rounds of the last ``checkpoint_interval`` seconds,
-    #: which the resumed run redoes to the same result.
+    #: since the previous one was written, without waiting for a later round,
+    #: so a crash costs at most the rounds of the last interval (and of the
+    #: previous write), which the resumed run redoes to the same result.
     checkpoint_interval: float = 1.0
     auth_token: str = ""
     #: Enrolled clients (JSON of name -> scrypt hash, written by ``orchard-server
