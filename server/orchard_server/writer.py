@@ -51,7 +51,7 @@ log = logging.getLogger("orchard.server")
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Everything written after one round; ``save`` writes the checkpoint."""
+    """Everything written after one round; ``save_checkpoint`` writes the checkpoint."""
 
     round: int
     history: History
