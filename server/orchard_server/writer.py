@@ -15,8 +15,8 @@ only once ``checkpoint_interval`` seconds have passed since the previous one was
 written (0: for every round). A round whose checkpoint is not due yet is kept,
 and written when the interval has passed even if no later round comes (a
 federation waiting for clients keeps it no longer), unless a newer round
-replaces it first. So a kill costs at most the
-rounds of the last interval, which a resumed run redoes to the same result.
+replaces it first. So a kill costs at most the rounds of the last interval,
+which a resumed run redoes to the same result.
 The checkpoint is most of what a round writes (the whole model, fsynced): in
 three runs each of 8 clients of the MNIST CNN (6.65 MB), rounds took 0.117 to
 0.123 s with one per round and 0.109 to 0.113 s without any.

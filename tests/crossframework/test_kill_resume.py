@@ -31,6 +31,7 @@ import pytest
 from orchard.launch import ClientOptions, Launcher, LaunchError, Process, free_port
 from orchard.launch.mixed import MixedFederation, mixed_server_config
 from tests.helpers.datasets import write_mnist_files
+from tests.helpers.histories import rounds_on_disk
 
 pytestmark = pytest.mark.slow
 
@@ -134,11 +135,7 @@ def _round_seconds(state_dir: Path) -> float:
 
 
 def _rounds_done(state_dir: Path) -> int:
-    try:
-        history = json.loads((state_dir / FEDERATION / "history.json").read_text())
-    except (OSError, ValueError):
-        return 0
-    return len(history["rounds"])
+    return rounds_on_disk(state_dir / FEDERATION)
 
 
 def _wait_rounds(state_dir: Path, rounds: int, server: Process, launcher: Launcher) -> None:

@@ -19,12 +19,14 @@ from orchard.examples.logreg import LogRegClient, logreg_spec, make_blobs
 from orchard.messages import API_VERSION, FederationState, JoinInfo, Role
 from orchard.typing import Config, Metrics, NDArrays
 from orchard_server.admission import AdmissionPolicy
+from orchard_server.checkpoint import load_checkpoint
 from orchard_server.config import FederationConfig
 from orchard_server.federation import Federation, task_seed
 from orchard_server.pool import InMemoryClientPool
 from orchard_server.records import RoundRecord
 from orchard_server.strategy import CoordinateMedian, Strategy, UniformSampling, aggregate, sgd
 from tests.helpers.federations import logreg_config
+from tests.helpers.histories import wait_for_rounds
 
 SPEC = logreg_spec()
 
@@ -134,11 +136,9 @@ def test_fedavg_round_is_the_weighted_mean_of_client_updates(tmp_path: Path) -> 
         np.testing.assert_allclose(got, np.float32(want), rtol=1e-6, atol=1e-7)
 
 
-def _checkpoint_round(path: Path) -> int | None:
-    if not path.exists():
-        return None
-    with np.load(path) as npz:
-        return int(json.loads(npz["meta"].tobytes())["round"])
+def _checkpoint_round(federation: Federation) -> int | None:
+    checkpoint = load_checkpoint(federation.checkpoint_path, SPEC)
+    return None if checkpoint is None else checkpoint.round
 
 
 def test_checkpoints_follow_checkpoint_interval_and_the_end_writes_the_last(
@@ -148,29 +148,23 @@ def test_checkpoints_follow_checkpoint_interval_and_the_end_writes_the_last(
     first round's checkpoint is written and the next ones wait, while every round's
     history is written; the end of the run writes the last round's."""
     seen: dict[int, tuple[int, int | None]] = {}
-    directory = tmp_path / "blobs"
+    federation, _ = make(tmp_path, num_rounds=4, checkpoint_interval=3600.0)
 
     def peek(rnd: int, params: NDArrays) -> tuple[float, Metrics]:
         if rnd > 1:  # round rnd - 1 has been handed to the writer: wait for its history
+            done = wait_for_rounds(federation.directory, rnd - 1)
             deadline = time.monotonic() + 10
-            while True:
-                try:
-                    done = len(json.loads((directory / "history.json").read_text())["rounds"])
-                except (OSError, ValueError):
-                    done = 0
-                if done >= rnd - 1 and _checkpoint_round(directory / "checkpoint.npz"):
-                    break
-                assert time.monotonic() < deadline, f"no history of round {rnd - 1}"
+            while _checkpoint_round(federation) is None:  # round 1's, due at once
+                assert time.monotonic() < deadline, "no checkpoint of round 1"
                 time.sleep(0.01)
             time.sleep(0.2)  # room for a checkpoint that should not come
-            seen[rnd] = (done, _checkpoint_round(directory / "checkpoint.npz"))
+            seen[rnd] = (done, _checkpoint_round(federation))
         return 0.0, {}
 
-    federation, _ = make(tmp_path, num_rounds=4, checkpoint_interval=3600.0)
     federation.evaluate_fn = peek
     assert run(federation) is FederationState.FINISHED
     assert seen == {2: (1, 1), 3: (2, 1), 4: (3, 1)}
-    assert _checkpoint_round(directory / "checkpoint.npz") == 4
+    assert _checkpoint_round(federation) == 4
 
 
 def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchard_server.writer import Snapshot, StateWriter
-from tests.helpers.histories import short_history
+from tests.helpers.histories import rounds_on_disk, short_history, wait_for_rounds
 
 
 def test_flush_writes_the_last_snapshot_history_before_checkpoint(tmp_path: Path) -> None:
@@ -78,19 +78,12 @@ def test_the_first_plot_waits_for_the_interval_but_the_final_flush_draws(
     assert (tmp_path / "history.png").is_file()
 
 
-def _rounds_on_disk(directory: Path) -> int:
-    return len(json.loads((directory / "history.json").read_text())["rounds"])
-
-
 def test_checkpoints_wait_for_the_interval_and_flush_writes_the_last(tmp_path: Path) -> None:
     saved: list[int] = []
     writer = StateWriter(tmp_path, plot_interval=3600.0, checkpoint_interval=3600.0)
     for rnd in (1, 2, 3):
         writer.submit(Snapshot(rnd, short_history(rnd), lambda rnd=rnd: saved.append(rnd)))  # type: ignore[misc]
-        deadline = time.monotonic() + 10
-        while _rounds_on_disk_or_zero(tmp_path) < rnd:
-            assert time.monotonic() < deadline, f"round {rnd}'s history was never written"
-            time.sleep(0.01)
+        wait_for_rounds(tmp_path, rnd)
     # The first round's checkpoint is due at once; later ones wait for the interval,
     # while every round's history is written.
     assert saved == [1]
@@ -98,13 +91,6 @@ def test_checkpoints_wait_for_the_interval_and_flush_writes_the_last(tmp_path: P
     writer.flush(plot=False)
     assert saved == [1, 3]  # round 2's checkpoint was replaced by round 3's, not written
     assert writer.written_round == 3
-
-
-def _rounds_on_disk_or_zero(directory: Path) -> int:
-    try:
-        return _rounds_on_disk(directory)
-    except (OSError, ValueError):
-        return 0
 
 
 def test_a_checkpoint_not_yet_due_is_written_when_the_interval_ends_without_a_later_round(
@@ -116,7 +102,7 @@ def test_a_checkpoint_not_yet_due_is_written_when_the_interval_ends_without_a_la
 
     def save(rnd: int) -> None:
         # its round's history is on disk before the checkpoint
-        saved.append((rnd, time.monotonic(), _rounds_on_disk(tmp_path)))
+        saved.append((rnd, time.monotonic(), rounds_on_disk(tmp_path)))
 
     writer.submit(Snapshot(1, short_history(1), lambda: save(1)))
     writer.submit(Snapshot(2, short_history(2), lambda: save(2)))  # may replace round 1
