@@ -806,6 +806,51 @@ def test_the_runtime_joins_again_after_not_found_and_keeps_its_partition(
     assert text.count("joined federation 'blobs'") == 2
 
 
+def test_a_stop_while_the_long_poll_starts_leaves_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM that lands after the PullTask call is made, before the runtime has
+    stored it to cancel, must not leave the client in a 30 s long poll (the
+    launcher SIGKILLs after 10 s, and the client never says goodbye)."""
+    served = ServerThread(tmp_path, max_poll_seconds=30.0, min_available_clients=2)
+    caplog.set_level(logging.INFO, logger="orchard.client")
+    settings = ClientSettings(
+        server=f"127.0.0.1:{served.port}",
+        federation="blobs",
+        auth_token="s3cret",
+        poll_seconds=30.0,
+        connect_timeout=20.0,
+    )
+    runtime = ClientRuntime(_logreg, settings, model_spec=SPEC)
+    real = serde.pull_task_method
+
+    def stopped_in_between(channel: grpc.Channel) -> Callable[..., Any]:
+        method = real(channel)
+
+        def start(*args: Any, **kwargs: Any) -> Any:
+            call = method(*args, **kwargs)
+            runtime.stop("SIGTERM")  # as the signal handler does, in the same thread
+            return call
+
+        return start
+
+    monkeypatch.setattr(serde, "pull_task_method", stopped_in_between)
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(runtime.run()), daemon=True)
+    started = time.monotonic()
+    thread.start()
+    try:
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "still in the long poll after 10 s"
+    finally:
+        runtime.stop("test over")
+        thread.join(timeout=40)
+        served.close()
+    assert codes == [0]
+    assert time.monotonic() - started < 10
+    assert "left federation 'blobs' (SIGTERM)" in caplog.text
+
+
 def test_an_in_process_client_fixes_its_partition_or_is_assigned_one() -> None:
     policy = AdmissionPolicy.from_config(federation_config(max_clients=5))
     pool = InMemoryClientPool(SPEC, "blobs", policy=policy)

@@ -387,7 +387,9 @@ class ClientRuntime:
                 metadata=serde.session_metadata(session.secret),
             )
             self._call = call
-            if self._session_lost.is_set():  # the heartbeat noticed before the call was stored
+            # stop() (a signal handler) or the heartbeat may have looked for the
+            # call before it was stored: they set their flag first, so check it.
+            if self._stop.is_set() or self._session_lost.is_set():
                 call.cancel()
             return serde.task_from_stream(iter(call))
         except grpc.RpcError as exc:
