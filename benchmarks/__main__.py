@@ -30,7 +30,7 @@ from typing import Any, Protocol, cast
 import grpc
 import numpy as np
 
-from benchmarks import aggregation, client_overhead, rounds, serde_cost, transport
+from benchmarks import aggregation, client_overhead, fanout, rounds, serde_cost, transport
 
 
 class Suite(Protocol):
@@ -44,7 +44,7 @@ class Suite(Protocol):
 
 
 #: Every suite, in run order.
-SUITES: list[ModuleType] = [serde_cost, aggregation, transport, rounds, client_overhead]
+SUITES: list[ModuleType] = [serde_cost, aggregation, fanout, transport, rounds, client_overhead]
 
 
 def machine() -> dict[str, Any]:

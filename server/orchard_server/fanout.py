@@ -77,7 +77,9 @@ async def fan_out(
     # Finished tasks, in the order they finished. One callback per task and one
     # timer for the deadline: ``asyncio.wait`` over the pending tasks added and
     # removed a callback on every one of them at every wake-up, quadratic in
-    # the clients (12% of a simulated round's event loop with 100 clients).
+    # the clients: 0.23 s of CPU against 0.08 s now for a fan-out to 1,000
+    # clients answering within 0.5 s, and 12% of the event loop's GIL-holding
+    # samples in a simulated round of 100 (docs/performance.md, item 17).
     finished: deque[asyncio.Task[Result]] = deque()
     wake = asyncio.Event()
 

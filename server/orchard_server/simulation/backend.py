@@ -19,12 +19,6 @@ stays bounded by the workers. A worker that cannot open the driver's segments
 cancelled while its worker runs it (its deadline passed) or a worker that dies
 takes that worker down; a fresh one replaces it, as a deployed client that
 missed a deadline is dropped and another takes its place.
-
-A worker whose jobs are short gets its next job before it has answered the
-one it runs (:data:`PIPELINE_DEPTH`): the frame waits in its pipe while the
-driver reads and folds the previous result, so the worker does not sit idle
-between jobs waiting for the driver's event loop. Answers come back in the
-order the jobs were sent, and each is checked to be its job's.
 """
 
 from __future__ import annotations
@@ -36,7 +30,6 @@ import fcntl
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,18 +64,6 @@ class WorkerLostError(RuntimeError):
 
 class WorkerStartError(RuntimeError):
     """A worker could not start (interpreter, import or ``client_fn`` problem)."""
-
-
-class _Requeued(Exception):  # noqa: N818 (not an error: the job goes elsewhere)
-    """Run this job on another worker: the job ahead of it on its worker is long,
-    or that worker was lost or stopped before this job's turn came.
-
-    ``drain`` (when the worker goes on) reads and drops this job's answer there.
-    """
-
-    def __init__(self, drain: Coroutine[Any, Any, None] | None = None) -> None:
-        super().__init__("requeued")
-        self.drain = drain
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,21 +124,6 @@ _SLOT_PATIENCE = 2.0
 #: Frames up to this size are joined into one write (headers; arrays are written as they are).
 _JOIN_BYTES = 1 << 16
 
-#: Jobs one worker may hold at once (sent, not yet answered) while its jobs are short.
-#: With one, a worker that answered waited for the driver to read the answer, fold
-#: the result and send it another job: 100 virtual null clients of the MNIST CNN on
-#: 2 workers kept 2 cores 80% busy (driver 0.7 of a core, each worker 0.43;
-#: ``/proc/PID/stat``), at 0.35 to 0.44 s a round (docs/performance.md).
-PIPELINE_DEPTH = 2
-#: A worker's jobs are short while the last one took its client (``JobResult.seconds``)
-#: less than this. Longer jobs go one at a time: a job queued behind a long one on a
-#: busy worker would wait while another worker might be idle at the round's end.
-PIPELINE_BELOW = 0.05
-#: Seconds a job sent behind another waits for that one to finish; then it goes to
-#: another worker (the one ahead turned out long, a client that hangs for instance),
-#: and its answer here, if it ever comes, is read and dropped.
-PIPELINE_PATIENCE = 0.25
-
 #: Linux's fcntl to resize a pipe (F_SETPIPE_SZ), and the size asked for.
 _F_SETPIPE_SZ = 1031
 _PIPE_BYTES = 1 << 20
@@ -182,8 +148,7 @@ class _Process:
         self.broadcast = broadcast
         loop = asyncio.get_running_loop()
         self._freed = asyncio.Event()
-        #: Jobs of this worker waiting for a free result segment.
-        self._waiting = 0
+        self._waiting = False
 
         def freed() -> None:  # any thread: the server drops a result's arrays where it folds
             if self._waiting:  # else no wake-up of the event loop is needed
@@ -191,22 +156,11 @@ class _Process:
                     loop.call_soon_threadsafe(self._freed.set)
 
         self.slots = shm.ResultSlots(on_free=freed)
+        #: Whether the current job reached the worker (a cancel before that spares it).
+        self.busy = False
         #: Whether model arrays go through shared memory (agreed when it started).
         self.shared = False
         self.result_bytes = 0
-        #: Jobs taken for this worker and not yet answered (at most PIPELINE_DEPTH).
-        self.inflight = 0
-        #: This worker's entries in its pool's idle queue plus the jobs holding one.
-        self.tokens = 0
-        #: Whether its last job was short (PIPELINE_BELOW): it may hold a second one.
-        self.short = False
-        #: A job was cancelled after its frame was sent: the pipe's answers no
-        #: longer pair with the jobs waiting for them, so the worker is stopped.
-        self.broken = False
-        #: Reading from the worker failed: it died, or answered out of turn.
-        self.lost = False
-        #: Resolved when the answer of the last job sent has been read (answers come in order).
-        self._turn: asyncio.Future[None] | None = None
 
     @classmethod
     async def start(cls, setup: WorkerSetup, broadcast: shm.Broadcast) -> _Process:
@@ -287,16 +241,8 @@ class _Process:
         return header, arrays
 
     async def call(self, job: Job) -> JobResult:
-        """Send ``job`` to the worker and read its answer, after those of the jobs sent before.
-
-        Cancelled once the frame is on its way, the call marks the worker
-        ``broken``: its answer will still come, so the pipe can no longer be
-        read for the jobs behind it. A job still waiting behind another after
-        :data:`PIPELINE_PATIENCE` raises :class:`_Requeued`.
-        """
         params_key = params_ref = None
         slot = None
-        turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None = None
         try:
             if self.shared:
                 try:
@@ -309,36 +255,14 @@ class _Process:
             frame = job_frame(
                 job, params_shm=params_ref, result_shm=None if slot is None else slot.ref()
             )
-            # The answer's place in line is taken as the frame is written (no await between).
-            turn = self._turn, asyncio.get_running_loop().create_future()
-            self._turn = turn[1]
+            self.busy = True
             await self._send(frame)
-            if turn[0] is not None and not await _finished_within(turn[0], PIPELINE_PATIENCE):
-                drain = self._drain(turn, slot, params_key)
-                turn = slot = params_key = None  # the drain's now
-                raise _Requeued(drain)
-            if self.broken or self.lost:
-                # Stopped, or dead, before it answered the job ahead: it never ran this
-                # one (or is killed running it); another worker runs it afresh.
-                raise _Requeued
             header, arrays = await self._read()
             parameters = self._result_parameters(header, slot)
             slot = None  # leased to the result's arrays, or given back
-            out = decode_result((header, arrays), parameters)
-            if out.result.task_id != job.task.task_id:
-                raise ProtocolError(
-                    f"the worker answered task {out.result.task_id!r} where "
-                    f"{job.task.task_id!r} was due"
-                )
-            return out
-        except asyncio.CancelledError:
-            if turn is not None:  # the frame is on its way, or in the worker
-                self.broken = True
-            raise
+            self.busy = False
+            return decode_result((header, arrays), parameters)
         except (ProtocolError, ConnectionError, shm.SegmentError) as exc:
-            self.lost = True
-            if turn is not None and not turn[1].done():
-                turn[1].set_result(None)  # the jobs behind this one go elsewhere now
             # The pipe closes just before the process ends: give it a moment to
             # report its own exit code before stopping it.
             with contextlib.suppress(TimeoutError):
@@ -348,31 +272,7 @@ class _Process:
                 f"its worker process (pid {self.proc.pid}) died with exit code {code}: {exc}"
             ) from None
         finally:
-            if turn is not None and not turn[1].done():
-                turn[1].set_result(None)  # the next job's turn to read
             if slot is not None:  # the worker may still write into it: never reused
-                self.slots.discard(slot)
-            if params_key is not None:
-                self.broadcast.release(params_key)
-
-    async def _drain(
-        self,
-        turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]],
-        slot: shm.Segment | None,
-        params_key: tuple[int, ...] | None,
-    ) -> None:
-        """Read and drop the answer of a job that went to another worker (see call)."""
-        try:
-            if turn[0] is not None:
-                await asyncio.shield(turn[0])
-            if not self.broken:
-                # A worker that died meanwhile is reported by the jobs it held.
-                with contextlib.suppress(ProtocolError, ConnectionError):
-                    await self._read()
-        finally:
-            if not turn[1].done():
-                turn[1].set_result(None)
-            if slot is not None:
                 self.slots.discard(slot)
             if params_key is not None:
                 self.broadcast.release(params_key)
@@ -385,7 +285,7 @@ class _Process:
         update without copying it) gets one more segment for this worker rather
         than a stalled worker.
         """
-        self._waiting += 1  # before take(): a release after it must wake this wait
+        self._waiting = True  # before take(): a release after it must wake this wait
         try:
             while True:
                 self._freed.clear()
@@ -407,7 +307,7 @@ class _Process:
                         self.slots.limit,
                     )
         finally:
-            self._waiting -= 1
+            self._waiting = False
 
     def _result_parameters(
         self, header: dict[str, Any], slot: shm.Segment | None
@@ -435,14 +335,7 @@ class _Process:
 
 
 class _LocalPool:
-    """The workers of one group, replaced when one is lost.
-
-    The queue holds tokens (a worker's name once per job it may take now): one
-    per worker, and a second while its jobs are short (:data:`PIPELINE_BELOW`),
-    so a short job's worker is given the next job while it still runs one. A
-    token taken when its worker may not take another job (it is lost, or its
-    jobs got long while it has one) is dropped; the job in flight holds another.
-    """
+    """The workers of one group: a queue of idle ones, replaced when one is lost."""
 
     def __init__(self, setup: WorkerSetup, size: int, broadcast: shm.Broadcast) -> None:
         self.setup = setup
@@ -450,8 +343,7 @@ class _LocalPool:
         self.broadcast = broadcast
         self.idle: asyncio.Queue[_Process] = asyncio.Queue()
         self.all: set[_Process] = set()
-        #: Workers being started to replace lost ones, and answers being drained.
-        self._background: set[asyncio.Task[None]] = set()
+        self._spares: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         workers = await asyncio.gather(
@@ -461,18 +353,12 @@ class _LocalPool:
         errors = [w for w in workers if isinstance(w, BaseException)]
         for w in workers:
             if isinstance(w, _Process):
-                self._add(w)
+                self.all.add(w)
+                self.idle.put_nowait(w)
         if errors:
             raise errors[0]
 
-    def _add(self, worker: _Process) -> None:
-        self.all.add(worker)
-        worker.tokens = 1
-        self.idle.put_nowait(worker)
-
     def _replace(self, lost: _Process) -> None:
-        if lost not in self.all:  # the jobs it held each report it lost
-            return
         self.all.discard(lost)
 
         async def spare() -> None:
@@ -481,76 +367,33 @@ class _LocalPool:
             except WorkerStartError as exc:
                 log.error("could not replace a lost worker: %s", exc)
                 return
-            self._add(worker)
-
-        self._later(spare())
-
-    def _later(
-        self, work: Coroutine[Any, Any, None], then: Callable[[], None] | None = None
-    ) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        if then is not None:
-            task.add_done_callback(lambda _: then())
-
-    async def _take(self) -> _Process:
-        """A worker that may take one more job now (waits, first come, first served)."""
-        while True:
-            worker = await self.idle.get()
-            if (
-                worker in self.all
-                and not (worker.lost or worker.broken)
-                and (worker.inflight == 0 or (worker.short and worker.inflight < PIPELINE_DEPTH))
-            ):
-                break
-            worker.tokens -= 1  # lost, stopped, or its jobs are long now: this token is dropped
-        worker.inflight += 1
-        self._offer(worker)
-        return worker
-
-    def _offer(self, worker: _Process) -> None:
-        """A second token for a worker whose jobs are short."""
-        if worker.short and worker.tokens < PIPELINE_DEPTH and worker in self.all:
-            worker.tokens += 1
+            self.all.add(worker)
             self.idle.put_nowait(worker)
 
-    def _give_back(self, worker: _Process) -> None:
-        worker.inflight -= 1
-        if worker in self.all:
-            self.idle.put_nowait(worker)
-            self._offer(worker)
+        task = asyncio.ensure_future(spare())
+        self._spares.add(task)
+        task.add_done_callback(self._spares.discard)
 
     async def run(self, job: Job) -> JobResult:
-        worker = await self._take()
+        worker = await self.idle.get()
         try:
             out = await worker.call(job)
-        except _Requeued as requeued:
-            worker.short = False
-            if requeued.drain is None:
-                worker.inflight -= 1
-            else:
-                self._later(requeued.drain, then=lambda: self._give_back(worker))
-            return await self.run(job)
         except WorkerLostError:
-            worker.inflight -= 1
             self._replace(worker)
             raise
         except asyncio.CancelledError:
-            if not worker.broken:  # cancelled before the job reached it: still a good worker
-                self._give_back(worker)
+            if not worker.busy:  # cancelled before the job reached it: still a good worker
+                self.idle.put_nowait(worker)
                 raise
-            # The job's deadline passed while the worker ran it: stop it, start another.
-            worker.inflight -= 1
+            # The job's deadline passed while the worker was busy: stop it, start another.
             await asyncio.shield(worker.stop())
             self._replace(worker)
             raise
-        worker.short = out.seconds < PIPELINE_BELOW
-        self._give_back(worker)
+        self.idle.put_nowait(worker)
         return out
 
     async def close(self) -> None:
-        for task in list(self._background):
+        for task in list(self._spares):
             task.cancel()
         for worker in list(self.all):
             if worker.proc.stdin is not None:
@@ -605,14 +448,3 @@ class LocalBackend(Backend):
     def workers(self) -> list[_Process]:
         """Every live worker (tests: transport, segments)."""
         return [w for p in self._pools for w in p.all]
-
-
-async def _finished_within(future: asyncio.Future[None], seconds: float) -> bool:
-    """Whether ``future`` is done within ``seconds`` (it is not cancelled either way)."""
-    if future.done():
-        return True
-    try:
-        await asyncio.wait_for(asyncio.shield(future), seconds)
-    except TimeoutError:
-        return False
-    return True

@@ -63,17 +63,13 @@ def _job(partition: int, params: list[np.ndarray], kind: TaskType = TaskType.FIT
 
 
 def _backend(
-    *,
-    python: str = "",
-    shared: bool = True,
-    node_config: dict[str, str] | None = None,
-    workers: int = 1,
+    *, python: str = "", shared: bool = True, node_config: dict[str, str] | None = None
 ) -> LocalBackend:
     group = ClientGroup(
         client_fn=PROBE, num_clients=4, python=python, node_config=dict(node_config or {})
     )
     setup = WorkerSetup(group=group, federation="sim", spec=SPEC, shared_memory=shared)
-    return LocalBackend([setup], [workers])
+    return LocalBackend([setup], [1])
 
 
 def _expected(params: list[np.ndarray], partition: int) -> list[np.ndarray]:
@@ -205,75 +201,3 @@ def test_a_killed_driver_leaves_no_segment_and_no_worker(tmp_path: Path) -> None
     assert alive == zombies, "workers outlived their driver"
     if os.path.isdir("/dev/shm"):
         assert {n for n in set(os.listdir("/dev/shm")) - shm_before if "orchard" in n} == set()
-
-
-def _check_result(out: JobResult, partition: int) -> None:
-    assert out.result.error == "" and out.result.task_id == f"t{partition}"
-    for got, want in zip(out.result.parameters, _expected(_params(), partition), strict=True):
-        assert np.array_equal(got, want)
-
-
-def test_a_worker_of_short_jobs_gets_the_next_before_it_answers(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Pipelined jobs: two on the worker at once, and every answer goes to its own job."""
-    calls = {"now": 0, "most": 0}
-    call = backend_module._Process.call
-
-    async def counted(self: backend_module._Process, job: Job) -> JobResult:
-        calls["now"] += 1
-        calls["most"] = max(calls["most"], calls["now"])
-        try:
-            return await call(self, job)
-        finally:
-            calls["now"] -= 1
-
-    monkeypatch.setattr(backend_module._Process, "call", counted)
-
-    async def main() -> None:
-        backend = _backend()
-        await backend.start()
-        try:
-            _check_result(await backend.run(0, _job(0, _params())), 0)
-            assert calls["most"] == 1  # the first job: its length is not known yet
-            outs = await asyncio.gather(*(backend.run(0, _job(p, _params())) for p in range(8)))
-            for partition, out in enumerate(outs):
-                _check_result(out, partition)
-            assert calls["most"] == backend_module.PIPELINE_DEPTH == 2
-            assert backend.workers[0].inflight == 0
-        finally:
-            await backend.close()
-
-    asyncio.run(main())
-
-
-def test_a_job_behind_one_that_hangs_goes_to_another_worker() -> None:
-    """A client that hangs does not take the job queued behind it down with it."""
-
-    async def main() -> None:
-        backend = _backend(workers=2, node_config={"partition_0": "sleep"})
-        await backend.start()
-        try:
-            params = _params()
-            # Both workers learn that their jobs are short, and so may take two at once.
-            for out in await asyncio.gather(*(backend.run(0, _job(p, params)) for p in (1, 2))):
-                assert not out.result.error
-            assert all(w.short for w in backend.workers)
-            hanging = asyncio.ensure_future(backend.run(0, _job(0, params)))
-            started = time.monotonic()
-            outs = await asyncio.wait_for(
-                asyncio.gather(*(backend.run(0, _job(p, params)) for p in (1, 2, 3))), 20
-            )
-            for partition, out in zip((1, 2, 3), outs, strict=True):
-                _check_result(out, partition)
-            # Within the patience and a few jobs, not after the 60 s the hanging client sleeps.
-            assert time.monotonic() - started < 10
-            assert not hanging.done()
-            hanging.cancel()  # its deadline: that worker is stopped and replaced
-            with pytest.raises(asyncio.CancelledError):
-                await hanging
-            _check_result(await backend.run(0, _job(3, params)), 3)
-        finally:
-            await backend.close()
-
-    asyncio.run(main())
