@@ -228,10 +228,18 @@ class GrpcClientPool(ClientPool):
                     return None
                 getter = asyncio.ensure_future(session.mailbox.get())
                 closer = asyncio.ensure_future(self.closed.wait())
-                done, _ = await asyncio.wait(
-                    {getter, closer}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                closer.cancel()
+                try:
+                    done, _ = await asyncio.wait(
+                        {getter, closer}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    )
+                except asyncio.CancelledError:
+                    # The client's call ended while it waited. A getter left waiting
+                    # would take the session's next task for nobody, and the client's
+                    # next poll would miss it until the round's deadline dropped it.
+                    _give_back(getter, session.mailbox)
+                    raise
+                finally:
+                    closer.cancel()
                 if getter not in done:
                     getter.cancel()
                     continue
@@ -439,6 +447,14 @@ class GrpcClientPool(ClientPool):
             session.closed.append(task.task_id)
             if not any(s.open for s in self._sessions.values()):
                 self._encoded = None  # the round's tasks are all closed
+
+
+def _give_back(getter: asyncio.Future[Task], mailbox: asyncio.Queue[Task]) -> None:
+    """End a cancelled poll's wait on ``mailbox``; a task it had already taken goes back."""
+    if not getter.done():
+        getter.cancel()  # a woken getter that has not run yet leaves the task queued
+    elif not getter.cancelled() and getter.exception() is None:
+        mailbox.put_nowait(getter.result())
 
 
 def _nbytes(arrays: NDArrays) -> int:
