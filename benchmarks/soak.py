@@ -333,10 +333,14 @@ async def _drive(settings: SoakSettings, launcher: Launcher, state_dir: Path) ->
             if time.monotonic() - started > settings.timeout:
                 raise TimeoutError(f"soak not finished in {settings.timeout:.0f} s")
             done = len(_history(state_dir)["rounds"])
-            if done > seen:
-                rss[done] = _rss_mb(server.process.pid)
             # Rounds can end faster than this loop polls: each completed round gets its
-            # own churn, however many ended since the last look.
+            # own memory sample (the first taken after it ended) and its own churn,
+            # however many ended since the last look. A round left without a sample
+            # made the growth unknown and the soak fail (a loaded CI machine did).
+            if done > seen:
+                sample = _rss_mb(server.process.pid)
+                for rnd in range(seen + 1, done + 1):
+                    rss[rnd] = sample
             for _ in range(seen, done):
                 victims = rng.sample(sessions, int(settings.clients * settings.churn))
                 for i, victim in enumerate(victims):
