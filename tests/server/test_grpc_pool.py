@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from orchard.examples.logreg import logreg_spec
 from orchard.messages import API_VERSION, JoinInfo, Task, TaskType
@@ -32,6 +33,13 @@ def _task(task_id: str) -> Task:
     )
 
 
+async def _cancel(*tasks: asyncio.Future[Any]) -> None:
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def test_a_cancelled_long_poll_leaves_the_sessions_next_task_to_the_next_poll() -> None:
     """A client's PullTask call that ends while the server waits (the client cancelled
     it, or its deadline passed) must not leave a waiter that takes the session's next
@@ -41,9 +49,7 @@ def test_a_cancelled_long_poll_leaves_the_sessions_next_task_to_the_next_poll() 
         pool, client_id = _pool_with_one_session()
         cancelled = asyncio.ensure_future(pool.next_task(client_id, 30.0))
         await asyncio.sleep(0.05)  # waiting on the empty mailbox
-        cancelled.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cancelled
+        await _cancel(cancelled)
         again = asyncio.ensure_future(pool.next_task(client_id, 30.0))
         await asyncio.sleep(0.05)  # the client's next poll waits too
         running = asyncio.ensure_future(pool.run_task(client_id, _task("t1")))
@@ -51,9 +57,7 @@ def test_a_cancelled_long_poll_leaves_the_sessions_next_task_to_the_next_poll() 
             got = await asyncio.wait_for(again, 5.0)
             assert got is not None and got.task_id == "t1"
         finally:
-            running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running
+            await _cancel(running)
 
     asyncio.run(main())
 
@@ -65,15 +69,11 @@ def test_a_task_taken_by_a_poll_cancelled_at_that_moment_goes_to_the_next_poll()
         await asyncio.sleep(0.05)
         running = asyncio.ensure_future(pool.run_task(client_id, _task("t2")))
         await asyncio.sleep(0)  # the task is in the mailbox and the poll's getter woken
-        poll.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poll
+        await _cancel(poll)
         try:
             got = await asyncio.wait_for(pool.next_task(client_id, 5.0), 10.0)
             assert got is not None and got.task_id == "t2"
         finally:
-            running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running
+            await _cancel(running)
 
     asyncio.run(main())
