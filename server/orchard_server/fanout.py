@@ -97,16 +97,20 @@ async def fan_out(
     pending = {send(cid): cid for cid in client_ids}
     results: list[tuple[ClientInfo, Result]] = []
     dropped: dict[str, str] = {}
-    loop = asyncio.get_running_loop()
-    timer = loop.call_at(loop.time() + task.timeout, wake.set)
-    deadline = started + task.timeout
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        wake.set()
+
+    timer = asyncio.get_running_loop().call_later(task.timeout, expire)
     try:
         while pending:
-            if not finished:
+            if not finished and not expired:
                 wake.clear()
-                if time.monotonic() < deadline:
-                    await wake.wait()
-            if not finished:  # woken by the deadline
+                await wake.wait()
+            if not finished:  # the deadline passed
                 for fut, cid in pending.items():
                     fut.cancel()
                     _drop(
