@@ -41,6 +41,8 @@ BASE_ENV: dict[str, str] = {
 
 SETUP = ["up -d --no-build"]
 CLEANUP = ["down -v --remove-orphans --timeout 10"]
+#: :meth:`Stack.up_attached`'s status when the test stopped ``compose up`` (as ``timeout(1)``).
+UP_TIMED_OUT = 124
 
 
 class StackError(AssertionError):
@@ -138,7 +140,12 @@ class Stack:
         """``docker compose up ARGS`` in the foreground, as a user runs it.
 
         Returns its exit status, its output (compose's and the containers')
-        and the seconds it took.
+        and the seconds it took. After ``timeout`` seconds the test stops it
+        and gets :data:`UP_TIMED_OUT`, the output so far and each container's
+        state, so the test's own assertion says what did not end. Keep
+        ``timeout`` below pytest's per-test limit (``pyproject.toml``): a test
+        that pytest-timeout cuts reports nothing of the containers (a CI run at
+        f5bcf87 lost the cause of such a hang that way).
         """
         command = ["docker", "compose", "-p", self.project]
         for file in self.files:
@@ -146,17 +153,33 @@ class Stack:
         for profile in self.profiles:
             command += ["--profile", profile]
         started = time.monotonic()
-        done = subprocess.run(
-            [*command, "up", "--no-build", "--no-color", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.environ,
-            timeout=timeout,
-            check=False,
-            cwd=REPO,
-        )
+        try:
+            done = subprocess.run(
+                [*command, "up", "--no-build", "--no-color", *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=self.environ,
+                timeout=timeout,
+                check=False,
+                cwd=REPO,
+            )
+        except subprocess.TimeoutExpired as exc:
+            seconds = time.monotonic() - started
+            so_far = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else ""
+            return UP_TIMED_OUT, f"{so_far}\n{self._stopped_report(seconds)}", seconds
         return done.returncode, done.stdout, time.monotonic() - started
+
+    def _stopped_report(self, seconds: float) -> str:
+        """What :meth:`up_attached` adds to the output of an ``up`` it stopped."""
+        try:
+            states = "\n".join(
+                f"  {row.get('Service')}: {row.get('State')} ({row.get('Status')})"
+                for row in self.containers()
+            )
+        except (StackError, subprocess.TimeoutExpired) as exc:
+            states = f"  (compose ps failed: {exc})"
+        return f"[compose up stopped by the test after {seconds:.0f} s; containers:\n{states}]"
 
     def containers(self, service: str | None = None) -> list[dict[str, Any]]:
         """``compose ps -a`` as dicts (Name, Service, State, ExitCode, ID, ...)."""

@@ -68,7 +68,7 @@ def test_offline_data_path_synth_import_then_a_run_labelled_synthetic(
                                  "data", "import", "/import")  # fmt: skip
         assert "mnist: imported 5 file(s) into /data: SYNTHETIC" in imported, imported
         status, output, _ = stack.up_attached(
-            "server", "client_mxnet", "evaluator_mxnet", *UP, timeout=600
+            "server", "client_mxnet", "evaluator_mxnet", *UP, timeout=200
         )
         assert status == 0, output[-8000:]
         history = stack.history("mnist")
@@ -108,7 +108,7 @@ def test_missing_data_fails_fast_with_the_reason_and_a_nonzero_status(
     stack = _mnist_stack(workdir, "nodata", ORCHARD_DATASET_MIRROR="http://127.0.0.1:9/none")
     with stack.running(setup=[]):
         status, output, seconds = stack.up_attached(
-            "server", "client_mxnet", "evaluator_mxnet", *UP, timeout=300
+            "server", "client_mxnet", "evaluator_mxnet", *UP, timeout=200
         )
         server_logs = stack.logs("server")
     assert status != 0, output[-6000:]
@@ -135,10 +135,10 @@ def test_a_second_up_after_a_finished_run_starts_a_new_run(
         profiles=("reference",),
     )
     with stack.running(setup=[]):
-        first, output, _ = stack.up_attached("server", "client_numpy", *UP, timeout=300)
+        first, output, _ = stack.up_attached("server", "client_numpy", *UP, timeout=120)
         assert first == 0, output[-6000:]
         first_history = stack.history("blobs")
-        second, output, _ = stack.up_attached("server", "client_numpy", *UP, timeout=300)
+        second, output, _ = stack.up_attached("server", "client_numpy", *UP, timeout=120)
         assert second == 0, output[-6000:]
         second_history = stack.history("blobs")
         runs = "/var/lib/orchard/state/blobs/runs"
@@ -169,7 +169,7 @@ def test_crossframework_override_reaches_75_percent_test_accuracy_on_fashion_mni
         imported = stack.compose("run", "--rm", "-v", f"{FASHION}:/import:ro", "data",
                                  "import", "/import", "--dataset", "fashion-mnist")  # fmt: skip
         assert "official checksums verified" in imported, imported
-        status, output, _ = stack.up_attached(*UP, timeout=900)
+        status, output, _ = stack.up_attached(*UP, timeout=200)
         assert status == 0, output[-8000:]
         history = stack.history("fashion")
         services = {r["Service"] for r in stack.containers()}
