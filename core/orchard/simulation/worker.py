@@ -63,6 +63,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     except (ClientFnError, ImportError) as exc:
         _write(out, encode({"op": "error", "message": str(exc)}))
         return 2
+    _lower_priority(header.get("nice", 0))
     segments: WorkerSegments | None = None
     refusal = ""
     if header.get("shm"):
@@ -77,6 +78,22 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
         except ProtocolError:
             return 0  # the driver is done
         _write(out, _answer(runtime, segments, frame))
+
+
+def _lower_priority(nice: object) -> None:
+    """Run ``nice`` steps nicer than the driver that started this worker.
+
+    The driver's one event loop feeds every worker and folds every update;
+    when the cores are busy it should get them first (the driver's
+    ``SimulationConfig.worker_nice`` says why and by how much). A platform
+    without ``os.nice`` keeps the worker as it is, saying so.
+    """
+    if not isinstance(nice, int) or isinstance(nice, bool) or nice <= 0:
+        return
+    try:
+        os.nice(nice)
+    except (AttributeError, OSError) as exc:
+        log.warning("the worker keeps its CPU priority (nice %d refused: %s)", nice, exc)
 
 
 def _answer(

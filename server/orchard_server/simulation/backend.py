@@ -75,6 +75,8 @@ class WorkerSetup:
     spec: ModelSpec
     #: Threads each worker's frameworks may use (OMP_NUM_THREADS).
     threads: int = 1
+    #: How much nicer than the driver each worker runs (``SimulationConfig.worker_nice``).
+    nice: int = 0
     #: Model arrays through shared memory where the worker can open it (else the pipe).
     shared_memory: bool = True
 
@@ -90,6 +92,7 @@ class WorkerSetup:
             "federation": self.federation,
             "spec": spec_to_json(self.spec),
             "node_config": config_to_json(self.group.node_config),
+            "nice": self.nice,
         }
 
 

@@ -71,7 +71,14 @@ def make_backend(federation: FederationConfig, simulation: SimulationConfig) -> 
         )
     threads = max(1, int(simulation.resources.num_cpus))
     setups = [
-        WorkerSetup(group=g, federation=federation.name, spec=spec, threads=threads) for g in groups
+        WorkerSetup(
+            group=g,
+            federation=federation.name,
+            spec=spec,
+            threads=threads,
+            nice=simulation.worker_nice,
+        )
+        for g in groups
     ]
     return LocalBackend(setups, simulation.worker_counts())
 

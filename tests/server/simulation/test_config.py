@@ -9,6 +9,7 @@ import pytest
 from orchard_server.config import ConfigError
 from orchard_server.simulation.config import (
     DEFAULT_CLIENT_FN,
+    DEFAULT_WORKER_NICE,
     ClientGroup,
     Resources,
     SimulationConfig,
@@ -48,6 +49,7 @@ def test_reads_the_federations_and_the_simulation_table(tmp_path: Path) -> None:
     assert sim.num_clients == 4 and sim.workers == 2 and sim.keep_state
     assert sim.resources == Resources(num_cpus=1.0, num_gpus=0.5)
     assert sim.client_fn == DEFAULT_CLIENT_FN
+    assert sim.worker_nice == DEFAULT_WORKER_NICE == 5
     (group,) = sim.client_groups()
     assert group.node_config == {"framework": "pytorch", "dataset": "mnist"}
 
@@ -58,6 +60,9 @@ def test_reads_the_federations_and_the_simulation_table(tmp_path: Path) -> None:
         ("colour = 'red'", "unknown key 'colour'"),
         ("backend = 'spark'", "backend must be one of local, ray"),
         ("num_clients = 'ten'", "num_clients must be int"),
+        ("worker_nice = 20", "worker_nice must be 0 to 19, got 20"),
+        ("worker_nice = -1", "worker_nice must be 0 to 19, got -1"),
+        ("worker_nice = true", "worker_nice must be int"),
     ],
 )
 def test_bad_simulation_keys_are_named(tmp_path: Path, extra: str, message: str) -> None:

@@ -63,13 +63,18 @@ def _job(partition: int, params: list[np.ndarray], kind: TaskType = TaskType.FIT
 
 
 def _backend(
-    *, python: str = "", shared: bool = True, node_config: dict[str, str] | None = None
+    *,
+    python: str = "",
+    shared: bool = True,
+    node_config: dict[str, str] | None = None,
+    nice: int = 0,
+    workers: int = 1,
 ) -> LocalBackend:
     group = ClientGroup(
         client_fn=PROBE, num_clients=4, python=python, node_config=dict(node_config or {})
     )
-    setup = WorkerSetup(group=group, federation="sim", spec=SPEC, shared_memory=shared)
-    return LocalBackend([setup], [1])
+    setup = WorkerSetup(group=group, federation="sim", spec=SPEC, shared_memory=shared, nice=nice)
+    return LocalBackend([setup], [workers])
 
 
 def _expected(params: list[np.ndarray], partition: int) -> list[np.ndarray]:
@@ -117,6 +122,20 @@ def test_results_are_the_clients_whatever_the_transport(python: str, shared: boo
             assert got.dtype == want.dtype and np.array_equal(got, want)
     gc.collect()
     assert open_segments() - before == set()
+
+
+@pytest.mark.parametrize("nice", [0, 3])
+def test_workers_run_as_much_nicer_than_the_driver_as_set(nice: int) -> None:
+    async def priorities() -> list[int]:
+        backend = _backend(nice=nice, workers=2)
+        await backend.start()
+        try:
+            return [os.getpriority(os.PRIO_PROCESS, pid) for pid in backend.pids]
+        finally:
+            await backend.close()
+
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert asyncio.run(priorities()) == [min(mine + nice, 19)] * 2
 
 
 def test_a_worker_that_dies_mid_job_leaves_no_segment_behind() -> None:
