@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from orchard.folding import CAST_BUFFER, CAST_BUFFER_FROM, FLOAT64_BLOCK, add_cast
 from orchard.typing import Metrics, NDArrays
 from orchard_server.strategy import (
     AggregationError,
@@ -22,12 +23,6 @@ from orchard_server.strategy import (
     weighted_average_loss,
     weighted_average_metrics,
     weighted_mean,
-)
-from orchard_server.strategy.aggregate import (
-    CAST_BUFFER,
-    CAST_BUFFER_FROM,
-    FLOAT64_BLOCK,
-    _add_cast,
 )
 
 
@@ -176,7 +171,7 @@ def test_equal_weight_fold_puts_numpy_buffer_size_back() -> None:
         aggregator.add([np.ones(size, dtype=np.float32)], 5)
         assert np.getbufsize() == 12_288
         with pytest.raises(ValueError, match="broadcast"):  # NumPy refuses the add
-            _add_cast(np.zeros(size + 1), np.ones(size, dtype=np.float32))
+            add_cast(np.zeros(size + 1), np.ones(size, dtype=np.float32))
         assert np.getbufsize() == 12_288
     finally:
         np.setbufsize(previous)
@@ -427,3 +422,62 @@ def test_averages_near_the_float_range_do_not_overflow() -> None:
         1e308
     )
     assert weighted_average_loss([(3, 1e308), (5, 1e308)]) == pytest.approx(1e308)
+
+
+# --------------------------------------------------------------------------- partial sums
+
+
+def _partial_sums(updates: list[NDArrays], weights: list[int]) -> tuple[list[np.ndarray], int]:
+    """Weighted float64 sums, as a simulation worker's partial holds them."""
+    sums = [np.zeros(a.shape) for a in updates[0]]
+    for update, weight in zip(updates, weights, strict=True):
+        for running, array in zip(sums, update, strict=True):
+            np.add(running, weight * array.astype(np.float64), out=running)
+    return sums, sum(weights)
+
+
+@pytest.mark.parametrize("direct_first", [True, False])
+def test_partial_sums_of_either_kind_give_the_mean_of_every_update(direct_first: bool) -> None:
+    # Integer values: every sum is exact, so any grouping gives the same bits.
+    rng = np.random.default_rng(2)
+    updates: list[NDArrays] = [
+        [rng.integers(-9, 9, (4, 3)).astype(np.float32), rng.integers(-9, 9, 5)] for _ in range(7)
+    ]
+    weights = [4, 4, 4, 6, 1, 4, 4]
+    reference = WeightedMean()
+    for update, weight in zip(updates, weights, strict=True):
+        reference.add(update, weight)
+    dtypes: list[np.dtype[np.generic]] = [np.dtype(np.float32), np.dtype(np.int64)]
+    plain = [np.add(*[u[i].astype(np.float64) for u in updates[:2]]) for i in range(2)]
+    weighted, total = _partial_sums(updates[2:5], weights[2:5])
+    merged = WeightedMean()
+    if direct_first:
+        merged.add(updates[5], 4)
+    merged.add_sums(plain, dtypes, count=2, total=8, shared_weight=4)
+    merged.add_sums(weighted, dtypes, count=3, total=total, shared_weight=None)
+    if not direct_first:
+        merged.add(updates[5], 4)
+    merged.add(updates[6], 4)
+    assert merged.count == 7 and merged.total_examples == sum(weights)
+    for got, want in zip(merged.result(), reference.result(), strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+def test_plain_partial_sums_then_an_update_of_the_same_weight() -> None:
+    # Plain sums [1, 3] of two updates weighing 3 each, then [5, 7] weighing 3.
+    merged = WeightedMean()
+    merged.add_sums([np.array([1.0, 3.0])], [np.dtype(np.float32)], count=2, total=6,
+                    shared_weight=3)  # fmt: skip
+    merged.add([f32(5.0, 7.0)], 3)
+    np.testing.assert_array_equal(merged.result()[0], np.array([2.0, 10 / 3], dtype=np.float32))
+
+
+def test_partial_sums_of_another_layout_are_refused() -> None:
+    merged = WeightedMean()
+    merged.add([f32(1.0, 2.0)], 1)
+    with pytest.raises(AggregationError, match="partial sums of tensors"):
+        merged.add_sums([np.zeros(3)], [np.dtype(np.float32)], count=1, total=1, shared_weight=1)
+    with pytest.raises(AggregationError, match="partial sums of 0 updates"):
+        merged.add_sums([np.zeros(2)], [np.dtype(np.float32)], count=0, total=0, shared_weight=1)
+    assert merged.count == 1 and merged.result()[0].tolist() == [1.0, 2.0]

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from orchard.folding import FLOAT64_BLOCK
 from orchard.typing import NDArrays
 from orchard_server.strategy import (
     AdaptiveState,
@@ -30,7 +31,6 @@ from orchard_server.strategy import (
     state_to_arrays,
     yogi,
 )
-from orchard_server.strategy.aggregate import FLOAT64_BLOCK
 
 
 def one(value: float) -> NDArrays:

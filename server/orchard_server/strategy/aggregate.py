@@ -40,6 +40,7 @@ from typing import Protocol, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from orchard.folding import FLOAT64_BLOCK, add_cast, add_weighted
 from orchard.spec import all_finite
 from orchard.typing import Metrics, NDArray, NDArrays
 from orchard_server.strategy._checks import integer, real_in
@@ -149,63 +150,21 @@ class _Layout:
         self.count += 1
         return weight
 
+    def adopt(
+        self, shapes: list[tuple[int, ...]], dtypes: list[np.dtype[np.generic]], count: int
+    ) -> None:
+        """Count ``count`` updates checked elsewhere, whose tensors have these shapes and dtypes."""
+        if self.shapes is not None and (shapes != self.shapes or dtypes != self.dtypes):
+            raise AggregationError(
+                f"partial sums of tensors {shapes} ({[str(d) for d in dtypes]}) where the "
+                f"first update had {self.shapes} ({[str(d) for d in self.dtypes]})"
+            )
+        self.shapes, self.dtypes = shapes, dtypes
+        self.count += count
+
     def require_some(self, what: str) -> None:
         if self.count == 0:
             raise AggregationError(f"{what}: result() called before any update was added")
-
-
-#: Elements per step of the block-by-block float64 arithmetic (here and in
-#: ``optimizers``): a block's float64 temporary and sums (256 KiB each) and its
-#: float32 update (128 KiB) stay in a core's cache whatever the model size. A
-#: weighted fold took 2.3 ms per MNIST CNN update and 22 ms per 11.2M-value one,
-#: against 3.3 and 28 ms with blocks of 2 MB, which spilled a 2 MiB L2 cache
-#: (docs/performance.md, item 14).
-FLOAT64_BLOCK = 1 << 15
-
-
-def _fold_blockwise(running: F64, array: NDArray, weight: float) -> None:
-    """``running += weight * array`` in float64, one block at a time.
-
-    Doing it in one expression would allocate a float64 copy of the whole
-    tensor (twice a float32 model) for every update.
-    """
-    flat_sum = running.reshape(-1)
-    flat = np.ascontiguousarray(array).reshape(-1)
-    tmp = np.empty(min(FLOAT64_BLOCK, flat.size), dtype=np.float64)
-    for start in range(0, flat.size, FLOAT64_BLOCK):
-        stop = min(start + FLOAT64_BLOCK, flat.size)
-        block = tmp[: stop - start]
-        np.multiply(flat[start:stop], weight, out=block, dtype=np.float64)
-        flat_sum[start:stop] += block
-
-
-#: Elements in NumPy's casting buffer while the equal-weight fold adds a float32
-#: update to the float64 sums (NumPy's default is 8,192; this is 2 MiB of buffer
-#: during the call). Timed alone on a 2-core AMD EPYC VM: 0.59 against 1.0 ms for
-#: 1,663,370 values in one tensor (2**17: 0.85 ms, 2**19: 0.64 ms) and 4.6 against
-#: 7.9 ms for 11.2M; 200K values take 0.06 ms with any size (docs/performance.md,
-#: item 15).
-CAST_BUFFER = 1 << 18
-#: Tensors of fewer values keep NumPy's default buffer: the large one would be a
-#: float64 copy of a small tensor (twice its float32 bytes), for no gain at 200K.
-#: From this size on the buffer is at most half a tensor's bytes.
-CAST_BUFFER_FROM = 4 * CAST_BUFFER
-
-
-def _add_cast(running: F64, array: NDArray) -> None:
-    """``running += array`` in float64, a large tensor cast through ``CAST_BUFFER``.
-
-    One ufunc call and no float64 copy of the update: NumPy casts it a buffer
-    at a time. The values are the same whatever the buffer's size; only the
-    time differs. The size is NumPy's per-thread setting (per context in NumPy
-    2), put back however the call ends.
-    """
-    previous = np.setbufsize(CAST_BUFFER) if array.size >= CAST_BUFFER_FROM else None
-    try:
-        np.add(running, array, out=running, dtype=np.float64)
-    finally:
-        if previous is not None:
-            np.setbufsize(previous)
 
 
 def _mean_blockwise(total: F64, count: int, dtype: np.dtype[np.generic]) -> NDArray:
@@ -272,10 +231,51 @@ class WeightedMean:
             self._weighted = True
         for running, array in zip(self._sums, arrays, strict=True):
             if self._weighted:
-                _fold_blockwise(running, array, float(weight))
+                add_weighted(running, array, float(weight))
             else:
-                _add_cast(running, array)
+                add_cast(running, array)
         self._total += weight
+
+    def add_sums(
+        self,
+        sums: Sequence[F64],
+        dtypes: Sequence[np.dtype[np.generic]],
+        *,
+        count: int,
+        total: int,
+        shared_weight: int | None,
+    ) -> None:
+        """Fold in the float64 sums of ``count`` updates of ``total`` weight, added elsewhere.
+
+        A simulation worker's partial sums (:mod:`orchard.simulation.partial`):
+        plain sums of updates that each weighed ``shared_weight``, or, when it
+        is None, sums of each update times its weight. ``dtypes`` are the
+        tensors' own (the mean is cast back to them). ``sums`` is not kept.
+        """
+        if count < 1 or total < 0:
+            raise AggregationError(f"partial sums of {count} updates and weight {total}")
+        shapes = [tuple(s.shape) for s in sums]
+        self._layout.adopt(shapes, list(dtypes), count)
+        if not self._sums:
+            self._sums = [np.array(s, dtype=np.float64, copy=True) for s in sums]
+            self._shared_weight = shared_weight or 0
+            self._weighted = shared_weight is None
+            self._total = total
+            return
+        if not self._weighted and shared_weight == self._shared_weight:
+            for running, partial in zip(self._sums, sums, strict=True):
+                np.add(running, partial, out=running)
+        else:
+            if not self._weighted:
+                for running in self._sums:
+                    np.multiply(running, float(self._shared_weight), out=running)
+                self._weighted = True
+            for running, partial in zip(self._sums, sums, strict=True):
+                if shared_weight is None:
+                    np.add(running, partial, out=running)
+                else:
+                    add_weighted(running, partial, float(shared_weight))
+        self._total += total
 
     def result(self) -> NDArrays:
         """``sum(n_i * x_i) / sum(n_i)`` per tensor, in each tensor's dtype."""

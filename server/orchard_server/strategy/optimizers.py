@@ -31,10 +31,10 @@ from typing import NamedTuple, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from orchard.folding import FLOAT64_BLOCK
 from orchard.spec import all_finite
 from orchard.typing import NDArray, NDArrays
 from orchard_server.strategy._checks import real_in
-from orchard_server.strategy.aggregate import FLOAT64_BLOCK
 
 
 class OptimizerError(ValueError):
