@@ -37,6 +37,7 @@ from typing import Any
 from orchard.simulation.job import Job, JobResult
 from orchard_server.config import FederationConfig
 from orchard_server.simulation import Backend, SimulationConfig, make_backend, simulate
+from orchard_server.simulation.folds import FoldRequest, WorkerFolds
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -104,10 +105,13 @@ class _Timed(Backend):
     async def start(self) -> None:
         await self.inner.start()
 
-    async def run(self, group: int, job: Job) -> JobResult:
-        out = await self.inner.run(group, job)
+    async def run(self, group: int, job: Job, fold: FoldRequest | None = None) -> JobResult:
+        out = await self.inner.run(group, job, fold)
         self.seconds.append((job.task.round, out.seconds))
         return out
+
+    def open_folds(self) -> WorkerFolds | None:
+        return self.inner.open_folds()
 
     async def close(self) -> None:
         await self.inner.close()

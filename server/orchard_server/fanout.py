@@ -18,13 +18,13 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from orchard.messages import Result, Role, Task
 from orchard.typing import NDArrays
 from orchard_server.events import drop_kind
-from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool
+from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool, UpdateSink
 from orchard_server.strategy import AggregationError
 
 log = logging.getLogger("orchard.server")
@@ -61,6 +61,7 @@ async def fan_out(
     *,
     task_prefix: str,
     fold: Fold | None = None,
+    sink: UpdateSink | None = None,
     name: str | None = None,
 ) -> Fanout:
     """Send ``task`` to every client; collect results until all answered or ``task.timeout``.
@@ -69,7 +70,8 @@ async def fan_out(
     ``name`` is the federation as logs and events name it (the pool's by default).
     ``fold`` receives each result's parameters as soon as it arrives; an
     update it refuses (:class:`.AggregationError`) counts that client as
-    dropped, naming the reason, and the others go on.
+    dropped, naming the reason, and the others go on. A result the pool's
+    ``sink`` folds itself (:meth:`.ClientPool.fold_into`) is taken as folded.
     """
     started = time.monotonic()
     federation = pool.federation if name is None else name
@@ -134,6 +136,7 @@ async def fan_out(
                 entry = await _collect(
                     *arrived.popleft(),
                     fold=fold,
+                    sink=sink,
                     dropped=dropped,
                     pool=pool,
                     federation=federation,
@@ -220,6 +223,7 @@ async def _collect(
     finished: asyncio.Task[Result],
     *,
     fold: Fold | None,
+    sink: UpdateSink | None,
     dropped: dict[str, str],
     pool: ClientPool,
     federation: str,
@@ -232,7 +236,9 @@ async def _collect(
     except ClientDroppedError as exc:
         _drop(dropped, pool, federation, task, infos=infos, client_id=cid, reason=exc.reason)
         return None
-    if fold is not None:
+    if sink is not None and sink.took(result.task_id):
+        result = _without_parameters(result)
+    elif fold is not None:
         try:
             if sum(a.nbytes for a in result.parameters) <= INLINE_FOLD_BYTES:
                 fold(result.parameters, result.num_examples)
@@ -252,6 +258,25 @@ async def _collect(
         instance_id=cid,
     )
     return info, result
+
+
+def retract(
+    fit: Fanout, lost: Mapping[str, str], *, pool: ClientPool, federation: str, task: Task
+) -> Fanout:
+    """``fit`` with the clients in ``lost`` (client id -> reason) counted as dropped.
+
+    A pool that folds results itself (:class:`.UpdateSink`) may find at the
+    fan-out's end that updates it took were lost after all (a simulation
+    worker died before folding them).
+    """
+    if not lost:
+        return fit
+    infos = {info.client_id: info for info, _ in fit.results}
+    dropped = dict(fit.dropped)
+    for client_id, reason in lost.items():
+        _drop(dropped, pool, federation, task, infos=infos, client_id=client_id, reason=reason)
+    kept = [(info, result) for info, result in fit.results if info.client_id not in lost]
+    return Fanout(results=kept, dropped=dropped, duration=fit.duration)
 
 
 def _without_parameters(result: Result) -> Result:

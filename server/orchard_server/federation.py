@@ -42,10 +42,10 @@ from orchard_server.checkpoint import load_federation, save_federation
 from orchard_server.config import FederationConfig, strategy_from_config
 from orchard_server.evaluation import EvaluateFn, centralized_evaluation, federated_evaluation
 from orchard_server.events import Events, FederationView, Phase
-from orchard_server.fanout import Fanout, Fold, fan_out, wait_for_clients
+from orchard_server.fanout import Fanout, Fold, fan_out, retract, wait_for_clients
 from orchard_server.history import HISTORY_FILE, History
 from orchard_server.initial import initial_parameters
-from orchard_server.pool import ClientPool
+from orchard_server.pool import ClientPool, UpdateSink
 from orchard_server.records import FitRecord, RoundRecord, format_metrics
 from orchard_server.runs import archive_run
 from orchard_server.strategy import (
@@ -374,7 +374,9 @@ class Federation:
             aggregator = self.strategy.new_aggregator(self.parameters)
             fold = functools.partial(_weighted_add, aggregator, self.pool.results.weight)
             with events.phase(name, rnd, Phase.TRAINING):
-                fit = await self._send(TaskType.FIT, rnd, selected, config, fold)
+                fit = await self._send(
+                    TaskType.FIT, rnd, selected, config, fold, sink=self.pool.fold_into(aggregator)
+                )
             dropped.update(fit.dropped)
             if len(fit.results) >= select.min_fit_clients:
                 # Model-sized work: off the event loop, like the step (and large folds).
@@ -472,10 +474,15 @@ class Federation:
         config: Config,
         fold: Fold | None = None,
         *,
+        sink: UpdateSink | None = None,
         timeout: float | None = None,
     ) -> Fanout:
         """Fan one task with the current global parameters out to ``client_ids``
-        (with ``timeout`` seconds to answer, round_timeout by default)."""
+        (with ``timeout`` seconds to answer, round_timeout by default).
+
+        ``sink``: the pool folds results itself (:meth:`.ClientPool.fold_into`);
+        it is closed here, and updates it lost count as dropped.
+        """
         task = Task(
             task_id="",
             type=kind,
@@ -486,9 +493,14 @@ class Federation:
             parameters=self.parameters,
         )
         prefix = f"{self.config.name}-r{rnd}-{kind.value}"
-        return await fan_out(
-            self.pool, task, client_ids, task_prefix=prefix, fold=fold, name=self.config.name
-        )
+        name = self.config.name
+        try:
+            out = await fan_out(
+                self.pool, task, client_ids, task_prefix=prefix, fold=fold, sink=sink, name=name
+            )
+        finally:
+            lost = await sink.close() if sink is not None else {}
+        return retract(out, lost, pool=self.pool, federation=name, task=task)
 
 
 def _weighted_add(

@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from orchard.client.numpy_client import ClientContext, NumPyClient, execute_task
 from orchard.messages import API_VERSION, JoinInfo, Result, Role, Task
@@ -23,6 +24,7 @@ from orchard_server.admission import Admission, AdmissionPolicy
 from orchard_server.events import Events
 from orchard_server.partitions import PartitionRegistry
 from orchard_server.results import InvalidResultError, ResultPolicy
+from orchard_server.strategy.aggregate import Aggregator
 
 
 class ClientDroppedError(Exception):
@@ -125,6 +127,32 @@ class ClientPool(abc.ABC):
         Raises :class:`ClientDroppedError` when the client disconnects, fails,
         sends an invalid result or misses ``task.timeout``.
         """
+
+    def fold_into(self, aggregator: Aggregator) -> UpdateSink | None:
+        """A sink that folds this pool's next fit results into ``aggregator`` itself.
+
+        None (the default): results come back whole and the round loop folds
+        them. A simulation's local workers fold their own clients' updates
+        (:mod:`orchard_server.simulation.folds`); such a pool returns fit
+        results without parameters while the sink is open.
+        """
+        return None
+
+
+class UpdateSink(Protocol):
+    """Where a pool folds a fan-out's fit results itself (:meth:`ClientPool.fold_into`)."""
+
+    def took(self, task_id: str) -> bool:
+        """Whether the result of ``task_id`` is folded here (the fan-out takes it as folded)."""
+        ...
+
+    async def close(self) -> dict[str, str]:
+        """Fold what is left into the aggregator, at the fan-out's end.
+
+        Returns client id -> why its update, taken as folded, was lost after
+        all (the round loop counts those clients as dropped).
+        """
+        ...
 
 
 class InMemoryClientPool(ClientPool):

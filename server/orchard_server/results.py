@@ -91,19 +91,30 @@ class ResultPolicy:
         return num_examples
 
     def check(
-        self, spec: ModelSpec, task: Task, result: Result, *, values_checked: bool = False
+        self,
+        spec: ModelSpec,
+        task: Task,
+        result: Result,
+        *,
+        values_checked: bool = False,
+        parameters_held: bool = False,
     ) -> None:
         """Raise :class:`InvalidResultError` (or :class:`SpecError` for the
         parameters) unless ``result`` may enter the federation.
 
         ``values_checked``: a simulation worker already found every parameter
         value finite (:class:`~orchard.simulation.job.JobResult`), so only the
-        names, shapes and dtypes are checked here.
+        names, shapes and dtypes are checked here. ``parameters_held``: the
+        worker keeps the parameters, which it found to match the spec, every
+        value finite, and folds them itself once accepted
+        (:mod:`orchard.simulation.partial`); only their names are checked here.
         """
         if result.error:
             return
         fit = task.type is TaskType.FIT
-        if fit:
+        if fit and parameters_held:
+            _check_names(spec, result)
+        elif fit:
             _check_parameters(spec, result, finite=not values_checked)
         low = 1 if fit else 0
         if result.num_examples < low:
@@ -123,12 +134,16 @@ class ResultPolicy:
         check_metrics(result.metrics)
 
 
-def _check_parameters(spec: ModelSpec, result: Result, *, finite: bool) -> None:
+def _check_names(spec: ModelSpec, result: Result) -> None:
     if result.names and tuple(result.names) != tuple(spec.names):
         for i, (want, got) in enumerate(zip(spec.names, result.names, strict=False)):
             if want != got:
                 raise SpecError(f"tensor #{i}: expected {want!r}, got {got!r}")
         raise SpecError(f"expected {len(spec.names)} tensors, got {len(result.names)}")
+
+
+def _check_parameters(spec: ModelSpec, result: Result, *, finite: bool) -> None:
+    _check_names(spec, result)
     spec.validate(result.parameters, require_finite=finite)
 
 

@@ -15,7 +15,6 @@ import pytest
 
 from orchard.simulation import shm
 from orchard.simulation.job import JobResult
-from orchard.simulation.wire import decode_result, read_frame
 from orchard.typing import NDArrays
 from tests.helpers.memfd import open_segments
 
@@ -178,7 +177,6 @@ def test_a_worker_that_cannot_open_the_probe_says_why() -> None:
 def test_a_job_with_a_bad_layout_fails_alone_with_a_clear_error(
     worker: shm.WorkerSegments,
 ) -> None:
-    import io
 
     from orchard.simulation.worker import _answer
 
@@ -190,10 +188,9 @@ def test_a_job_with_a_bad_layout_fails_alone_with_a_clear_error(
         "params_shm": {**segment.ref(), "layout": [["<f4", [1000], 0]]},
     }
     try:
-        parts = _answer(None, worker, (header, []))  # type: ignore[arg-type]
+        out: JobResult = _answer(None, worker, (header, []))  # type: ignore[arg-type]
     finally:
         segment.close()
-    out: JobResult = decode_result(read_frame(io.BytesIO(b"".join(bytes(p) for p in parts))))
     assert out.result.client_id == "virtual-1" and out.result.task_id == "t1"
     assert "cannot read the job's parameters" in (out.result.error or "")
     assert "lies beyond the segment's 64 bytes" in (out.result.error or "")

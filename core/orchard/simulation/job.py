@@ -51,6 +51,9 @@ class JobResult:
     #: The worker found the result's parameters to match the model spec, every
     #: value finite; the driver then checks only their layout (see :meth:`WorkerRuntime.run`).
     checked: bool = False
+    #: The worker keeps the parameters (``result.parameters`` is empty) until the
+    #: driver says whether to fold them into its partial sums (:mod:`orchard.simulation.partial`).
+    held: bool = False
 
 
 class WorkerRuntime:

@@ -429,7 +429,8 @@ class WorkerSegments:
 
     Parameter segments stay open (the ``keep`` most recent) and are mapped
     privately per job; result segments (a few per worker, see
-    :class:`ResultSlots`) stay mapped for the worker's life.
+    :class:`ResultSlots`) and the worker's partial sums stay mapped for the
+    worker's life.
     """
 
     def __init__(self, ref: Mapping[str, Any], keep: int = 2) -> None:
@@ -491,17 +492,24 @@ class WorkerSegments:
         size = int(ref["size"])
         if need > size or any(p.dtype.hasobject for p in placements):
             return None
+        _copy_in(self.shared_map(ref), placements, arrays)
+        return layout_to_json(placements)
+
+    def shared_map(self, ref: Mapping[str, Any]) -> mmap.mmap:
+        """The segment ``ref`` names, mapped shared and writable for this worker's life.
+
+        Result segments and the worker's partial sums (:mod:`orchard.simulation.partial`).
+        """
         sid = int(ref["id"])
         mapping = self._results.get(sid)
         if mapping is None:
             fd = self._open(ref, os.O_RDWR)
             try:
-                mapping = mmap.mmap(fd, size)
+                mapping = mmap.mmap(fd, int(ref["size"]))
             finally:
                 os.close(fd)
             self._results[sid] = mapping
-        _copy_in(mapping, placements, arrays)
-        return layout_to_json(placements)
+        return mapping
 
     def close(self) -> None:
         """Close every descriptor and mapping (a worker's end)."""

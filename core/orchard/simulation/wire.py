@@ -11,7 +11,16 @@ another NumPy). Frames:
   (``shm``); answered by ``error`` or by ``ready``, whose ``shm`` is empty if
   the worker can use shared memory and otherwise says why not;
 * ``job`` (driver -> worker): one :class:`~orchard.simulation.job.Job`, its
-  task's parameters then its state's arrays; answered by ``result``.
+  task's parameters then its state's arrays; answered by ``result``;
+* ``settle`` (driver -> worker): the end of a fan-out whose results the
+  worker folds itself (below); answered by ``settled``.
+
+A fit job may ask the worker to keep its result and fold it into the
+worker's partial sums (``fold``: the fan-out and the partial-sums segment,
+:mod:`orchard.simulation.partial`). A result the worker found sound is then
+answered ``held``, without its parameters, and the driver's decision on it
+(fold with a factor, or drop) comes with the next frame it sends that worker
+(``settle``, in a job frame or a ``settle`` frame).
 
 With shared memory (:mod:`orchard.simulation.shm`, agreed in ``init``), model
 arrays leave the pipe: a job's header names the segment holding its task's
@@ -171,12 +180,16 @@ def job_frame(
     *,
     params_shm: Mapping[str, Any] | None = None,
     result_shm: Mapping[str, Any] | None = None,
+    fold: Mapping[str, Any] | None = None,
+    settle: Mapping[str, Any] | None = None,
 ) -> list[bytes | memoryview]:
     """The frame of a job: header, then parameters (unless in ``params_shm``), then state arrays.
 
     ``params_shm`` is the reference of a segment holding the task's parameters
     (:meth:`~orchard.simulation.shm.Broadcast.acquire`), ``result_shm`` that
     of a segment for the result (:meth:`~orchard.simulation.shm.Segment.ref`).
+    ``fold`` asks the worker to hold the result for its partial sums;
+    ``settle`` is the decision on the result it holds from its last job.
     """
     task = job.task
     state_keys = None if job.state is None else list(job.state)
@@ -201,6 +214,10 @@ def job_frame(
         header["params_shm"] = dict(params_shm)
     if result_shm is not None:
         header["result_shm"] = dict(result_shm)
+    if fold is not None:
+        header["fold"] = dict(fold)
+    if settle is not None:
+        header["settle"] = dict(settle)
     state = [] if job.state is None else list(job.state.values())
     inline = [] if params_shm is not None else list(task.parameters)
     return encode(header, [*inline, *state])
@@ -262,6 +279,7 @@ def result_frame(
         "state_keys": None if out.state is None else list(out.state),
         "seconds": out.seconds,
         "checked": out.checked,
+        "held": out.held,
     }
     if result_layout is not None:
         header["result_layout"] = result_layout
@@ -293,4 +311,5 @@ def decode_result(frame: Frame, parameters: NDArrays | None = None) -> JobResult
         state=None if keys is None else dict(zip(keys, arrays[n:], strict=True)),
         seconds=float(header.get("seconds", 0.0)),
         checked=header.get("checked") is True,
+        held=header.get("held") is True,
     )

@@ -10,19 +10,26 @@ When the driver offers shared memory (a probe segment in ``init``), the
 worker answers ``ready`` with ``shm`` empty if it could open it, or the
 reason it could not; the driver then sends model arrays through segments
 (:mod:`orchard.simulation.shm`) or keeps them on the pipe for this worker.
+With shared memory, a fit job may also ask the worker to keep its result and
+fold it into the worker's partial sums once the driver has accepted it
+(:mod:`orchard.simulation.partial`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
-from typing import BinaryIO
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 from orchard.logs import take_stdout
 from orchard.messages import Result
 from orchard.simulation.context import ClientFnError
 from orchard.simulation.job import JobResult, WorkerRuntime
+from orchard.simulation.partial import PartialSums
 from orchard.simulation.shm import SegmentError, WorkerSegments
 from orchard.simulation.wire import (
     Frame,
@@ -34,6 +41,7 @@ from orchard.simulation.wire import (
     result_frame,
     spec_from_json,
 )
+from orchard.typing import NDArrays
 
 log = logging.getLogger("orchard.simulation")
 
@@ -72,12 +80,79 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
         except (SegmentError, OSError, KeyError, ValueError) as exc:
             refusal = f"{type(exc).__name__}: {exc}"
     _write(out, encode({"op": "ready", "pid": os.getpid(), "shm": refusal}))
+    folder = _Folder(runtime, segments)
     while True:
         try:
             frame = read_frame(inp)
         except ProtocolError:
             return 0  # the driver is done
-        _write(out, _answer(runtime, segments, frame))
+        folder.settle(frame[0].get("settle"))
+        if frame[0].get("op") == "settle":
+            _write(out, encode({"op": "settled"}))
+            continue
+        _write(out, folder.hold(frame[0], _answer(runtime, segments, frame)))
+
+
+@dataclass(slots=True)
+class _Held:
+    """A result this worker keeps until the driver decides on it."""
+
+    task_id: str
+    sink: int
+    partial: PartialSums
+    arrays: NDArrays
+
+
+class _Folder:
+    """This worker's side of folding: the result it holds and its partial sums."""
+
+    def __init__(self, runtime: WorkerRuntime, segments: WorkerSegments | None) -> None:
+        self.shapes = [t.shape for t in runtime.model_spec.tensors]
+        self.segments = segments
+        self.held: _Held | None = None
+
+    def settle(self, decision: Mapping[str, Any] | None) -> None:
+        """Fold or drop the held result as the driver decided (nothing without a decision)."""
+        if decision is None:
+            return
+        held, self.held = self.held, None
+        if held is None or held.task_id != decision.get("task_id"):
+            # The driver counts the folds in the partial's header, so a decision
+            # that finds nothing to fold only leaves that update out, visibly.
+            log.error(
+                "a decision on %r, but this worker holds %r",
+                decision.get("task_id"),
+                held and held.task_id,
+            )
+            return
+        if decision.get("drop"):
+            return
+        scale = decision.get("scale_first")
+        try:
+            held.partial.fold(
+                held.sink,
+                held.arrays,
+                float(decision["factor"]),
+                None if scale is None else float(scale),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("cannot fold the result of %s: %s", held.task_id, exc)
+
+    def hold(self, header: Mapping[str, Any], answer: JobResult) -> list[bytes | memoryview]:
+        """``answer``'s frame; a sound fit result of a job that asks for it is kept here."""
+        fold = header.get("fold")
+        result = answer.result
+        if fold is None or self.segments is None or not answer.checked or not result.parameters:
+            return _frame(self.segments, header, answer)
+        try:
+            mapping = self.segments.shared_map(fold["partial"])
+            partial = PartialSums(mapping, self.shapes)
+        except (SegmentError, OSError, KeyError, TypeError, ValueError) as exc:
+            log.warning("result through shared memory, not folded here: %s", exc)
+            return _frame(self.segments, header, answer)
+        self.held = _Held(result.task_id, int(fold["sink"]), partial, list(result.parameters))
+        kept = dataclasses.replace(result, parameters=[])
+        return result_frame(dataclasses.replace(answer, result=kept, held=True))
 
 
 def _lower_priority(nice: object) -> None:
@@ -96,10 +171,8 @@ def _lower_priority(nice: object) -> None:
         log.warning("the worker keeps its CPU priority (nice %d refused: %s)", nice, exc)
 
 
-def _answer(
-    runtime: WorkerRuntime, segments: WorkerSegments | None, frame: Frame
-) -> list[bytes | memoryview]:
-    """Run one job frame; its parameters and result go through shared memory when named."""
+def _answer(runtime: WorkerRuntime, segments: WorkerSegments | None, frame: Frame) -> JobResult:
+    """Run one job frame; its parameters come through shared memory when named."""
     header = frame[0]
     params_ref = header.get("params_shm")
     try:
@@ -108,16 +181,20 @@ def _answer(
         parameters = segments.params(params_ref) if segments and params_ref else None
     except (SegmentError, OSError, KeyError, TypeError, ValueError) as exc:
         # A job this worker cannot read fails alone, saying why; the worker goes on.
-        return result_frame(
-            JobResult(
-                result=Result(
-                    client_id=str(header.get("client_id", "")),
-                    task_id=str(header.get("task", {}).get("task_id", "")),
-                    error=f"the worker cannot read the job's parameters: {exc}",
-                )
+        return JobResult(
+            result=Result(
+                client_id=str(header.get("client_id", "")),
+                task_id=str(header.get("task", {}).get("task_id", "")),
+                error=f"the worker cannot read the job's parameters: {exc}",
             )
         )
-    out = runtime.run(decode_job(frame, parameters))
+    return runtime.run(decode_job(frame, parameters))
+
+
+def _frame(
+    segments: WorkerSegments | None, header: Mapping[str, Any], out: JobResult
+) -> list[bytes | memoryview]:
+    """The result frame of ``out``; its parameters go to the job's result segment when named."""
     result_ref = header.get("result_shm")
     layout = None
     if segments is not None and result_ref is not None and out.result.parameters:

@@ -11,10 +11,13 @@ orchard.simulation.worker`` with the group's interpreter (the MXNet
 environment's for MXNet clients) and speaks :mod:`orchard.simulation.wire`
 over its pipes. Model arrays travel through shared memory
 (:mod:`orchard.simulation.shm`): a round's parameters are written once into a
-segment every worker maps, and each result comes back in a segment of its
-worker's, handed to the server as views without a copy; a worker whose
-result segments the server still holds waits before its next job, so memory
-stays bounded by the workers. A worker that cannot open the driver's segments
+segment every worker maps. With FedAvg's mean, each worker keeps its
+clients' fit results and folds the ones the driver accepts into partial sums
+of its own (:mod:`.folds`), and the driver adds one partial per worker at
+the end of the fan-out; otherwise each result comes back in a segment of its
+worker's, handed to the server as views without a copy, and a worker whose
+result segments the server still holds waits before its next job. Either
+way memory stays bounded by the workers. A worker that cannot open the driver's segments
 (checked when it starts) gets raw NumPy buffers on its pipe instead. A job
 cancelled while its worker runs it (its deadline passed) or a worker that dies
 takes that worker down; a fresh one replaces it, as a deployed client that
@@ -49,6 +52,7 @@ from orchard.simulation.wire import (
 )
 from orchard.spec import ModelSpec
 from orchard_server.simulation.config import ClientGroup
+from orchard_server.simulation.folds import FoldLog, FoldRequest, WorkerFolds, new_partial_segment
 
 __all__ = ["Backend", "LocalBackend", "WorkerLostError", "WorkerStartError"]
 
@@ -104,11 +108,17 @@ class Backend(abc.ABC):
         """Start every worker (a broken setup fails here, before the first round)."""
 
     @abc.abstractmethod
-    async def run(self, group: int, job: Job) -> JobResult:
+    async def run(self, group: int, job: Job, fold: FoldRequest | None = None) -> JobResult:
         """Run ``job`` on an idle worker of ``group``; raises :class:`WorkerLostError`.
 
         Cancelling the call (a missed deadline) stops the worker it ran on.
+        ``fold``: the worker may keep a fit result and fold it itself
+        (:mod:`.folds`); backends that cannot ignore it.
         """
+
+    def open_folds(self) -> WorkerFolds | None:
+        """A fan-out whose fit results the workers fold themselves, or None (they cannot)."""
+        return None
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -126,6 +136,9 @@ _SLOT_PATIENCE = 2.0
 
 #: Frames up to this size are joined into one write (headers; arrays are written as they are).
 _JOIN_BYTES = 1 << 16
+
+#: Seconds a worker has to answer a ``settle`` frame (it folds at most one update).
+SETTLE_TIMEOUT = 30.0
 
 #: Linux's fcntl to resize a pipe (F_SETPIPE_SZ), and the size asked for.
 _F_SETPIPE_SZ = 1031
@@ -164,6 +177,13 @@ class _Process:
         #: Whether model arrays go through shared memory (agreed when it started).
         self.shared = False
         self.result_bytes = 0
+        #: The fan-out this worker folds results for, and its partial-sums segment.
+        self.fold_log: FoldLog | None = None
+        self.partial: shm.Segment | None = None
+        #: Its job was cancelled while it ran: it is being stopped.
+        self.doomed = False
+        #: One frame exchange at a time: a job, or settling a fan-out's folds.
+        self._io = asyncio.Lock()
 
     @classmethod
     async def start(cls, setup: WorkerSetup, broadcast: shm.Broadcast) -> _Process:
@@ -243,20 +263,51 @@ class _Process:
             raise ProtocolError("the worker closed its pipe") from None
         return header, arrays
 
-    async def call(self, job: Job) -> JobResult:
+    async def call(self, job: Job, fold: FoldRequest | None = None) -> JobResult:
+        async with self._io:
+            try:
+                return await self._call(job, fold)
+            except asyncio.CancelledError:
+                if self.busy:  # before the pipe is free for anyone else
+                    self.doomed = True
+                raise
+
+    def _fold_ref(self, folds: WorkerFolds) -> dict[str, Any] | None:
+        """The job frame's ``fold`` field: this worker's partial sums for ``folds``' fan-out."""
+        if self.fold_log is None or self.fold_log.sink != folds.sink:
+            self.fold_log = FoldLog(folds.sink)
+        if self.partial is None:
+            try:
+                self.partial = new_partial_segment(folds)
+            except shm.SegmentError as exc:
+                log.warning("worker %s: results go to the server to fold: %s", self.proc.pid, exc)
+                return None
+        folds.workers.add(self)
+        return {"sink": folds.sink, "partial": self.partial.ref()}
+
+    async def _call(self, job: Job, fold: FoldRequest | None) -> JobResult:
         params_key = params_ref = None
         slot = None
+        fold_ref = None
+        if fold is not None and self.shared and not fold.folds.closed:
+            fold_ref = self._fold_ref(fold.folds)
         try:
             if self.shared:
                 try:
-                    if job.task.type is TaskType.FIT:
+                    if job.task.type is TaskType.FIT and fold_ref is None:
+                        # (a result kept for folding that fails the worker's
+                        # checks comes back through the pipe, and is refused)
                         slot = await self._result_slot()
                     if job.task.parameters:
                         params_key, params_ref = self.broadcast.acquire(job.task.parameters)
                 except shm.SegmentError as exc:  # e.g. out of memory: the pipe still works
                     log.warning("model arrays through the pipe for this job: %s", exc)
             frame = job_frame(
-                job, params_shm=params_ref, result_shm=None if slot is None else slot.ref()
+                job,
+                params_shm=params_ref,
+                result_shm=None if slot is None else slot.ref(),
+                fold=fold_ref,
+                settle=None if self.fold_log is None else self.fold_log.take_pending(),
             )
             self.busy = True
             await self._send(frame)
@@ -264,7 +315,14 @@ class _Process:
             parameters = self._result_parameters(header, slot)
             slot = None  # leased to the result's arrays, or given back
             self.busy = False
-            return decode_result((header, arrays), parameters)
+            out = decode_result((header, arrays), parameters)
+            if out.held:
+                if fold is None or fold_ref is None or self.fold_log is None:
+                    raise ProtocolError("the worker kept a result it was not asked to fold")
+                # Decided now, before this worker takes another job: the decision
+                # goes with the next frame it gets.
+                self.fold_log.decide(out.result.task_id, fold.decide(out))
+            return out
         except (ProtocolError, ConnectionError, shm.SegmentError) as exc:
             # The pipe closes just before the process ends: give it a moment to
             # report its own exit code before stopping it.
@@ -327,6 +385,31 @@ class _Process:
         placements = shm.layout_from_json(layout, slot.size, f"result segment {slot.name}")
         return self.slots.lease(slot, placements)
 
+    async def settle(self) -> str:
+        """Write this worker's last fold decision and wait until it is applied.
+
+        Returns how the worker ended the fan-out ("settled", or its pid and exit
+        code): one that cannot answer is stopped first, so that its partial
+        sums are read with no fold under way.
+        """
+        async with self._io:
+            decision = None if self.fold_log is None else self.fold_log.take_pending()
+            if self.proc.returncode is None and not self.doomed:
+                try:
+                    await asyncio.wait_for(self._settle(decision), SETTLE_TIMEOUT)
+                except (ProtocolError, ConnectionError, TimeoutError) as exc:
+                    log.warning("worker %s did not settle its folds: %s", self.proc.pid, exc)
+                else:
+                    return "settled"
+            await self.stop()
+            return f"pid {self.proc.pid}, exit code {self.proc.returncode}"
+
+    async def _settle(self, decision: dict[str, Any] | None) -> None:
+        await self._send(encode({"op": "settle", "settle": decision}))
+        header, _ = await self._read()
+        if header.get("op") != "settled":
+            raise ProtocolError(f"expected 'settled', got {header.get('op')!r}")
+
     async def stop(self) -> int | None:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -377,10 +460,10 @@ class _LocalPool:
         self._spares.add(task)
         task.add_done_callback(self._spares.discard)
 
-    async def run(self, job: Job) -> JobResult:
+    async def run(self, job: Job, fold: FoldRequest | None = None) -> JobResult:
         worker = await self.idle.get()
         try:
-            out = await worker.call(job)
+            out = await worker.call(job, fold)
         except WorkerLostError:
             self._replace(worker)
             raise
@@ -411,6 +494,8 @@ class _LocalPool:
         except TimeoutError:
             await worker.stop()
         worker.slots.close()
+        if worker.partial is not None:
+            worker.partial.close()  # or with the last view of its sums
 
 
 class LocalBackend(Backend):
@@ -436,8 +521,15 @@ class LocalBackend(Backend):
             ),
         )
 
-    async def run(self, group: int, job: Job) -> JobResult:
-        return await self._pools[group].run(job)
+    async def run(self, group: int, job: Job, fold: FoldRequest | None = None) -> JobResult:
+        return await self._pools[group].run(job, fold)
+
+    def open_folds(self) -> WorkerFolds | None:
+        """Workers fold their own results into partial sums (:mod:`.folds`) in shared memory."""
+        if shm.available():
+            return None
+        spec = self._pools[0].setup.spec
+        return WorkerFolds([tuple(t.shape) for t in spec.tensors])
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self._pools))

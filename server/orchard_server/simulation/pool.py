@@ -9,21 +9,33 @@ client's state store (when asked) survives, here, between its tasks.
 A task that misses its deadline, fails in the client or loses its worker
 drops the client for that task, as :class:`~orchard_server.grpc_pool.GrpcClientPool`
 drops a deployed client.
+
+With FedAvg's mean (:class:`~orchard_server.strategy.aggregate.WeightedMean`)
+and the local backend, the workers fold their own clients' updates
+(:meth:`SimulationPool.fold_into`, :mod:`orchard_server.simulation.folds`):
+each result is checked here as any other, without its parameters, and the
+driver adds one partial sum per worker at the end of the fan-out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 
-from orchard.messages import API_VERSION, JoinInfo, Result, Role, Task
-from orchard.simulation.job import Job
+import numpy as np
+
+from orchard.messages import API_VERSION, JoinInfo, Result, Role, Task, TaskType
+from orchard.simulation.job import Job, JobResult
 from orchard.spec import SpecError
 from orchard.typing import NDArray
 from orchard_server.admission import Admission, AdmissionPolicy
-from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool
+from orchard_server.fanout import INLINE_FOLD_BYTES
+from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool, UpdateSink
 from orchard_server.results import InvalidResultError, ResultPolicy
 from orchard_server.simulation.backend import Backend, WorkerLostError
+from orchard_server.simulation.folds import FoldRequest, WorkerFolds
+from orchard_server.strategy.aggregate import Aggregator, WeightedMean
 
 __all__ = ["SimulationPool"]
 
@@ -54,6 +66,8 @@ class SimulationPool(ClientPool):
         self._group: dict[str, int] = {}
         self._states: dict[str, dict[str, NDArray]] = {}
         self._by_role: dict[Role, list[ClientInfo]] = {role: [] for role in Role}
+        #: The open fan-out whose fit results the workers fold (fold_into).
+        self._folds: _WorkerSink | None = None
         num_clients = sum(group_sizes)
         self._num_partitions = num_clients
         partition = 0
@@ -127,6 +141,20 @@ class SimulationPool(ClientPool):
         """A client's stored state (None: none kept)."""
         return self._states.get(client_id)
 
+    def fold_into(self, aggregator: Aggregator) -> UpdateSink | None:
+        """The workers fold the next fan-out's fit results when ``aggregator`` is a plain mean.
+
+        Other aggregates (order statistics, clipping) need every update as it
+        is, so their results come back whole.
+        """
+        if type(aggregator) is not WeightedMean:
+            return None
+        folds = self.backend.open_folds()
+        if folds is None:
+            return None
+        self._folds = _WorkerSink(self, aggregator, folds)
+        return self._folds
+
     async def run_task(self, client_id: str, task: Task) -> Result:
         info = self._infos.get(client_id)
         if info is None:
@@ -139,9 +167,11 @@ class SimulationPool(ClientPool):
             task=task,
             state=self._states.get(client_id, {}) if self.keep_state else None,
         )
+        sink = self._folds
+        fold = sink.request(client_id, task) if sink is not None else None
         try:
             out = await asyncio.wait_for(
-                self.backend.run(self._group[client_id], job), task.timeout
+                self.backend.run(self._group[client_id], job, fold), task.timeout
             )
         except TimeoutError:
             raise ClientDroppedError(
@@ -152,10 +182,74 @@ class SimulationPool(ClientPool):
         result = out.result
         if result.error:
             raise ClientDroppedError(client_id, f"task failed on the client: {result.error}")
-        try:
-            self.results.check(self.spec, task, result, values_checked=out.checked)
-        except (SpecError, InvalidResultError) as exc:
-            raise ClientDroppedError(client_id, f"update rejected: {exc}") from None
+        if out.held:  # checked when it came (_WorkerSink.decide)
+            refusal = sink.refused.pop(task.task_id, None) if sink is not None else "no fold open"
+            if refusal is not None:
+                raise ClientDroppedError(client_id, f"update rejected: {refusal}")
+        else:
+            try:
+                self.results.check(self.spec, task, result, values_checked=out.checked)
+            except (SpecError, InvalidResultError) as exc:
+                raise ClientDroppedError(client_id, f"update rejected: {exc}") from None
         if self.keep_state and out.state is not None:
             self._states[client_id] = out.state
         return result
+
+
+class _WorkerSink:
+    """One fan-out whose fit results the local workers fold (:meth:`SimulationPool.fold_into`)."""
+
+    def __init__(self, pool: SimulationPool, aggregator: WeightedMean, folds: WorkerFolds) -> None:
+        self.pool = pool
+        self.aggregator = aggregator
+        self.folds = folds
+        #: Task id -> client id of every result accepted to be folded by its worker.
+        self.accepted: dict[str, str] = {}
+        #: Task id -> why the result a worker kept was refused (read by run_task).
+        self.refused: dict[str, str] = {}
+        self.collected: set[str] = set()
+
+    def request(self, client_id: str, task: Task) -> FoldRequest | None:
+        """The fold request for ``task`` (None: not a fit task, or the fan-out is over)."""
+        if task.type is not TaskType.FIT or self.folds.closed:
+            return None
+
+        def decide(out: JobResult) -> int | None:
+            # The checks a deployment's pool makes, less the parameters' values
+            # and layout (the worker checked those against the same spec).
+            try:
+                self.pool.results.check(self.pool.spec, task, out.result, parameters_held=True)
+            except (SpecError, InvalidResultError) as exc:
+                self.refused[task.task_id] = str(exc)
+                return None
+            self.accepted[task.task_id] = client_id
+            return self.pool.results.weight(out.result.num_examples)
+
+        return FoldRequest(self.folds, decide)
+
+    def took(self, task_id: str) -> bool:
+        if task_id not in self.accepted:
+            return False
+        self.collected.add(task_id)
+        return True
+
+    async def close(self) -> dict[str, str]:
+        if self.pool._folds is self:
+            self.pool._folds = None
+        partials, lost = await self.folds.close(self.collected)
+        dtypes = [np.dtype(t.dtype) for t in self.pool.spec.tensors]
+        for partial in partials:
+            add = functools.partial(
+                self.aggregator.add_sums,
+                partial.sums,
+                dtypes,
+                count=len(partial.tasks),
+                total=partial.total,
+                shared_weight=partial.shared_weight,
+            )
+            if sum(s.nbytes for s in partial.sums) <= INLINE_FOLD_BYTES:  # as fan_out folds
+                add()
+            else:
+                await asyncio.to_thread(add)
+        partials.clear()  # views of the workers' segments, which the next fan-out reuses
+        return {self.accepted[t]: why for t, why in lost.items() if t in self.collected}

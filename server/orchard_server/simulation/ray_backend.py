@@ -30,6 +30,7 @@ from orchard_server.simulation.backend import (
     WorkerStartError,
 )
 from orchard_server.simulation.config import Resources
+from orchard_server.simulation.folds import FoldRequest
 
 __all__ = ["RayBackend"]
 
@@ -164,7 +165,8 @@ class RayBackend(Backend):
             self._shared = (key, parameters, _ray().put(list(parameters)))
         return self._shared[2]
 
-    async def run(self, group: int, job: Job) -> JobResult:
+    async def run(self, group: int, job: Job, fold: FoldRequest | None = None) -> JobResult:
+        """Run ``job`` on an actor of ``group``; its result comes back whole (``fold`` unused)."""
         ref = self._object(job.task.parameters)
         stripped = dataclasses.replace(job, task=dataclasses.replace(job.task, parameters=[]))
         return await self._pools[group].run(stripped, ref)
