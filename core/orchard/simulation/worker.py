@@ -150,6 +150,8 @@ class _Folder:
         except (SegmentError, OSError, KeyError, TypeError, ValueError) as exc:
             log.warning("result through shared memory, not folded here: %s", exc)
             return _frame(self.segments, header, answer)
+        if self.held is not None:  # the driver sends a decision with every frame after one
+            log.error("the result of %s was never decided on; dropped", self.held.task_id)
         self.held = _Held(result.task_id, int(fold["sink"]), partial, list(result.parameters))
         kept = dataclasses.replace(result, parameters=[])
         return result_frame(dataclasses.replace(answer, result=kept, held=True))

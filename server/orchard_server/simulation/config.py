@@ -9,7 +9,7 @@ the same keys, checked the same way) plus one ``[simulation]`` table::
     workers = 0                  # 0: one per core (local), or per CPU of the cluster (ray)
     client_fn = "orchard.simulation.clients:adapter_client"
     python = ""                  # interpreter of the local workers ("": this one)
-    worker_nice = 5              # local workers run this much nicer than the driver (0: as nice)
+    worker_nice = 0              # local workers run this much nicer than the driver (0 to 19)
     keep_state = false           # keep each client's state store between its tasks
     centralized_evaluation = false
     ray_address = ""             # "": start a local Ray instance; "auto" or "ray://host:10001"
@@ -53,14 +53,18 @@ BACKENDS: Final = ("local", "ray")
 #: The framework client on a partition (``orchard.simulation.clients``).
 DEFAULT_CLIENT_FN: Final = "orchard.simulation.clients:adapter_client"
 
-#: The local workers' ``nice`` above the driver's. The driver (round loop,
-#: fan-out, folding every update) is one process every job passes through, the
-#: workers are many: when they compete for the cores, the driver going first
-#: keeps them all fed. A round of 100 null MNIST CNN clients on 2 workers and 2
-#: cores: 0.241 to 0.279 s with 5 and 10, against 0.271 to 0.316 s with 0
-#: (docs/simulation.md, "A seventh look"). Only contention is affected: an idle
-#: driver leaves the workers every core. 0 turns it off.
-DEFAULT_WORKER_NICE: Final = 5
+#: The local workers' ``nice`` above the driver's (0: the same priority). The
+#: driver (round loop, fan-out, the check of every result) is one process
+#: every job passes through, the workers are many: where it also does
+#: per-update work, the driver going first when the cores are contended keeps
+#: every worker fed. 100 null MNIST CNN clients on 2 workers and 2 cores, while
+#: the driver folded every update: 0.241 to 0.279 s a round with 5 and 10,
+#: against 0.271 to 0.316 s with 0. Since the workers fold FedAvg's updates
+#: themselves, 5 and 0 measure the same there (0.184 to 0.252 s against 0.199
+#: to 0.276 s), so the default stays 0: on a shared machine, nicer workers
+#: also yield to everyone else's processes. (docs/simulation.md, "The sixth
+#: VM again".)
+DEFAULT_WORKER_NICE: Final = 0
 #: The most ``nice`` adds on Linux (priority 19 is the lowest).
 MAX_WORKER_NICE: Final = 19
 

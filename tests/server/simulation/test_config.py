@@ -49,7 +49,7 @@ def test_reads_the_federations_and_the_simulation_table(tmp_path: Path) -> None:
     assert sim.num_clients == 4 and sim.workers == 2 and sim.keep_state
     assert sim.resources == Resources(num_cpus=1.0, num_gpus=0.5)
     assert sim.client_fn == DEFAULT_CLIENT_FN
-    assert sim.worker_nice == DEFAULT_WORKER_NICE == 5
+    assert sim.worker_nice == DEFAULT_WORKER_NICE == 0
     (group,) = sim.client_groups()
     assert group.node_config == {"framework": "pytorch", "dataset": "mnist"}
 
@@ -72,6 +72,12 @@ def test_bad_simulation_keys_are_named(tmp_path: Path, extra: str, message: str)
         path.write_text(SIM_TOML.replace("num_clients = 3", extra))
     with pytest.raises(ConfigError, match=message):
         load_simulation_config(path)
+
+
+def test_worker_nice_is_read_from_the_table(tmp_path: Path) -> None:
+    path = tmp_path / "sim.toml"
+    path.write_text(SIM_TOML.replace("keep_state = true", "keep_state = true\nworker_nice = 4"))
+    assert load_simulation_config(path)[1].worker_nice == 4
 
 
 def test_a_file_without_a_simulation_table_is_refused(tmp_path: Path) -> None:
