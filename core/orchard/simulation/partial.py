@@ -1,13 +1,17 @@
 """A local worker's partial sums: its clients' updates folded where they were trained.
 
-FedAvg's aggregate is a sum, so it can be summed in parts (hierarchical
-aggregation): each worker adds the updates of its own virtual clients to
-float64 sums of its own, and the driver adds one partial per worker at the
-end of the fan-out instead of one update per client. The driver folded every
-update itself before: 1.35 ms each on a 2-core VM, 135 ms of every 0.3 s
-round of 100 null MNIST CNN clients, on the one process every job passes
-through (docs/simulation.md). The workers now do that work in parallel, and
-no result crosses to the driver at all.
+FedAvg's aggregate (McMahan et al. 2017, "Communication-Efficient Learning
+of Deep Networks from Decentralized Data") is a weighted sum divided by the
+total weight, so it can be summed in parts, as hierarchical FL sums at the
+edge (Liu, Zhang, Song and Letaief 2020, "Client-Edge-Cloud Hierarchical
+Federated Learning"). The result is the same FedAvg; only where its sum
+is computed changes: each worker adds the updates of its own virtual
+clients to float64 sums of its own, and the driver adds one partial per
+worker at the end of the fan-out instead of one update per client. The
+driver folded every update itself before: 1.35 ms each on a 2-core VM, 135
+ms of every 0.3 s round of 100 null MNIST CNN clients, on the one process
+every job passes through (docs/simulation.md). The workers now do that work
+in parallel, and no update's arrays reach the driver.
 
 A worker never folds on its own authority: it holds a client's result until
 the driver has checked it (:class:`~orchard_server.results.ResultPolicy`,
