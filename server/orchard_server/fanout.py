@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -240,10 +241,10 @@ async def _collect(
         result = _without_parameters(result)
     elif fold is not None:
         try:
-            if sum(a.nbytes for a in result.parameters) <= INLINE_FOLD_BYTES:
-                fold(result.parameters, result.num_examples)
-            else:
-                await asyncio.to_thread(fold, result.parameters, result.num_examples)
+            await fold_model_sized(
+                functools.partial(fold, result.parameters, result.num_examples),
+                sum(a.nbytes for a in result.parameters),
+            )
         except AggregationError as exc:  # the aggregator is left unchanged
             reason = f"update rejected by the aggregator: {exc}"
             _drop(dropped, pool, federation, task, infos=infos, client_id=cid, reason=reason)
@@ -258,6 +259,15 @@ async def _collect(
         instance_id=cid,
     )
     return info, result
+
+
+async def fold_model_sized(call: Callable[[], None], nbytes: int) -> None:
+    """Run a fold of ``nbytes`` on the event loop, or in a worker thread when it is
+    larger than :data:`INLINE_FOLD_BYTES` (which says why)."""
+    if nbytes <= INLINE_FOLD_BYTES:
+        call()
+    else:
+        await asyncio.to_thread(call)
 
 
 def retract(

@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from orchard.folding import add_cast, add_weighted
-from orchard.simulation.shm import ALIGN, Placement, capacity
+from orchard.simulation.shm import ALIGN, capacity, pack, views
 from orchard.typing import NDArray
 
 __all__ = ["HEADER_BYTES", "PartialSums", "partial_bytes"]
@@ -77,13 +77,8 @@ class PartialSums:
         if raw.size < need:
             raise ValueError(f"a partial-sums segment of {raw.size} bytes, {need} needed")
         self._header: npt.NDArray[np.uint64] = raw[:HEADER_BYTES].view("<u8")
-        offset = HEADER_BYTES
-        self.sums: list[npt.NDArray[np.float64]] = []
-        for shape in shapes:
-            place = Placement(np.dtype(np.float64), tuple(int(s) for s in shape), offset)
-            view = raw[offset : offset + place.nbytes].view(np.float64).reshape(place.shape)
-            self.sums.append(view)
-            offset += -(-place.nbytes // ALIGN) * ALIGN
+        placements, _ = pack(_float64(shapes))
+        self.sums: list[npt.NDArray[np.float64]] = views(raw[HEADER_BYTES:], placements)
 
     @property
     def sink(self) -> int:

@@ -61,9 +61,11 @@ __all__ = [
     "capacity",
     "layout_from_json",
     "layout_to_json",
+    "pack",
     "plan",
     "probe",
     "set_key",
+    "views",
 ]
 
 #: Every array starts at a multiple of this many bytes (cache lines, SIMD loads).
@@ -103,7 +105,7 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def _pack(tensors: Iterable[tuple[Sequence[int], Any]]) -> tuple[list[Placement], int]:
+def pack(tensors: Iterable[tuple[Sequence[int], Any]]) -> tuple[list[Placement], int]:
     """(shape, dtype) pairs packed in order at aligned offsets, and the bytes needed."""
     placements = []
     offset = 0
@@ -116,12 +118,12 @@ def _pack(tensors: Iterable[tuple[Sequence[int], Any]]) -> tuple[list[Placement]
 
 def plan(arrays: Sequence[NDArray]) -> tuple[list[Placement], int]:
     """The placement of each array, packed in order at aligned offsets, and the bytes needed."""
-    return _pack((a.shape, a.dtype) for a in arrays)
+    return pack((a.shape, a.dtype) for a in arrays)
 
 
 def capacity(tensors: Sequence[tuple[Sequence[int], str]]) -> int:
     """Bytes a segment needs for arrays of these (shape, dtype) packed by :func:`plan`."""
-    return _pack(tensors)[1]
+    return pack(tensors)[1]
 
 
 def layout_to_json(placements: Sequence[Placement]) -> list[list[Any]]:
@@ -163,7 +165,7 @@ def layout_from_json(data: Any, size: int, what: str) -> list[Placement]:
     return out
 
 
-def _views(raw: NDArray, placements: Sequence[Placement]) -> NDArrays:
+def views(raw: NDArray, placements: Sequence[Placement]) -> NDArrays:
     """Arrays over ``raw`` (a 1-D uint8 array over a mapping); every view keeps ``raw`` alive."""
     return [raw[p.offset : p.offset + p.nbytes].view(p.dtype).reshape(p.shape) for p in placements]
 
@@ -173,7 +175,7 @@ def _copy_in(
 ) -> None:
     """Copy ``arrays`` into ``mapping`` where ``placements`` (from :func:`plan`) put them."""
     raw = np.frombuffer(mapping, dtype=np.uint8)
-    for view, array in zip(_views(raw, placements), arrays, strict=True):
+    for view, array in zip(views(raw, placements), arrays, strict=True):
         np.copyto(view, array, casting="no")
 
 
@@ -379,7 +381,7 @@ class ResultSlots:
         """Views of ``segment`` holding a result; the segment is busy until they are all gone."""
         raw = np.frombuffer(segment.map, dtype=np.uint8)
         weakref.finalize(raw, self._release, segment)
-        return _views(raw, placements)
+        return views(raw, placements)
 
     def _release(self, segment: Segment) -> None:
         # Runs while the dying array still maps the segment: a closed pool
@@ -483,7 +485,7 @@ class WorkerSegments:
         size = int(ref["size"])
         placements = layout_from_json(ref.get("layout"), size, f"segment {ref['name']}")
         mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        return _views(np.frombuffer(mapping, dtype=np.uint8), placements)
+        return views(np.frombuffer(mapping, dtype=np.uint8), placements)
 
     def write_result(self, ref: Mapping[str, Any], arrays: Sequence[NDArray]) -> list[Any] | None:
         """Copy a result's arrays into the segment ``ref`` names; None when they do not fit."""

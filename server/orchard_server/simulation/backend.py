@@ -52,7 +52,7 @@ from orchard.simulation.wire import (
 )
 from orchard.spec import ModelSpec
 from orchard_server.simulation.config import ClientGroup
-from orchard_server.simulation.folds import FoldLog, FoldRequest, WorkerFolds, new_partial_segment
+from orchard_server.simulation.folds import FoldLog, FoldRequest, WorkerFolds
 
 __all__ = ["Backend", "LocalBackend", "WorkerLostError", "WorkerStartError"]
 
@@ -278,7 +278,7 @@ class _Process:
             self.fold_log = FoldLog(folds.sink)
         if self.partial is None:
             try:
-                self.partial = new_partial_segment(folds)
+                self.partial = folds.new_segment()
             except shm.SegmentError as exc:
                 log.warning("worker %s: results go to the server to fold: %s", self.proc.pid, exc)
                 return None

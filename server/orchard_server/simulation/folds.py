@@ -126,9 +126,9 @@ class WorkerFolds:
         self.workers: set[_Process] = set()
         self.closed = False
 
-    def segment_bytes(self) -> int:
-        """The size of a worker's partial-sums segment."""
-        return partial_bytes(self.shapes)
+    def new_segment(self) -> shm.Segment:
+        """A worker's partial-sums segment (raises :class:`.shm.SegmentError`)."""
+        return shm.Segment(partial_bytes(self.shapes), "partial")
 
     async def close(self, collected: Collection[str]) -> tuple[list[Partial], dict[str, str]]:
         """Settle every worker's last decision; its partial sums, and the updates lost.
@@ -191,8 +191,3 @@ def _read_back(
         Partial(partial.sums, folded, None if weighted else log_.shared),
         lost,
     )
-
-
-def new_partial_segment(folds: WorkerFolds) -> shm.Segment:
-    """A worker's partial-sums segment (raises :class:`~orchard.simulation.shm.SegmentError`)."""
-    return shm.Segment(folds.segment_bytes(), "partial")

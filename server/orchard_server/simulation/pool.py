@@ -30,7 +30,7 @@ from orchard.simulation.job import Job, JobResult
 from orchard.spec import SpecError
 from orchard.typing import NDArray
 from orchard_server.admission import Admission, AdmissionPolicy
-from orchard_server.fanout import INLINE_FOLD_BYTES
+from orchard_server.fanout import fold_model_sized
 from orchard_server.pool import ClientDroppedError, ClientInfo, ClientPool, UpdateSink
 from orchard_server.results import InvalidResultError, ResultPolicy
 from orchard_server.simulation.backend import Backend, WorkerLostError
@@ -247,9 +247,6 @@ class _WorkerSink:
                 total=partial.total,
                 shared_weight=partial.shared_weight,
             )
-            if sum(s.nbytes for s in partial.sums) <= INLINE_FOLD_BYTES:  # as fan_out folds
-                add()
-            else:
-                await asyncio.to_thread(add)
+            await fold_model_sized(add, sum(s.nbytes for s in partial.sums))
         partials.clear()  # views of the workers' segments, which the next fan-out reuses
         return {self.accepted[t]: why for t, why in lost.items() if t in self.collected}

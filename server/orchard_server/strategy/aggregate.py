@@ -226,15 +226,19 @@ class WeightedMean:
             self._sums = [np.zeros(a.shape, dtype=np.float64) for a in arrays]
             self._shared_weight = weight
         elif not self._weighted and weight != self._shared_weight:
-            for running in self._sums:  # in place: no second model in memory
-                np.multiply(running, float(self._shared_weight), out=running)
-            self._weighted = True
+            self._weigh_sums()
         for running, array in zip(self._sums, arrays, strict=True):
             if self._weighted:
                 add_weighted(running, array, float(weight))
             else:
                 add_cast(running, array)
         self._total += weight
+
+    def _weigh_sums(self) -> None:
+        """Turn the plain sums into weighted ones: each update weighed the shared weight."""
+        for running in self._sums:  # in place: no second model in memory
+            np.multiply(running, float(self._shared_weight), out=running)
+        self._weighted = True
 
     def add_sums(
         self,
@@ -267,9 +271,7 @@ class WeightedMean:
                 np.add(running, partial, out=running)
         else:
             if not self._weighted:
-                for running in self._sums:
-                    np.multiply(running, float(self._shared_weight), out=running)
-                self._weighted = True
+                self._weigh_sums()
             for running, partial in zip(self._sums, sums, strict=True):
                 if shared_weight is None:
                     np.add(running, partial, out=running)

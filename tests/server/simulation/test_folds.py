@@ -58,7 +58,7 @@ SHAPES = [(3, 2), (2,)]
 
 def _folded(*, folds: int, busy: bool = False) -> tuple[shm.Segment, FoldLog]:
     """A worker's segment after ``folds`` of the three updates its log says it was sent."""
-    segment = shm.Segment(WorkerFolds(SHAPES).segment_bytes(), "partial")
+    segment = WorkerFolds(SHAPES).new_segment()
     log = FoldLog(sink=4)
     partial = PartialSums(segment.map, SHAPES)
     for i, task in enumerate(["t1", "t2", "t3"]):
