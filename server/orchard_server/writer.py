@@ -84,7 +84,8 @@ class StateWriter:
         self._last_plot = time.monotonic()
         self._last_checkpoint = -math.inf
         self._plotted_round = -1
-        self._latest: Snapshot | None = None
+        #: The round whose history was written last (-1: none yet).
+        self._latest_round = -1
         self._thread: threading.Thread | None = None
         #: The round of the last checkpoint on disk (-1: none written yet).
         self.written_round = -1
@@ -94,6 +95,9 @@ class StateWriter:
         with self._lock:
             self._raise_error()
             self._pending = snapshot
+            # A newer round's checkpoint replaces one not yet due: let go of that
+            # round's model now, not when the writer next looks (it may be drawing).
+            self._unsaved = None
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name=f"orchard-writer-{self.directory.name}", daemon=True
@@ -113,8 +117,8 @@ class StateWriter:
             finally:
                 self._flushing -= 1
             self._raise_error()
-            latest = self._latest
-        if plot and latest is not None and self._plotted_round != latest.round:
+            latest = self._latest_round
+        if plot and latest >= 0 and self._plotted_round != latest:
             self._plot(latest)
 
     def _raise_error(self) -> None:
@@ -148,21 +152,19 @@ class StateWriter:
                     self._thread = None  # idle: a later submit starts a new thread
                     return
                 self._busy = True
-            snapshot, history, checkpoint = job
+            rnd = job[0].round
             try:
-                if history:
-                    self._write_history(snapshot)
-                if checkpoint:
-                    try:
-                        snapshot.save_checkpoint()
-                    finally:  # the interval runs from the end of a write: idle in between
-                        self._last_checkpoint = time.monotonic()
-                    self.written_round = snapshot.round
-                else:
-                    with self._lock:
-                        self._unsaved = snapshot
+                draw = self._write(*job)
+                # Only the round's number from here on. A snapshot holds its round's
+                # model, and drawing waits for the plot helper, seconds at times (its
+                # first matplotlib import), while the next rounds run: holding the
+                # snapshot meanwhile kept one more model in the server's memory at
+                # the peak of those rounds (docs/performance.md, item 18).
+                del job
+                if draw:
+                    self._plot(rnd)
             except BaseException as exc:  # reported to the round loop on its next submit/flush
-                log.exception("writing the state of round %d failed", snapshot.round)
+                log.exception("writing the state of round %d failed", rnd)
                 with self._lock:
                     self._error = exc
             finally:
@@ -170,21 +172,36 @@ class StateWriter:
                     self._busy = False
                     self._lock.notify_all()
 
-    def _write_history(self, snapshot: Snapshot) -> None:
-        # history.json first: whoever sees the checkpoint of round N also finds
-        # round N in the history. A kill in between only means the resumed run
-        # redoes round N (and any after it) and rewrites their records.
-        snapshot.history.save(self.directory, plot=False)
-        self._latest = snapshot
-        if time.monotonic() - self._last_plot >= self.plot_interval:
-            self._plot(snapshot)
+    def _write(self, snapshot: Snapshot, history: bool, checkpoint: bool) -> bool:
+        """Write ``snapshot``'s history and checkpoint as asked; True when a drawing is due.
 
-    def _plot(self, snapshot: Snapshot) -> None:
-        """Draw ``history.png`` from the ``history.json`` of ``snapshot``, already on disk."""
+        A checkpoint not written now stays as ``_unsaved`` (until due, or replaced).
+        """
+        draw = False
+        if history:
+            # history.json first: whoever sees the checkpoint of round N also finds
+            # round N in the history. A kill in between only means the resumed run
+            # redoes round N (and any after it) and rewrites their records.
+            snapshot.history.save(self.directory, plot=False)
+            self._latest_round = snapshot.round
+            draw = time.monotonic() - self._last_plot >= self.plot_interval
+        if checkpoint:
+            try:
+                snapshot.save_checkpoint()
+            finally:  # the interval runs from the end of a write: idle in between
+                self._last_checkpoint = time.monotonic()
+            self.written_round = snapshot.round
+        else:
+            with self._lock:
+                self._unsaved = snapshot
+        return draw
+
+    def _plot(self, rnd: int) -> None:
+        """Draw ``history.png`` from ``history.json``, already on disk with round ``rnd``."""
         png = self.directory / "history.png"
         try:
             shared_plotter().draw(self.directory / HISTORY_FILE, png, title=self.title)
         except PlotError as exc:
-            log.error("round %d: %s not drawn: %s", snapshot.round, png, exc)
+            log.error("round %d: %s not drawn: %s", rnd, png, exc)
         self._last_plot = time.monotonic()
-        self._plotted_round = snapshot.round
+        self._plotted_round = rnd

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import threading
 import time
+import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from orchard_server.writer import Snapshot, StateWriter
@@ -124,3 +127,54 @@ def test_interval_zero_writes_every_round_it_gets_to(tmp_path: Path) -> None:
         writer.submit(Snapshot(rnd, short_history(rnd), lambda rnd=rnd: saved.append(rnd)))  # type: ignore[misc]
         writer.flush(plot=False)
     assert saved == [1, 2, 3]
+
+
+class _BlockedPlotter:
+    """A plot helper whose drawings, once ``blocking``, wait until released
+    (matplotlib's first import can take seconds on a busy server)."""
+
+    def __init__(self) -> None:
+        self.blocking = False
+        self.drawing = threading.Event()
+        self.release = threading.Event()
+
+    def draw(self, history: Path, png: Path, *, title: str = "") -> None:
+        if self.blocking:
+            self.drawing.set()
+            assert self.release.wait(10), "the test never released the drawing"
+
+
+@pytest.mark.parametrize("checkpoint_interval", [0.0, 3600.0])
+def test_a_drawing_holds_no_round_model_once_a_newer_round_came(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpoint_interval: float
+) -> None:
+    # Measured (docs/performance.md, item 18): while the writer waited for the
+    # plot helper, the snapshot it had just written kept that round's model
+    # alive beside the next rounds' models, one more model at the server's peak.
+    plotter = _BlockedPlotter()
+    monkeypatch.setattr("orchard_server.writer.shared_plotter", lambda: plotter)
+    writer = StateWriter(tmp_path, plot_interval=0.0, checkpoint_interval=checkpoint_interval)
+    saved: list[int] = []
+    models: list[weakref.ref[np.ndarray]] = []
+
+    def snapshot(rnd: int) -> Snapshot:
+        model = np.full(1000, float(rnd), dtype=np.float32)
+        models.append(weakref.ref(model))
+        return Snapshot(rnd, short_history(rnd), lambda: saved.append(int(model[0])))
+
+    writer.submit(snapshot(1))
+    writer.flush(plot=False)  # round 1: history and checkpoint (the first is due at once)
+    plotter.blocking = True
+    writer.submit(snapshot(2))  # its history is written, then the writer draws, and waits
+    assert plotter.drawing.wait(10)
+    writer.submit(snapshot(3))  # a newer round: round 2's model is no longer needed
+    gc.collect()
+    try:
+        assert models[0]() is None, "round 1's model outlived its writes"
+        assert models[1]() is None, "round 2's model is held while the writer draws"
+        assert models[2]() is not None  # round 3's is pending
+    finally:
+        plotter.release.set()
+    writer.flush(plot=False)
+    assert saved == ([1, 2, 3] if checkpoint_interval == 0 else [1, 3])
+    assert rounds_on_disk(tmp_path) == 3
