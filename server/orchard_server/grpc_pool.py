@@ -360,11 +360,14 @@ class GrpcClientPool(ClientPool):
         session.last_seen = time.monotonic()
         return entry[0]
 
-    def deliver(self, client_id: str, result: Result) -> None:
+    def deliver(self, client_id: str, result: Result, *, values_checked: bool = False) -> None:
         """Hand a result to the waiting round.
 
         Raises SpecError for parameters that do not fit the spec and
         InvalidResultError for any other refused value (the task fails).
+        ``values_checked``: every parameter value was found finite as it was
+        read (the servicer's :class:`~orchard.serde.ResultReader`), so the
+        values are not scanned again.
         """
         session = self._sessions.get(client_id)
         entry = session.open.get(result.task_id) if session else None
@@ -378,7 +381,7 @@ class GrpcClientPool(ClientPool):
             return
         self.events.transferred(self.federation, received=_nbytes(result.parameters))
         try:
-            self.results.check(self.spec, task, result)
+            self.results.check(self.spec, task, result, values_checked=values_checked)
         except (SpecError, InvalidResultError) as exc:
             self.reject(client_id, result.task_id, str(exc))
             raise

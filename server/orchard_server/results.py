@@ -9,8 +9,10 @@ servicer answers ``INVALID_ARGUMENT``) instead of failing the federation
 later; the aggregators are then told not to scan the values again:
 
 * parameters: the federation's model spec (names, shapes, dtypes), finite
-  (a simulation's workers scan the values of their own results, in parallel,
-  and the simulation pool checks the rest here);
+  (the gRPC servicer scans each chunk of an upload as it lands and refuses
+  the upload at the first non-finite one; a simulation's workers scan the
+  values of their own results, in parallel; the other pools' values are
+  scanned here);
 * ``num_examples``: positive for a fit, and at most the federation's
   ``max_examples_per_client`` when results are weighted by their examples
   (one client reporting 10^15 examples would otherwise decide the average
@@ -102,9 +104,10 @@ class ResultPolicy:
         """Raise :class:`InvalidResultError` (or :class:`SpecError` for the
         parameters) unless ``result`` may enter the federation.
 
-        ``values_checked``: a simulation worker already found every parameter
-        value finite (:class:`~orchard.simulation.job.JobResult`), so only the
-        names, shapes and dtypes are checked here. ``parameters_held``: the
+        ``values_checked``: every parameter value was already found finite
+        (by the servicer as each chunk arrived, or by a simulation worker:
+        :class:`~orchard.simulation.job.JobResult`), so only the names, shapes
+        and dtypes are checked here. ``parameters_held``: the
         worker keeps the parameters, which it found to match the spec, every
         value finite, and folds them itself once accepted
         (:mod:`orchard.simulation.partial`); only their names are checked here.

@@ -247,13 +247,14 @@ class FederationServicer:
         expected = pool.spec.nbytes if task.type is TaskType.FIT else 0
         slot = await self._uploads.acquire(expected)
         try:
-            specs = reader.announced(max_bytes=self._max_upload)
+            # Every value is checked as its chunk lands: a NaN ends the upload there.
+            specs = reader.announced(max_bytes=self._max_upload, require_finite=True)
             if specs:
                 _check_header(hosted, specs)
             await reader.read_chunks(stream, lambda: pool.known(ref.client_id))
             result = reader.finish()
             pool.result_read(ref.client_id, task, header_at, time.monotonic() - header_at)
-            pool.deliver(ref.client_id, result)
+            pool.deliver(ref.client_id, result, values_checked=True)
             # Delivered: the slot stays taken until the round loop has folded and
             # dropped these arrays. Any other way out releases it at once (below),
             # never waiting for the garbage collector.

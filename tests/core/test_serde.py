@@ -106,6 +106,52 @@ def test_overlong_and_out_of_order_chunks_are_refused() -> None:
         serde.arrays_from_parts(header, chunks)
 
 
+def _assemble_until_refused(
+    arrays: list[np.ndarray], chunk: int
+) -> tuple[int, int, serde.SerdeError | None]:
+    """Feed ``arrays``' chunks to a checking assembler: (chunks, chunks placed, error)."""
+    header = serde.parameters_header(("w", "b")[: len(arrays)], arrays)
+    chunks = list(serde.iter_chunks(arrays, chunk))
+    assembler = serde.ParametersAssembler(header, require_finite=True)
+    for placed, c in enumerate(chunks):
+        try:
+            assembler.add(c)
+        except serde.SerdeError as exc:
+            return len(chunks), placed, exc
+    assembler.finish()
+    return len(chunks), len(chunks), None
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_checking_assembler_refuses_a_non_finite_value_at_its_chunk(bad: float) -> None:
+    w = np.arange(64, dtype=np.float32)
+    w[37] = bad  # in bytes 148..151: the 10th chunk of 16 bytes
+    total, placed, error = _assemble_until_refused([w, np.ones(3, np.float64)], 16)
+    assert error is not None and placed == 9 < total  # refused there, the rest never read
+    assert "'w': elements 36 to 39 hold 1 NaN or infinite value (refused" in str(error)
+
+
+def test_a_value_split_across_chunks_is_checked_once_it_is_whole() -> None:
+    b = np.array([1.0, np.nan, 3.0], np.float64)  # element 1: bytes 8..15
+    w = np.zeros(2, np.float32)
+    total, placed, error = _assemble_until_refused([w, b], 6)  # b's chunks: 0..5, 6..11, ...
+    # Chunk #3 (b's bytes 6..11) ends inside the NaN, chunk #4 (12..17) completes it.
+    assert (total, placed) == (6, 4), (total, placed)
+    assert error is not None and "'b': elements 1 to 1 hold 1 NaN or infinite" in str(error)
+    assert _assemble_until_refused([w, np.array([1.0, 2.0, 3.0])], 6)[2] is None
+
+
+def test_values_are_checked_only_when_asked_and_only_in_float_tensors() -> None:
+    w = np.array([np.nan, 1.0], np.float32)
+    header = serde.parameters_header(("w",), [w])
+    assembler = serde.ParametersAssembler(header)  # a client reading a task: not asked
+    for c in serde.iter_chunks([w], 4):
+        assembler.add(c)
+    assert np.isnan(assembler.finish()[0][0])
+    ints = [np.array([-1, 2**31 - 1], np.int32), np.array([True, False])]
+    assert _assemble_until_refused(ints, 3)[2] is None
+
+
 def test_header_total_must_match_its_tensors() -> None:
     header, chunks = _parts()
     header.total_bytes += 1

@@ -670,6 +670,37 @@ def test_an_oversize_chunk_is_invalid_argument_not_cut_by_the_transport(
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
 
 
+def test_a_non_finite_upload_is_refused_at_its_chunk_before_the_rest_is_read(
+    served: ServerThread,
+) -> None:
+    session = serde.session_from_proto(
+        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
+    )
+    task, delivered = open_task(served, session.client_id)
+    pull(served, session.client_id)
+    nan = [p.copy() for p in task.parameters]
+    nan[0].reshape(-1)[1] = np.inf  # in the first chunk of 8 bytes
+    messages = list(serde.result_to_stream(_result(task, session.client_id, parameters=nan), 8))
+    rest = threading.Event()
+    sent_rest: list[bool] = []
+
+    def then_waits() -> Iterator[pb.PushResultRequest]:
+        yield from messages[:2]  # the header and the chunk with the infinity
+        rest.wait(30)  # the rest comes only when the test lets it (or after 30 s)
+        sent_rest.append(True)
+        yield from messages[2:]
+
+    try:
+        err = rpc_error(lambda: served.stub.PushResult(then_waits(), timeout=60))
+        assert not sent_rest  # answered while the client still held the rest back
+    finally:
+        rest.set()
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "'linear.weight': elements 0 to 1 hold 1 NaN or infinite value" in str(err.details())
+    with pytest.raises(Exception, match="update rejected"):
+        delivered.result(timeout=10)
+
+
 def test_a_stalled_upload_is_cut_off(tmp_path: Path) -> None:
     served = ServerThread(tmp_path, stream_idle_timeout=0.5)
     try:
