@@ -581,13 +581,20 @@ def _result(task: Task, client_id: str, **overrides: Any) -> Result:
     return Result(**base)
 
 
-def test_push_result_accepts_a_result_without_a_loss(served: ServerThread) -> None:
+def _pulled_task(served: ServerThread) -> tuple[str, Task, Future[Result]]:
+    """A joined client's session id, a fit task opened for it and pulled (as a client
+    does before it pushes), and the future of that task's result."""
     session = serde.session_from_proto(
         served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
     )
     task, delivered = open_task(served, session.client_id)
     pull(served, session.client_id)
-    assert "accepted" in _push(served, _result(task, session.client_id))
+    return session.client_id, task, delivered
+
+
+def test_push_result_accepts_a_result_without_a_loss(served: ServerThread) -> None:
+    cid, task, delivered = _pulled_task(served)
+    assert "accepted" in _push(served, _result(task, cid))
     result = delivered.result(timeout=10)
     assert result.loss is None
     np.testing.assert_array_equal(result.parameters[1], np.ones(3, np.float32))
@@ -640,12 +647,8 @@ def test_push_result_codes(served: ServerThread) -> None:
 def test_a_bad_value_in_a_result_is_invalid_argument(
     served: ServerThread, bad: dict[str, Any], needle: str
 ) -> None:
-    session = serde.session_from_proto(
-        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
-    )
-    task, delivered = open_task(served, session.client_id)
-    pull(served, session.client_id)
-    err = rpc_error(lambda: _push(served, _result(task, session.client_id, **bad)))
+    cid, task, delivered = _pulled_task(served)
+    err = rpc_error(lambda: _push(served, _result(task, cid, **bad)))
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and needle in str(err.details())
     with pytest.raises(Exception, match="update rejected"):
         delivered.result(timeout=10)
@@ -654,12 +657,8 @@ def test_a_bad_value_in_a_result_is_invalid_argument(
 def test_an_oversize_chunk_is_invalid_argument_not_cut_by_the_transport(
     served: ServerThread,
 ) -> None:
-    session = serde.session_from_proto(
-        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
-    )
-    task, _ = open_task(served, session.client_id)
-    pull(served, session.client_id)
-    header = serde.result_header_to_proto(_result(task, session.client_id))
+    cid, task, _ = _pulled_task(served)
+    header = serde.result_header_to_proto(_result(task, cid))
     # 4.5 MiB: above gRPC's default 4 MiB message limit and the largest chunk.
     chunk = pb.PushResultRequest(chunk=tpb.TensorChunk(data=b"\0" * (9 << 19)))
     err = rpc_error(
@@ -673,14 +672,10 @@ def test_an_oversize_chunk_is_invalid_argument_not_cut_by_the_transport(
 def test_a_non_finite_upload_is_refused_at_its_chunk_before_the_rest_is_read(
     served: ServerThread,
 ) -> None:
-    session = serde.session_from_proto(
-        served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
-    )
-    task, delivered = open_task(served, session.client_id)
-    pull(served, session.client_id)
+    cid, task, delivered = _pulled_task(served)
     nan = [p.copy() for p in task.parameters]
     nan[0].reshape(-1)[1] = np.inf  # in the first chunk of 8 bytes
-    messages = list(serde.result_to_stream(_result(task, session.client_id, parameters=nan), 8))
+    messages = list(serde.result_to_stream(_result(task, cid, parameters=nan), 8))
     rest = threading.Event()
     sent_rest: list[bool] = []
 
@@ -704,12 +699,8 @@ def test_a_non_finite_upload_is_refused_at_its_chunk_before_the_rest_is_read(
 def test_a_stalled_upload_is_cut_off(tmp_path: Path) -> None:
     served = ServerThread(tmp_path, stream_idle_timeout=0.5)
     try:
-        session = serde.session_from_proto(
-            served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
-        )
-        task, delivered = open_task(served, session.client_id)
-        pull(served, session.client_id)
-        messages = list(serde.result_to_stream(_result(task, session.client_id)))
+        cid, task, delivered = _pulled_task(served)
+        messages = list(serde.result_to_stream(_result(task, cid)))
 
         def stalling() -> Iterator[pb.PushResultRequest]:
             yield messages[0]
@@ -761,12 +752,8 @@ def test_a_stalled_download_is_cut_off_and_its_task_failed(tmp_path: Path) -> No
 def test_a_result_above_the_upload_limit_is_refused_before_its_bytes(tmp_path: Path) -> None:
     served = ServerThread(tmp_path, max_upload_bytes=8)
     try:
-        session = serde.session_from_proto(
-            served.stub.Join(serde.join_to_proto(join_info()), timeout=10)
-        )
-        task, _ = open_task(served, session.client_id)
-        pull(served, session.client_id)
-        err = rpc_error(lambda: _push(served, _result(task, session.client_id)))
+        cid, task, _ = _pulled_task(served)
+        err = rpc_error(lambda: _push(served, _result(task, cid)))
         assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "exceed the limit of 8" in str(err.details())
     finally:
